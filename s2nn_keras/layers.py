@@ -1,0 +1,68 @@
+"""Keras layers over the pure spike functions of :mod:`s2nn_keras.surrogates`."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from s2nn_keras import surrogates
+
+__all__ = ["S2Activation"]
+
+
+@keras.saving.register_keras_serializable(package="s2nn_keras")
+class S2Activation(keras.layers.Layer):
+    """Single-step spiking neuron as a Keras activation layer.
+
+    Forward (paper Eq. 16): ``s = H(u - threshold)`` in {0, 1} (+-1 for
+    ``ste_b``), firing when ``u >= threshold``. Backward: the surrogate named
+    by ``surrogate`` (Eq. 23 for the default ``"s2nn"``:
+    ``1/(tau_s u)`` above threshold, ``(1/alpha) sig_a(u)(1 - sig_a(u))``
+    below). The layer has no weights.
+
+    Args:
+      surrogate: a name from :func:`s2nn_keras.available_surrogates`.
+      threshold: firing threshold u_th; ``None`` uses the surrogate's default
+        (paper Table 3: s2nn 1, ste_b 0, ste_s 1, sibnn 0.3, slayer 1).
+      **params: surrogate parameters by name: ``tau_s``, ``alpha`` (s2nn),
+        ``rho``, ``delta`` (sibnn), ``alpha1``, ``beta1`` (slayer), ``beta0``
+        (superspike).
+
+    Example:
+      >>> import keras
+      >>> from s2nn_keras import S2Activation
+      >>> model = keras.Sequential([
+      ...     keras.Input((28, 28, 1)),
+      ...     keras.layers.Conv2D(8, 3, use_bias=False),
+      ...     keras.layers.BatchNormalization(),
+      ...     S2Activation("s2nn", tau_s=1.0, alpha=0.2),
+      ...     keras.layers.GlobalAveragePooling2D(),
+      ...     keras.layers.Dense(10)])
+    """
+
+    def __init__(self, surrogate="s2nn", threshold=None, **kwargs):
+        param_names = {
+            name
+            for key in surrogates.available_surrogates()
+            for name in surrogates.get_surrogate(key).params
+        }
+        params = {k: kwargs.pop(k) for k in list(kwargs) if k in param_names}
+        super().__init__(**kwargs)
+        entry, th, merged = surrogates.resolve_params(surrogate, threshold, **params)
+        self._entry = entry
+        self.surrogate = surrogate
+        self.threshold = th
+        self.params = merged
+        self.off_value = entry.off_value
+
+    def call(self, inputs):
+        return surrogates._spike(inputs, self._entry, self.threshold, self.params)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"surrogate": self.surrogate, "threshold": self.threshold})
+        config.update(self.params)
+        return config
