@@ -98,6 +98,7 @@ def PreActResNet(
     bn_epsilon: float = 1e-5,
     kernel_initializer="he_normal",
     kernel_regularizer=None,
+    activity_regularizer=None,
     name: str = None,
     **surrogate_params,
 ) -> keras.Model:
@@ -113,6 +114,8 @@ def PreActResNet(
       dropout: dropout rate before the classifier, in [0, 1).
       bn_momentum, bn_epsilon: BatchNormalization settings.
       kernel_initializer, kernel_regularizer: for every conv and dense.
+      activity_regularizer: optional regularizer attached to every spiking
+        neuron layer (e.g. a firing-rate penalty); ignored for ``"relu"``.
       name: model name; defaults to ``preact_resnet<depth>``.
       **surrogate_params: ``threshold`` and the surrogate's own parameters
         (``tau_s``, ``alpha``, ...), applied to every neuron.
@@ -136,7 +139,10 @@ def PreActResNet(
             momentum=bn_momentum, epsilon=bn_epsilon, name=layer_name)(x)
 
     def act(x, layer_name):
-        return make_activation(activation, layer_name, **surrogate_params)(x)
+        layer = make_activation(activation, layer_name, **surrogate_params)
+        if activity_regularizer is not None and isinstance(layer, S2Activation):
+            layer.activity_regularizer = keras.regularizers.get(activity_regularizer)
+        return layer(x)
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = conv(inputs, width, 3, 1, "stem_conv")
