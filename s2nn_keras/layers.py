@@ -9,6 +9,11 @@ from s2nn_keras import surrogates
 
 __all__ = ["S2Activation"]
 
+_LAYER_KWARGS = frozenset(
+    ["name", "dtype", "trainable", "activity_regularizer", "autocast", "input_shape",
+     "batch_input_shape", "batch_size", "input_dim", "weights", "input_dtype"]
+)
+
 
 @keras.saving.register_keras_serializable(package="s2nn_keras")
 class S2Activation(keras.layers.Layer):
@@ -41,12 +46,9 @@ class S2Activation(keras.layers.Layer):
     """
 
     def __init__(self, surrogate="s2nn", threshold=None, **kwargs):
-        param_names = {
-            name
-            for key in surrogates.available_surrogates()
-            for name in surrogates.get_surrogate(key).params
-        }
-        params = {k: kwargs.pop(k) for k in list(kwargs) if k in param_names}
+        # Everything that is not a base-Layer keyword is a surrogate parameter;
+        # resolve_params rejects unknown ones with the list of valid names.
+        params = {k: kwargs.pop(k) for k in list(kwargs) if k not in _LAYER_KWARGS}
         super().__init__(**kwargs)
         entry, th, merged = surrogates.resolve_params(surrogate, threshold, **params)
         self._entry = entry
@@ -65,4 +67,6 @@ class S2Activation(keras.layers.Layer):
         config = super().get_config()
         config.update({"surrogate": self.surrogate, "threshold": self.threshold})
         config.update(self.params)
+        if self.activity_regularizer is not None:
+            config["activity_regularizer"] = keras.regularizers.serialize(self.activity_regularizer)
         return config

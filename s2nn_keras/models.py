@@ -139,10 +139,10 @@ def PreActResNet(
             momentum=bn_momentum, epsilon=bn_epsilon, name=layer_name)(x)
 
     def act(x, layer_name):
-        layer = make_activation(activation, layer_name, **surrogate_params)
-        if activity_regularizer is not None and isinstance(layer, S2Activation):
-            layer.activity_regularizer = keras.regularizers.get(activity_regularizer)
-        return layer(x)
+        extra = {}
+        if activity_regularizer is not None and isinstance(activation, str) and activation != "relu":
+            extra["activity_regularizer"] = activity_regularizer
+        return make_activation(activation, layer_name, **surrogate_params, **extra)(x)
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = conv(inputs, width, 3, 1, "stem_conv")
