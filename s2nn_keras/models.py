@@ -154,7 +154,16 @@ def PreActResNet(
             prefix = f"stage{stage + 1}_block{block + 1}"
             a = act(bn(x, f"{prefix}_bn1"), f"{prefix}_act1")
             if stride != 1 or in_channels != filters:
-                shortcut = conv(a, filters, 1, stride, f"{prefix}_shortcut")
+                if stride != 1:
+                    # A strided 1x1 conv equals subsampling then a 1x1 conv. We
+                    # build it that way because TF 2.21's oneDNN kernel for the
+                    # filter gradient of a strided 1x1 conv corrupts the heap
+                    # on AVX-512 CPUs (double free / segfault).
+                    a_sub = keras.layers.AveragePooling2D(
+                        pool_size=1, strides=stride, name=f"{prefix}_shortcut_subsample")(a)
+                else:
+                    a_sub = a
+                shortcut = conv(a_sub, filters, 1, 1, f"{prefix}_shortcut")
             else:
                 shortcut = x
             h = conv(a, filters, 3, stride, f"{prefix}_conv1")
