@@ -1,0 +1,257 @@
+"""Command-line flags of ``python -m trainers.cifar`` and their validation.
+
+Every flag is checked here, before any data is read or anything is written
+to ``--output_dir``. A bad flag (or a flagfile that cannot be opened, or an
+unknown flag) ends the program with exactly one line on stderr::
+
+    error: --learning_rate must be > 0, got -0.1
+
+and exit status 2, without a traceback.
+
+Flags are defined on an :class:`absl.flags.FlagValues` object so tests can
+parse argument lists into a fresh one (:func:`new_flag_values`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Dict, List, Optional
+
+from absl import flags
+
+from trainers.data import DATASETS
+
+MODELS = ("preact_resnet18", "preact_resnet106", "custom")
+MODEL_BLOCKS = {"preact_resnet18": [2, 2, 2, 2], "preact_resnet106": [13, 13, 13, 13]}
+OPTIMIZERS = ("sgd", "adam")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+SURROGATE_PARAM_FLAGS = ("tau_s", "alpha", "rho", "delta", "alpha1", "beta1", "beta0")
+
+#: Flags that do not change what is trained; a resumed run may change them.
+NON_RECIPE_FLAGS = frozenset(
+    ["data_dir", "output_dir", "verbose", "strategy", "num_cpu_devices", "jit_compile",
+     "firing_rate_batches", "tta", "flagfile"]
+)
+
+
+class UsageError(ValueError):
+    """A bad command line; the message is the one line shown to the user."""
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+    """Defines the trainer's flags on ``fv`` and returns it."""
+    # Data.
+    flags.DEFINE_string("dataset", "cifar10", f"One of {', '.join(DATASETS)}.", flag_values=fv)
+    flags.DEFINE_string(
+        "data_dir", None,
+        "tensorflow-datasets data_dir; for fashion_mnist also a folder holding the four IDX .gz "
+        "files (default: Debian's /usr/share/datasets/fashion-mnist, then tfds).", flag_values=fv)
+    flags.DEFINE_integer("max_train_examples", None, "Use only the first N training examples.", flag_values=fv)
+    flags.DEFINE_integer("max_test_examples", None, "Use only the first N test examples.", flag_values=fv)
+    flags.DEFINE_integer("randaugment_ops", 2, "RandAugment operations per image (0 disables it).",
+                         flag_values=fv)
+    flags.DEFINE_float("randaugment_magnitude", 0.3, "RandAugment magnitude in [0, 1] (keras-cv scale).",
+                       flag_values=fv)
+    flags.DEFINE_boolean(
+        "crop_flip", None,
+        "Random 4-pixel-padded crop and horizontal flip (default: on for CIFAR, off for Fashion-MNIST).",
+        flag_values=fv)
+    # Model.
+    flags.DEFINE_string("model", "preact_resnet18", f"One of {', '.join(MODELS)}.", flag_values=fv)
+    flags.DEFINE_list("blocks", None, "Basic blocks per stage for --model custom, e.g. 1,1,1.",
+                      flag_values=fv)
+    flags.DEFINE_integer("width", 64, "Channels of the stem and first stage (doubling per stage).",
+                         flag_values=fv)
+    flags.DEFINE_string("activation", "s2nn", "relu or a surrogate name (s2nn, ste_b, ste_s, sibnn, "
+                        "slayer, superspike, ...).", flag_values=fv)
+    flags.DEFINE_float("threshold", None, "Firing threshold u_th (default: the surrogate's, Table 3).",
+                       flag_values=fv)
+    for name, help_text in [
+        ("tau_s", "s2nn tau_s (Eq. 23)"), ("alpha", "s2nn alpha (Eq. 21/23)"),
+        ("rho", "sibnn rho"), ("delta", "sibnn Delta"), ("alpha1", "slayer alpha1 (Eq. 25)"),
+        ("beta1", "slayer beta1 (Eq. 25)"), ("beta0", "superspike beta0 (Eq. 24)"),
+    ]:
+        flags.DEFINE_float(name, None, help_text + "; default: the surrogate's default.", flag_values=fv)
+    flags.DEFINE_float("dropout", 0.1, "Dropout rate before the classifier, in [0, 1).", flag_values=fv)
+    # Optimisation.
+    flags.DEFINE_string("optimizer", "sgd", "sgd or adam.", flag_values=fv)
+    flags.DEFINE_float("learning_rate", 0.05, "Peak learning rate (cosine-annealed to 0).", flag_values=fv)
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum in [0, 1).", flag_values=fv)
+    flags.DEFINE_float(
+        "weight_decay", 5e-4,
+        "PyTorch-style (coupled) weight decay: wd * w is added to the gradient of every conv and "
+        "dense kernel, implemented as an L2 kernel regulariser (wd/2) * ||w||^2.", flag_values=fv)
+    flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing epsilon of Eq. A.1, in [0, 1).",
+                       flag_values=fv)
+    flags.DEFINE_integer("epochs", 200, "Training epochs.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 128, "Global batch size (split over replicas).", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling, augmentation).", flag_values=fv)
+    flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.", flag_values=fv)
+    # Evaluation and outputs.
+    flags.DEFINE_boolean("tta", True, "Also report flip-averaged test-time-augmentation accuracy.",
+                         flag_values=fv)
+    flags.DEFINE_integer("firing_rate_batches", 4,
+                         "Test batches used for the per-epoch firing rates (0: all).", flag_values=fv)
+    flags.DEFINE_string("output_dir", None, "Where models, logs and metrics.json go (required).",
+                        flag_values=fv)
+    flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 1 progress bar, 2 one line per epoch.",
+                         flag_values=fv)
+    # Scale-out.
+    flags.DEFINE_string("strategy", "default", f"tf.distribute strategy: {', '.join(STRATEGIES)}.",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_cpu_devices", 0,
+                         "Split the CPU into N logical devices (testing MirroredStrategy on CPU).",
+                         flag_values=fv)
+    return fv
+
+
+def new_flag_values() -> flags.FlagValues:
+    """A fresh FlagValues with the trainer's flags (for tests and sweeps)."""
+    return define_flags(flags.FlagValues())
+
+
+def _one_line(text) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else "invalid command line"
+
+
+def parse_argv(argv: List[str], fv: flags.FlagValues) -> List[str]:
+    """Parses ``argv`` (program name first) into ``fv``; UsageError on failure."""
+    try:
+        rest = fv(argv)
+    except flags.Error as err:  # unknown flag, bad value, missing flagfile ...
+        raise UsageError(_one_line(err)) from None
+    except (OSError, ValueError) as err:
+        raise UsageError(_one_line(err)) from None
+    if len(rest) > 1:
+        raise UsageError(f"unexpected positional argument(s): {' '.join(rest[1:])}")
+    return rest
+
+
+def _finite(name, value):
+    if value is None or not math.isfinite(value):
+        raise UsageError(f"--{name} must be a finite number, got {value}")
+    return value
+
+
+def _positive(name, value):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+        raise UsageError(f"--{name} must be > 0, got {value}")
+
+
+def _unit_interval(name, value):
+    _finite(name, value)
+    if not 0.0 <= value < 1.0:
+        raise UsageError(f"--{name} must be in [0, 1), got {value}")
+
+
+def validate(fv: flags.FlagValues) -> Dict:
+    """Checks every flag and returns the run configuration.
+
+    Returns:
+      ``{"flags": {name: value for every trainer flag}, "blocks": [...],
+      "surrogate_params": {...}}`` where ``surrogate_params`` holds
+      ``threshold`` and the surrogate's own parameters as given on the
+      command line (unset ones are left to the surrogate defaults).
+
+    Raises:
+      UsageError: with a one-line message.
+    """
+    from s2nn_keras import surrogates  # imports TensorFlow (no data, no files)
+
+    f = fv
+    if f.dataset not in DATASETS:
+        raise UsageError(f"unknown --dataset {f.dataset!r}; valid: {', '.join(DATASETS)}")
+    if f.model not in MODELS:
+        raise UsageError(f"unknown --model {f.model!r}; valid: {', '.join(MODELS)}")
+    if f.optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown --optimizer {f.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    if f.strategy not in STRATEGIES:
+        raise UsageError(f"unknown --strategy {f.strategy!r}; valid: {', '.join(STRATEGIES)}")
+    valid_acts = ["relu"] + surrogates.available_surrogates()
+    if f.activation not in valid_acts:
+        raise UsageError(f"unknown --activation {f.activation!r}; valid: {', '.join(valid_acts)}")
+    if not f.output_dir:
+        raise UsageError("--output_dir is required")
+
+    # Model shape.
+    if f.model == "custom":
+        if not f.blocks:
+            raise UsageError("--model custom needs --blocks, e.g. --blocks 1,1,1")
+        try:
+            blocks = [int(b) for b in f.blocks]
+        except ValueError:
+            raise UsageError(f"--blocks must be comma-separated integers, got {','.join(f.blocks)}") from None
+        if any(b < 1 for b in blocks):
+            raise UsageError(f"--blocks must all be >= 1, got {','.join(f.blocks)}")
+    else:
+        if f.blocks:
+            raise UsageError(f"--blocks is only for --model custom (got --model {f.model})")
+        blocks = list(MODEL_BLOCKS[f.model])
+    _positive("width", f.width)
+
+    # Optimisation.
+    _positive("learning_rate", f.learning_rate)
+    _positive("epochs", f.epochs)
+    _positive("batch_size", f.batch_size)
+    _finite("weight_decay", f.weight_decay)
+    if f.weight_decay < 0:
+        raise UsageError(f"--weight_decay must be >= 0, got {f.weight_decay}")
+    _unit_interval("momentum", f.momentum)
+    _unit_interval("label_smoothing", f.label_smoothing)
+    _unit_interval("dropout", f.dropout)
+
+    # Data and augmentation.
+    for name in ("max_train_examples", "max_test_examples"):
+        if getattr(f, name) is not None:
+            _positive(name, getattr(f, name))
+    if f.randaugment_ops < 0:
+        raise UsageError(f"--randaugment_ops must be >= 0, got {f.randaugment_ops}")
+    _finite("randaugment_magnitude", f.randaugment_magnitude)
+    if not 0.0 <= f.randaugment_magnitude <= 1.0:
+        raise UsageError(f"--randaugment_magnitude must be in [0, 1], got {f.randaugment_magnitude}")
+    if f.firing_rate_batches < 0:
+        raise UsageError(f"--firing_rate_batches must be >= 0, got {f.firing_rate_batches}")
+    if f.num_cpu_devices < 0:
+        raise UsageError(f"--num_cpu_devices must be >= 0, got {f.num_cpu_devices}")
+    if f.verbose not in (0, 1, 2):
+        raise UsageError(f"--verbose must be 0, 1 or 2, got {f.verbose}")
+
+    # Neuron parameters.
+    given = {k: getattr(f, k) for k in ("threshold",) + SURROGATE_PARAM_FLAGS if getattr(f, k) is not None}
+    if f.activation == "relu":
+        if given:
+            raise UsageError(f"--activation relu takes no neuron parameters, got --{', --'.join(sorted(given))}")
+    else:
+        own = dict(given)
+        threshold = own.pop("threshold", None)
+        try:
+            surrogates.resolve_params(f.activation, threshold, **own)
+        except ValueError as err:
+            raise UsageError(f"--activation {f.activation}: {_one_line(err)}") from None
+
+    values = {name: fv[name].value for name in define_flags(flags.FlagValues())}
+    if values.get("blocks") is not None:
+        values["blocks"] = list(values["blocks"])
+    return {"flags": values, "blocks": blocks, "surrogate_params": given}
+
+
+def parse_or_exit(argv: List[str], fv: flags.FlagValues = flags.FLAGS) -> Dict:
+    """Parses and validates; on any problem prints ``error: ...`` and exits 2."""
+    try:
+        parse_argv(argv, fv)
+        return validate(fv)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.stderr.flush()
+        raise SystemExit(2) from None
+
+
+def recipe_differences(saved: Dict, current: Dict) -> Optional[str]:
+    """Names the recipe flags that differ between two flag dicts, or None."""
+    keys = sorted((set(saved) | set(current)) - NON_RECIPE_FLAGS)
+    diff = [k for k in keys if saved.get(k) != current.get(k)]
+    if not diff:
+        return None
+    return ", ".join(f"--{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
