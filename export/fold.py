@@ -1,0 +1,350 @@
+"""BatchNormalization folding for single-step spiking networks (paper §4.3).
+
+At inference a BatchNormalization layer is the per-channel affine map
+
+    BN(u)_c = g_c * u_c + b_c,
+    g_c = gamma_c / sqrt(moving_var_c + eps),   b_c = beta_c - g_c * moving_mean_c.
+
+:func:`fold_batchnorm` removes every BN from a functional Keras model:
+
+1. **BN right after a Conv/Dense** (the conv's only consumer, linear
+   activation): ``BN(W * x + c) = (g * W) * x + (g * c + b)`` -- the kernel's
+   output channel ``c`` is scaled by ``g_c`` and the bias becomes
+   ``g_c * c_c + b_c``. This holds for any sign of ``g_c`` (``g_c = 0`` gives
+   a zero kernel and a constant output ``b_c``).
+
+2. **BN right before a spiking neuron with no linear op before it** (the
+   pre-activation BN after each residual Add): Eq. 27,
+
+       g_c u_c + b_c >= u_th  <=>  u_c >= (u_th - b_c) / g_c   (g_c > 0)
+                              <=>  u_c <= (u_th - b_c) / g_c   (g_c < 0)
+                              <=>  b_c >= u_th, a constant     (g_c = 0),
+
+   so the BN and the neuron become one :class:`~export.neurons.ThresholdNeuron`
+   with a per-channel threshold and polarity.
+
+3. **A neuron right after a Conv/Dense** (after step 1, or a conv with a
+   bias): fire iff ``W * x + c >= u_th`` iff ``W * x + (c - u_th) >= 0``, so
+   ``u_th`` moves into the bias and the neuron compares with 0. The result is
+   the same function, and a comparison with 0 stays exact after integer
+   quantization (0 is always exactly representable), which is what keeps the
+   int8 model close to the float one (docs/EXPORT.md).
+
+Every other BN placement (a custom layer between BN and neuron, a BN whose
+output feeds two layers and that cannot be merged into a conv, a BN feeding
+a ReLU, a shared layer, ...) raises :class:`FoldError` naming the layer:
+the fold never returns a silently different model.
+
+The graph is read from the public ``model.get_config()`` structure
+(each layer's ``inbound_nodes`` with their ``keras_history`` references)
+and rebuilt with fresh layers; no private Keras API is used.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Dict, List, Tuple
+
+import keras
+import numpy as np
+
+from export.neurons import ThresholdNeuron
+
+__all__ = ["FoldError", "fold_batchnorm", "fold_batchnorm_with_report", "bn_affine"]
+
+_LINEAR = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "DepthwiseConv1D", "Dense")
+_NEURON = ("S2Activation",)
+_MODEL_OUTPUT = "<model output>"
+
+
+class FoldError(ValueError):
+    """A BatchNormalization pattern that cannot be folded exactly."""
+
+
+def bn_affine(bn: keras.layers.Layer) -> Tuple[np.ndarray, np.ndarray]:
+    """Effective inference scale and shift ``(g, b)`` of a BatchNormalization,
+    in float64: ``g = gamma / sqrt(var + eps)``, ``b = beta - g * mean``."""
+    mean = np.asarray(bn.moving_mean, dtype=np.float64)
+    var = np.asarray(bn.moving_variance, dtype=np.float64)
+    gamma = np.asarray(bn.gamma, dtype=np.float64) if bn.scale else np.ones_like(mean)
+    beta = np.asarray(bn.beta, dtype=np.float64) if bn.center else np.zeros_like(mean)
+    g = gamma / np.sqrt(var + float(bn.epsilon))
+    return g, beta - g * mean
+
+
+def _is_history(obj):
+    return isinstance(obj, dict) and obj.get("class_name") == "__keras_tensor__"
+
+
+def _histories(obj) -> List[Tuple[str, int, int]]:
+    """All ``(layer, node, tensor)`` references inside a serialized node."""
+    found = []
+    if _is_history(obj):
+        name, node, index = obj["config"]["keras_history"]
+        found.append((name, int(node), int(index)))
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            found += _histories(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            found += _histories(value)
+    return found
+
+
+def _substitute(obj, lookup):
+    """Replaces serialized tensor references by rebuilt tensors."""
+    if _is_history(obj):
+        name, node, index = obj["config"]["keras_history"]
+        return lookup(name, int(node), int(index))
+    if isinstance(obj, dict):
+        return {k: _substitute(v, lookup) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_substitute(v, lookup) for v in obj)
+    return obj
+
+
+class _Graph:
+    """Producer/consumer view of a functional model built from get_config()."""
+
+    def __init__(self, model):
+        if not isinstance(model, keras.Model) or not hasattr(model, "get_config"):
+            raise FoldError(f"fold_batchnorm needs a keras.Model, got {type(model).__name__}")
+        try:
+            config = model.get_config()
+        except NotImplementedError:
+            config = None
+        if not config or "layers" not in config or "input_layers" not in config:
+            raise FoldError(
+                f"model {model.name!r} is not a functional/Sequential Keras model; "
+                "fold_batchnorm needs a layer graph")
+        self.model = model
+        self.config = config
+        self.order = [lc["name"] for lc in config["layers"]]
+        self.cls = {lc["name"]: lc["class_name"] for lc in config["layers"]}
+        self.node = {}
+        self.inputs = {}
+        self.consumers = collections.defaultdict(list)
+        for lc in config["layers"]:
+            name, nodes = lc["name"], lc.get("inbound_nodes") or []
+            if len(nodes) > 1:
+                raise FoldError(
+                    f"layer {name!r} ({lc['class_name']}) is called {len(nodes)} times; "
+                    "fold_batchnorm does not handle shared layers")
+            self.node[name] = nodes[0] if nodes else None
+            self.inputs[name] = _histories(nodes[0]) if nodes else []
+            for src, _, _ in self.inputs[name]:
+                self.consumers[src].append(name)
+        outputs = config["output_layers"]
+        if outputs and not isinstance(outputs[0], (list, tuple)):
+            outputs = [outputs]
+        self.output_refs = [tuple(o) for o in outputs]
+        for src, _, _ in self.output_refs:
+            self.consumers[src].append(_MODEL_OUTPUT)
+
+    def layer(self, name):
+        return self.model.get_layer(name)
+
+    def single_input(self, name):
+        refs = self.inputs[name]
+        if len(refs) != 1:
+            raise FoldError(f"layer {name!r} ({self.cls[name]}) must have exactly one input, has {len(refs)}")
+        return refs[0][0]
+
+    def describe(self, name):
+        return f"{name!r} ({self.cls.get(name, 'model output')})" if name != _MODEL_OUTPUT else "the model output"
+
+
+def _linear_foldable(graph, name):
+    """True if layer ``name`` is a Conv/Dense with a linear activation whose
+    output is consumed by exactly one layer."""
+    if graph.cls.get(name) not in _LINEAR:
+        return False
+    layer = graph.layer(name)
+    act = getattr(layer, "activation", None)
+    if act is not None and getattr(act, "__name__", "linear") != "linear":
+        return False
+    return len(graph.consumers[name]) == 1
+
+
+def _plan(graph):
+    """Decides, for every BN and neuron, how it is folded (or raises)."""
+    bn_mode = {}
+    for name in graph.order:
+        if graph.cls[name] != "BatchNormalization":
+            continue
+        bn = graph.layer(name)
+        axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
+        rank = len(bn.input.shape)
+        if axis is None or axis not in (-1, rank - 1):
+            raise FoldError(f"BatchNormalization {name!r} normalizes axis {bn.axis}; only the last (channel) axis can be folded")
+        src = graph.single_input(name)
+        consumers = graph.consumers[name]
+        if _linear_foldable(graph, src):
+            bn_mode[name] = ("linear", src)
+        elif len(consumers) == 1 and graph.cls.get(consumers[0]) in _NEURON:
+            bn_mode[name] = ("threshold", consumers[0])
+        elif len(consumers) != 1:
+            raise FoldError(
+                f"cannot fold BatchNormalization {name!r}: its output feeds "
+                f"{len(consumers)} consumers ({', '.join(graph.describe(c) for c in consumers)}) and its input "
+                f"{graph.describe(src)} is not a Conv/Dense used only by it")
+        else:
+            raise FoldError(
+                f"cannot fold BatchNormalization {name!r}: it feeds {graph.describe(consumers[0])}, "
+                f"not a spiking neuron, and its input {graph.describe(src)} is not a Conv/Dense used only by it")
+    neuron_mode = {}
+    for name in graph.order:
+        if graph.cls[name] not in _NEURON:
+            continue
+        src = graph.single_input(name)
+        if bn_mode.get(src, (None,))[0] == "threshold":
+            neuron_mode[name] = ("bn", src)
+            continue
+        # Conv/Dense (optionally followed by a BN folded into it) -> neuron,
+        # each the only consumer of the previous one: u_th moves into the bias.
+        linear = bn_mode[src][1] if bn_mode.get(src, (None,))[0] == "linear" else src
+        chain_ok = _linear_foldable(graph, linear) and len(graph.consumers[src]) == 1
+        neuron_mode[name] = ("bias", linear) if chain_ok else ("plain", None)
+    return bn_mode, neuron_mode
+
+
+def _neuron_params(layer):
+    return float(layer.threshold), float(layer.off_value), getattr(layer, "surrogate", None)
+
+
+def _fold_linear(layer, g=None, b=None, shift=0.0):
+    """Returns (config, kernel, bias) of ``layer`` with BN (g, b) and a
+    threshold shift folded in: out' = g*(W x + c) + b - shift."""
+    weights = layer.get_weights()
+    kernel = np.asarray(weights[0], dtype=np.float64)
+    out_ch = kernel.shape[-1] * (1 if type(layer).__name__ not in ("DepthwiseConv2D", "DepthwiseConv1D") else kernel.shape[-2])
+    bias = np.asarray(weights[1], dtype=np.float64) if layer.use_bias else np.zeros(out_ch)
+    if g is not None:
+        if type(layer).__name__ in ("DepthwiseConv2D", "DepthwiseConv1D"):
+            # kernel [..., in, mult]; output channel = in_index * mult + m.
+            kernel = kernel * g.reshape(kernel.shape[-2], kernel.shape[-1])
+        else:
+            kernel = kernel * g
+        bias = g * bias + b
+    bias = bias - shift
+    config = layer.get_config()
+    config["use_bias"] = True
+    config["dtype"] = "float32"
+    return config, kernel.astype(np.float32), bias.astype(np.float32)
+
+
+def fold_batchnorm_with_report(model: keras.Model, formulation: str = "compare"):
+    """Like :func:`fold_batchnorm` and also returns a report dict: per BN how
+    it was folded, and per neuron its threshold source and the number of
+    channels with positive, negative and zero BN scale."""
+    graph = _Graph(model)
+    bn_mode, neuron_mode = _plan(graph)
+    report = {"batchnorm": {}, "neurons": {}}
+    built: Dict[str, list] = {}
+    pending_linear = {}  # linear layer name -> (g, b, shift) to apply
+
+    # Pre-compute what goes into each linear layer.
+    for bn_name, (mode, target) in bn_mode.items():
+        if mode == "linear":
+            g, b = bn_affine(graph.layer(bn_name))
+            pending_linear[target] = [g, b, 0.0]
+            report["batchnorm"][bn_name] = {"folded_into": target, "kind": "conv_kernel_and_bias"}
+        else:
+            report["batchnorm"][bn_name] = {"folded_into": target, "kind": "firing_threshold"}
+    for n_name, (mode, target) in neuron_mode.items():
+        if mode == "bias":
+            th, _, _ = _neuron_params(graph.layer(n_name))
+            entry = pending_linear.setdefault(target, [None, None, 0.0])
+            entry[2] = th
+
+    def lookup(name, node, index):
+        outs = built[name]
+        return outs[index]
+
+    inputs = []
+    for name in graph.order:
+        cls = graph.cls[name]
+        layer = graph.layer(name)
+        if graph.node[name] is None:  # InputLayer
+            tensor = keras.Input(batch_shape=layer.batch_shape, dtype=layer.dtype, name=name)
+            built[name] = [tensor]
+            inputs.append(tensor)
+            continue
+        args = _substitute(graph.node[name].get("args", []), lookup)
+        kwargs = _substitute(graph.node[name].get("kwargs", {}), lookup)
+        kwargs = {k: v for k, v in kwargs.items() if not (k == "mask" and v is None)}
+        if cls == "BatchNormalization":
+            built[name] = [args[0]]  # folded away: pass the input through
+            continue
+        if cls in _NEURON:
+            th, off, surrogate = _neuron_params(layer)
+            mode, src = neuron_mode[name]
+            channels = int(layer.input.shape[-1])
+            if mode == "bn":
+                g, b = bn_affine(graph.layer(src))
+                pol = np.sign(g).astype(np.int64)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    theta = np.where(pol != 0, (th - b) / np.where(g == 0, 1.0, g), 0.0)
+                theta = np.where(pol == 0, np.where(b >= th, 1.0, 0.0), theta)
+                new = ThresholdNeuron(theta, pol, off_value=off, formulation=formulation,
+                                      surrogate=surrogate, name=name)
+                report["neurons"][name] = {
+                    "threshold_from": f"batchnorm {src}",
+                    "channels": channels,
+                    "positive_scale": int(np.sum(pol > 0)),
+                    "negative_scale": int(np.sum(pol < 0)),
+                    "zero_scale": int(np.sum(pol == 0)),
+                    "zero_scale_always_fires": int(np.sum((pol == 0) & (theta == 1.0))),
+                }
+            else:
+                value = 0.0 if mode == "bias" else th
+                new = ThresholdNeuron(np.full(channels, value), 1, off_value=off,
+                                      formulation=formulation, surrogate=surrogate, name=name)
+                report["neurons"][name] = {
+                    "threshold_from": f"bias of {src}" if mode == "bias" else "u_th",
+                    "channels": channels, "positive_scale": channels,
+                    "negative_scale": 0, "zero_scale": 0, "zero_scale_always_fires": 0,
+                }
+            out = new(*args, **kwargs)
+        elif name in pending_linear:
+            g, b, shift = pending_linear[name]
+            config, kernel, bias = _fold_linear(layer, g, b, shift)
+            new = type(layer).from_config(config)
+            out = new(*args, **kwargs)
+            new.set_weights([kernel, bias])
+        else:
+            config = layer.get_config()
+            if "dtype" in config:
+                config["dtype"] = "float32"
+            new = type(layer).from_config(config)
+            out = new(*args, **kwargs)
+            if layer.get_weights():
+                new.set_weights(layer.get_weights())
+        built[name] = list(out) if isinstance(out, (list, tuple)) else [out]
+
+    outputs = [lookup(*ref) for ref in graph.output_refs]
+    folded = keras.Model(inputs if len(inputs) > 1 else inputs[0],
+                         outputs if len(outputs) > 1 else outputs[0],
+                         name=f"{model.name}_folded")
+    left = [l.name for l in folded.layers if isinstance(l, keras.layers.BatchNormalization)]
+    if left:  # defensive: the plan above must have removed every BN
+        raise FoldError(f"BatchNormalization layers left after folding: {left}")
+    return folded, report
+
+
+def fold_batchnorm(model: keras.Model, formulation: str = "compare") -> keras.Model:
+    """Returns an inference model equal to ``model`` (in inference mode) with
+    no BatchNormalization layer.
+
+    BNs after a Conv/Dense fold into its kernel and bias; BNs before a
+    spiking neuron become per-channel firing thresholds (Eq. 27, any sign
+    of the BN scale); neuron thresholds after a Conv/Dense move into its
+    bias. Every :class:`s2nn_keras.S2Activation` becomes a
+    :class:`~export.neurons.ThresholdNeuron` (same layer name) in the given
+    ``formulation`` (``"compare"`` or ``"ramp"``). Layers are rebuilt in
+    float32.
+
+    Raises:
+      FoldError: a BN that cannot be folded exactly, naming the layer.
+    """
+    return fold_batchnorm_with_report(model, formulation)[0]
