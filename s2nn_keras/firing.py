@@ -35,7 +35,8 @@ def neuron_layers(model: keras.Model) -> List[keras.layers.Layer]:
 
 
 def _probe(model, layers):
-    return keras.Model(model.inputs, [layer.output for layer in layers])
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, [layer.output for layer in layers])
 
 
 def firing_rates(model: keras.Model, data, *, max_batches=None) -> Dict[str, float]:
