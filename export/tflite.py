@@ -33,6 +33,12 @@ import tensorflow as tf
 
 from export.neurons import ThresholdNeuron
 
+
+def _single(tensors):
+    """A lone input as itself (Keras warns when a one-input model gets a list)."""
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
 __all__ = ["QUANTIZATIONS", "to_tflite", "ensure_folded", "ramp_model", "op_names"]
 
 QUANTIZATIONS = ("float32", "int8", "int16x8")
@@ -83,7 +89,7 @@ def ramp_model(model: keras.Model, representative_data: Callable[[], Iterable]) 
     neurons = [l for l in model.layers if isinstance(l, ThresholdNeuron)]
     if not neurons:
         return model
-    probe = keras.Model(model.inputs, [l.input for l in neurons])
+    probe = keras.Model(_single(model.inputs), [l.input for l in neurons])
     zmax = np.zeros(len(neurons))
     for x in _iter_batches(representative_data):
         outs = probe(np.asarray(x, dtype=np.float32), training=False)

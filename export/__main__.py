@@ -1,0 +1,108 @@
+"""CLI: ``python -m export --model RUN/model.keras --output_dir RUN/export``.
+
+Folds the model's BatchNorms into firing thresholds, converts it to the
+requested TFLite formats (calibrating the integer ones on training images),
+runs every format in LiteRT and TFLite Micro on the test split, writes the
+artefacts and ``export_report.json`` and prints a summary. Bad input gives
+a one-line error on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
+_FORMATS = ("float32", "int8", "int16x8")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        sys.stderr.write(f"python -m export: error: {message}\n")
+        sys.exit(2)
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _formats(text):
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in _FORMATS]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(
+            f"--formats takes a comma-separated subset of {','.join(_FORMATS)}, got {text!r}")
+    return list(dict.fromkeys(items))
+
+
+def build_parser():
+    p = _Parser(prog="python -m export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="trained .keras model")
+    p.add_argument("--output_dir", required=True, help="where artefacts and export_report.json go")
+    p.add_argument("--formats", type=_formats, default=list(_FORMATS),
+                   help="comma-separated subset of float32,int8,int16x8 (default: all)")
+    p.add_argument("--dataset", default="fashion_mnist", choices=_DATASETS)
+    p.add_argument("--data_dir", default=None, help="directory with the data set (see trainers.data)")
+    p.add_argument("--max_test_examples", type=_positive_int, default=None,
+                   help="verification images from the test split (default: all)")
+    p.add_argument("--num_calibration", type=_positive_int, default=500,
+                   help="training images used to calibrate int8/int16x8 (default: 500)")
+    p.add_argument("--max_tflm_examples", type=_positive_int, default=None,
+                   help="cap on images run through TFLite Micro (default: all verification images)")
+    p.add_argument("--no_c_array", action="store_true", help="do not write model_int8.cc/.h")
+    p.add_argument("--quiet", action="store_true", help="do not print the summary")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if not os.path.isfile(args.model):
+        _fail(f"--model {args.model!r} does not exist")
+    if not args.model.endswith(".keras"):
+        _fail(f"--model must be a .keras file, got {args.model!r}")
+    from trainers.data import DatasetNotFoundError, load_arrays
+
+    try:
+        images, labels = load_arrays(args.dataset, "test", args.data_dir, args.max_test_examples)
+        # Calibration from the end of the training split.
+        train_images, _ = load_arrays(args.dataset, "train", args.data_dir)
+        calibration = train_images[-args.num_calibration:]
+    except (DatasetNotFoundError, ValueError, OSError) as err:
+        _fail(str(err).splitlines()[0])
+    from export.pipeline import export_run, load_model
+
+    try:
+        model = load_model(args.model)
+    except Exception as err:  # unreadable or not a Keras model
+        _fail(f"cannot load {args.model!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    expected = tuple(int(d) for d in model.inputs[0].shape[1:])
+    if expected != tuple(images.shape[1:]):
+        _fail(f"model input shape {expected} does not match {args.dataset} images {tuple(images.shape[1:])}")
+    from export.fold import FoldError
+
+    try:
+        export_run(model, args.output_dir, images, labels, formats=args.formats,
+                   calibration_images=calibration, num_calibration=args.num_calibration,
+                   max_tflm_examples=args.max_tflm_examples, c_array=not args.no_c_array,
+                   verbose=not args.quiet, extra={"model_path": args.model, "dataset": args.dataset})
+    except FoldError as err:
+        _fail(str(err))
+    return 0
+
+
+def _fail(message):
+    sys.stderr.write(f"python -m export: error: {message}\n")
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""End-to-end export of a trained model: fold, verify, convert, run, report.
+
+:func:`export_run` is what ``python -m export`` and the trainer's
+``--export`` call. It writes into ``output_dir``:
+
+* ``model_folded.keras``: the BN-free inference model (ThresholdNeuron layers);
+* ``model_<format>.tflite`` for each requested format;
+* ``model_int8.cc`` / ``model_int8.h``: the int8 flatbuffer as a C array for
+  TFLite Micro firmware (with the measured tensor-arena size);
+* ``export_report.json``: every figure below, and returns the same dict.
+
+Figures: fold verification (prediction agreement, largest logit difference,
+spike-map mismatches per neuron layer), and per format: file size, op list,
+leftover BN arithmetic, and in LiteRT and TFLite Micro: accuracy, agreement
+with the Keras model's predictions, largest logit difference, host latency per
+image, and the TFLM tensor-arena size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Callable, Dict, Iterable, Optional, Sequence
+
+import numpy as np
+
+
+def _single(tensors):
+    """A lone input as itself (Keras warns when a one-input model gets a list)."""
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+__all__ = ["export_run", "load_model", "verify_fold", "write_c_array", "format_summary"]
+
+DEFAULT_FORMATS = ("float32", "int8", "int16x8")
+# Neuron ops of the "compare" formulation; anything else that is not a
+# Conv/Dense/pool/residual op would be leftover BN arithmetic.
+COMPARE_OPS = ("GREATER_EQUAL", "LESS_EQUAL", "LOGICAL_AND", "LOGICAL_OR", "SELECT_V2")
+
+
+def load_model(path: str):
+    """Loads a ``.keras`` model that may hold S2Activation / ThresholdNeuron
+    layers (registers both packages' custom objects first)."""
+    import keras
+
+    import s2nn_keras  # noqa: F401  (registers S2Activation)
+    import export.neurons  # noqa: F401  (registers ThresholdNeuron)
+
+    if not isinstance(path, str) or not os.path.isfile(path):
+        raise FileNotFoundError(f"model file not found: {path!r}")
+    if not path.endswith(".keras"):
+        raise ValueError(f"expected a .keras model file, got {path!r}")
+    return keras.models.load_model(path, compile=False)
+
+
+def _as_float(images):
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    return images.astype(np.float32)
+
+
+def _batches(n, size):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def verify_fold(model, folded, images, batch_size=256) -> Dict:
+    """Compares ``model`` (inference mode) and its fold on ``images``.
+
+    Returns prediction agreement, the largest absolute logit difference and,
+    per neuron layer (matched by name), the number of spike-map elements
+    that differ. Only float ties at a threshold can make spikes differ:
+    ``g*u + b`` and ``u`` vs ``(u_th - b)/g`` round differently.
+    """
+    import keras
+    from s2nn_keras.firing import neuron_layers
+
+    orig_neurons = {l.name: l for l in neuron_layers(model)}
+    fold_neurons = {l.name: l for l in neuron_layers(folded)}
+    names = [n for n in orig_neurons if n in fold_neurons]
+    probe_a = keras.Model(_single(model.inputs), [model.outputs[0]] + [orig_neurons[n].output for n in names])
+    probe_b = keras.Model(_single(folded.inputs), [folded.outputs[0]] + [fold_neurons[n].output for n in names])
+    mismatch = {n: 0 for n in names}
+    elements = {n: 0 for n in names}
+    logits_a, logits_b = [], []
+    for sl in _batches(len(images), batch_size):
+        x = images[sl]
+        outs_a = probe_a(x, training=False)
+        outs_b = probe_b(x, training=False)
+        logits_a.append(np.asarray(outs_a[0], np.float32))
+        logits_b.append(np.asarray(outs_b[0], np.float32))
+        for n, sa, sb in zip(names, outs_a[1:], outs_b[1:]):
+            sa, sb = np.asarray(sa), np.asarray(sb)
+            mismatch[n] += int(np.sum(sa != sb))
+            elements[n] += int(sa.size)
+    la, lb = np.concatenate(logits_a), np.concatenate(logits_b)
+    pa, pb = la.argmax(1), lb.argmax(1)
+    return {
+        "logits_original": la,
+        "logits_folded": lb,
+        "prediction_agreement": float(np.mean(pa == pb)),
+        "predictions_equal": bool(np.all(pa == pb)),
+        "max_logit_abs_diff": float(np.max(np.abs(la - lb))) if la.size else 0.0,
+        "spike_mismatches": {n: {"count": mismatch[n], "elements": elements[n]} for n in names},
+        "total_spike_mismatches": int(sum(mismatch.values())),
+        "neurons_compared": len(names),
+    }
+
+
+def write_c_array(tflite_model: bytes, source_path: str, header_path: str, name: str,
+                  arena_size: Optional[int] = None) -> None:
+    """Writes the flatbuffer as a 16-byte-aligned C array, the layout TFLite
+    Micro examples use (``xxd -i`` style, ``alignas(16)``)."""
+    guard = os.path.basename(header_path).upper().replace(".", "_").replace("-", "_")
+    header = [
+        f"// Generated by s2nn_keras export: {len(tflite_model)}-byte TFLite flatbuffer.",
+        f"#ifndef {guard}", f"#define {guard}", "",
+        "#include <cstddef>", "",
+        f"extern const unsigned char {name}[];",
+        f"extern const unsigned int {name}_len;",
+    ]
+    if arena_size is not None:
+        header += ["", "// Smallest tensor arena with which the TFLM interpreter ran this model",
+                   "// (measured on the host; add headroom for your target's alignment).",
+                   f"constexpr size_t {name}_arena_size = {int(arena_size)};"]
+    header += ["", f"#endif  // {guard}", ""]
+    with open(header_path, "w") as f:
+        f.write("\n".join(header))
+    lines = [f'#include "{os.path.basename(header_path)}"', "",
+             f"alignas(16) const unsigned char {name}[] = {{"]
+    data = bytes(tflite_model)
+    for start in range(0, len(data), 12):
+        chunk = data[start:start + 12]
+        lines.append("  " + ", ".join(f"0x{b:02x}" for b in chunk) + ",")
+    lines += ["};", f"const unsigned int {name}_len = {len(data)};", ""]
+    with open(source_path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def _residual_adds(model):
+    return sum(1 for l in model.layers if type(l).__name__ == "Add")
+
+
+def _bn_residue(ops, folded, quantization):
+    """Arithmetic ops beyond what the folded graph needs, i.e. per-channel
+    BN-style affine maps left in the flatbuffer: any MUL/SUB/DIV, ADDs beyond
+    the residual Add layers and DEPTHWISE_CONV_2Ds beyond the model's own
+    (the int16x8 ramp neuron's threshold affine is counted here)."""
+    extra_add = max(0, ops.get("ADD", 0) - _residual_adds(folded))
+    own_dw = sum(1 for l in folded.layers if type(l).__name__ == "DepthwiseConv2D")
+    extra_dw = max(0, ops.get("DEPTHWISE_CONV_2D", 0) - own_dw)
+    residue = ops.get("MUL", 0) + ops.get("SUB", 0) + ops.get("DIV", 0) + extra_add + extra_dw
+    return int(residue)
+
+
+def _score(outputs, labels, ref_pred, ref_logits):
+    pred = outputs.argmax(1)
+    return {
+        "num_examples": int(len(outputs)),
+        "accuracy": float(np.mean(pred == labels)),
+        "agreement_with_keras": float(np.mean(pred == ref_pred[:len(pred)])),
+        "max_logit_abs_diff_vs_keras": float(np.max(np.abs(outputs - ref_logits[:len(outputs)]))),
+    }
+
+
+def export_run(model_or_path, output_dir: str, images, labels,
+               formats: Sequence[str] = DEFAULT_FORMATS,
+               calibration_images=None, num_calibration: int = 500,
+               max_tflm_examples: Optional[int] = None, c_array: bool = True,
+               verbose: bool = True, extra: Optional[Dict] = None) -> Dict:
+    """Folds, verifies, converts, runs and reports; see the module docstring.
+
+    Args:
+      model_or_path: a trained Keras model or a ``.keras`` path.
+      output_dir: where the artefacts and ``export_report.json`` go.
+      images, labels: the verification set (uint8 NHWC images or float32 in
+        [0, 1]; integer labels).
+      formats: any of ``"float32"``, ``"int8"``, ``"int16x8"``.
+      calibration_images: images for integer calibration (training data,
+        ideally); the first ``num_calibration`` are used. ``None`` uses the
+        verification images (recorded in the report).
+      max_tflm_examples: cap on images run through TFLite Micro (its
+        reference kernels are slow); ``None`` runs all.
+      c_array: write ``model_int8.cc``/``.h`` when int8 is exported.
+      verbose: print the summary table at the end.
+      extra: additional fields stored under ``"run"`` in the report.
+
+    Returns:
+      The report dict (also written to ``output_dir/export_report.json``).
+    """
+    from export.fold import fold_batchnorm_with_report
+    from export.runtimes import run_litert, run_tflm, tflm_arena_size
+    from export.tflite import QUANTIZATIONS, op_names, to_tflite
+
+    formats = list(formats)
+    bad = [f for f in formats if f not in QUANTIZATIONS]
+    if bad or not formats:
+        raise ValueError(f"formats must be a non-empty subset of {', '.join(QUANTIZATIONS)}; got {formats}")
+    model_path = model_or_path if isinstance(model_or_path, str) else None
+    model = load_model(model_or_path) if model_path else model_or_path
+    x = _as_float(images)
+    y = np.asarray(labels).astype(np.int64).reshape(-1)
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"need a non-empty verification set with one label per image; got {len(x)} images, {len(y)} labels")
+    if calibration_images is None:
+        calib, calib_source = x[:num_calibration], "verification images"
+    else:
+        calib, calib_source = _as_float(calibration_images)[:num_calibration], "calibration images"
+    os.makedirs(output_dir, exist_ok=True)
+
+    t0 = time.perf_counter()
+    folded, fold_report = fold_batchnorm_with_report(model)
+    folded.save(os.path.join(output_dir, "model_folded.keras"))
+    check = verify_fold(model, folded, x)
+    ref_logits, ref_pred = check.pop("logits_original"), None
+    fold_logits = check.pop("logits_folded")
+    ref_pred = ref_logits.argmax(1)
+    report = {
+        "model": model_path or model.name,
+        "output_dir": output_dir,
+        "num_verification": int(len(x)),
+        "num_calibration": int(len(calib)),
+        "calibration_source": calib_source,
+        "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+                 "python": platform.python_version(), "litert_threads": 1},
+        "keras": {"accuracy": float(np.mean(ref_pred == y)),
+                  "params": int(model.count_params()),
+                  "batchnorm_layers": sum(1 for l in model.layers if type(l).__name__ == "BatchNormalization")},
+        "fold": {**fold_report, **check, "accuracy": float(np.mean(fold_logits.argmax(1) == y)),
+                 "file": "model_folded.keras"},
+        "formats": {},
+    }
+    if extra:
+        report["run"] = dict(extra)
+
+    def representative():
+        for sl in _batches(len(calib), 50):
+            yield [calib[sl]]
+
+    for fmt in formats:
+        tflite_model = to_tflite(folded, fmt, representative if fmt != "float32" else None)
+        fname = f"model_{fmt}.tflite"
+        with open(os.path.join(output_dir, fname), "wb") as f:
+            f.write(tflite_model)
+        ops = op_names(tflite_model)
+        entry = {"file": fname, "size_bytes": len(tflite_model), "ops": ops,
+                 "bn_residue_ops": _bn_residue(ops, folded, fmt),
+                 "neuron_ops": {k: v for k, v in ops.items()
+                                if k in COMPARE_OPS + ("MINIMUM", "DEPTHWISE_CONV_2D", "QUANTIZE")}}
+        lite = run_litert(tflite_model, x)
+        entry["litert"] = {**_score(lite["outputs"], y, ref_pred, ref_logits),
+                           "latency_ms_per_image": lite["latency_ms"]}
+        n_micro = len(x) if max_tflm_examples is None else min(len(x), int(max_tflm_examples))
+        arena = tflm_arena_size(tflite_model, x[0])
+        micro = run_tflm(tflite_model, x[:n_micro], arena)
+        entry["tflm"] = {**_score(micro["outputs"], y[:n_micro], ref_pred, ref_logits),
+                         "agreement_with_litert": float(np.mean(
+                             micro["outputs"].argmax(1) == lite["outputs"][:n_micro].argmax(1))),
+                         "latency_ms_per_image": micro["latency_ms"], "arena_bytes": int(arena)}
+        entry["accuracy_drop_pp_vs_keras"] = 100.0 * (report["keras"]["accuracy"] - entry["litert"]["accuracy"])
+        if fmt == "int8" and c_array:
+            write_c_array(tflite_model, os.path.join(output_dir, "model_int8.cc"),
+                          os.path.join(output_dir, "model_int8.h"), "g_s2nn_model_int8", arena)
+            entry["c_source"] = {"source": "model_int8.cc", "header": "model_int8.h",
+                                 "array": "g_s2nn_model_int8", "arena_constant": "g_s2nn_model_int8_arena_size"}
+        report["formats"][fmt] = entry
+    report["seconds"] = time.perf_counter() - t0
+    with open(os.path.join(output_dir, "export_report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    if verbose:
+        print(format_summary(report))
+    return report
+
+
+def format_summary(report: Dict) -> str:
+    """A short human-readable summary of an export report."""
+    fold = report["fold"]
+    lines = [
+        f"export: {report['model']} -> {report['output_dir']}",
+        f"  verification images: {report['num_verification']}, calibration: "
+        f"{report['num_calibration']} ({report['calibration_source']})",
+        f"  keras accuracy {100 * report['keras']['accuracy']:.2f}%, "
+        f"{report['keras']['batchnorm_layers']} BN layers folded",
+        f"  fold: predictions equal on {100 * fold['prediction_agreement']:.2f}% of images, "
+        f"max |logit diff| {fold['max_logit_abs_diff']:.3g}, spike mismatches "
+        f"{fold['total_spike_mismatches']} (float ties only)",
+        "  format    size[KiB]  LiteRT acc  agree   TFLM acc  agree   arena[KiB]  LiteRT ms  TFLM ms  BN ops left",
+    ]
+    for fmt, e in report["formats"].items():
+        lt, mc = e["litert"], e["tflm"]
+        lines.append(
+            f"  {fmt:<8} {e['size_bytes'] / 1024:>9.1f}  {100 * lt['accuracy']:>9.2f}% {100 * lt['agreement_with_keras']:>6.2f}%"
+            f"  {100 * mc['accuracy']:>8.2f}% {100 * mc['agreement_with_keras']:>6.2f}%  {mc['arena_bytes'] / 1024:>10.1f}"
+            f"  {lt['latency_ms_per_image']:>9.3f}  {mc['latency_ms_per_image']:>7.2f}  {e['bn_residue_ops']:>11d}")
+    tflm_n = {e["tflm"]["num_examples"] for e in report["formats"].values()}
+    if tflm_n and tflm_n != {report["num_verification"]}:
+        lines.append(f"  (TFLM figures over the first {sorted(tflm_n)[0]} images)")
+    return "\n".join(lines)
