@@ -116,15 +116,15 @@ HOROWITZ_2014 = (
 # name -> (E_MAC pJ, E_AC pJ, description). MAC = mult + add, AC = add.
 PRESETS = collections.OrderedDict(
     [
-        ("45nm_fp32", (3.7 + 0.9, 0.9,
+        ("45nm_fp32", (round(3.7 + 0.9, 6), 0.9,
                        "fp32: MAC = mult 3.7 + add 0.9 = 4.6 pJ, AC = add 0.9 pJ (the paper's values)")),
-        ("45nm_fp16", (1.1 + 0.4, 0.4,
+        ("45nm_fp16", (round(1.1 + 0.4, 6), 0.4,
                        "fp16: MAC = mult 1.1 + add 0.4 = 1.5 pJ, AC = add 0.4 pJ")),
-        ("45nm_int32", (3.1 + 0.1, 0.1,
+        ("45nm_int32", (round(3.1 + 0.1, 6), 0.1,
                         "int32: MAC = mult 3.1 + add 0.1 = 3.2 pJ, AC = add 0.1 pJ")),
-        ("45nm_int8", (0.2 + 0.03, 0.03,
+        ("45nm_int8", (round(0.2 + 0.03, 6), 0.03,
                        "int8: MAC = mult 0.2 + add 0.03 = 0.23 pJ, AC = add 0.03 pJ")),
-        ("45nm_int8_acc32", (0.2 + 0.1, 0.1,
+        ("45nm_int8_acc32", (round(0.2 + 0.1, 6), 0.1,
                              "int8 weights, int32 accumulator: MAC = int8 mult 0.2 + int32 add 0.1 "
                              "= 0.3 pJ, AC = int32 add 0.1 pJ")),
     ]
@@ -847,10 +847,19 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
     stats = {t: {"gt0": 0.0, "gt_half": 0.0, "total": 0.0, "neg": False, "nonbinary": 0.0} for t in sources}
     n_examples = 0
     resized_to = None
-    for x in _batches(data, batch_size):
-        x = np.asarray(x, dtype=np.float32)
+    static_batch = int(inp["shape_signature"][0]) if int(inp["shape_signature"][0]) > 0 else None
+    if static_batch is None:
+        chunks = (np.asarray(x, dtype=np.float32) for x in _batches(data, batch_size))
+    else:
+        # A static batch (the export's batch-1 models): feed that many at a time.
+        chunks = (np.asarray(x[i:i + static_batch], dtype=np.float32)
+                  for x in _batches(data, batch_size) for i in range(0, len(x), static_batch))
+    for x in chunks:
+        if static_batch is not None and x.shape[0] != static_batch:
+            raise ValueError(f"TFLite model has a static batch of {static_batch}; the data size is not a multiple of it")
         if resized_to != x.shape[0]:
-            interp.resize_tensor_input(inp["index"], [x.shape[0]] + list(x.shape[1:]))
+            if static_batch is None:
+                interp.resize_tensor_input(inp["index"], [x.shape[0]] + list(x.shape[1:]))
             interp.allocate_tensors()
             resized_to = x.shape[0]
         feed = x
@@ -1113,6 +1122,9 @@ def main(argv=None) -> int:
         for path in [args.model] + args.tflite:
             if not os.path.isfile(path):
                 raise ValueError(f"no such file: {path}")
+        import logging
+
+        logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warnings; errors are ours
         from trainers import data as data_lib
 
         images, _ = data_lib.load_arrays(args.dataset, "test", data_dir=args.data_dir,

@@ -18,13 +18,13 @@ def plot_report(report: dict, path: str) -> str:
     import matplotlib.pyplot as plt
 
     rows = report["layers"]
-    names = [r["name"] for r in rows]
+    names = [r["name"] if len(r["name"]) <= 32 else "..." + r["name"][-29:] for r in rows]
     xs = range(len(rows))
     measured = [r["firing_rate"] is not None for r in rows]
     rates = [r["firing_rate"] if r["firing_rate"] is not None else r["charged_rate"] for r in rows]
     shares = [100.0 * r["energy_share"] for r in rows]
     width = max(6.0, 0.28 * len(rows) + 2.0)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(width, 6.0), sharex=True)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(width, 7.0), sharex=True)
     colors = ["tab:blue" if m else "lightgray" for m in measured]
     bars = ax1.bar(xs, rates, color=colors, edgecolor="black", linewidth=0.4)
     for bar, m in zip(bars, measured):
