@@ -166,7 +166,7 @@ def _linear_foldable(graph, name):
     return len(graph.consumers[name]) == 1
 
 
-def _plan(graph):
+def _plan(graph, threshold_in_bias=True):
     """Decides, for every BN and neuron, how it is folded (or raises)."""
     bn_mode = {}
     for name in graph.order:
@@ -203,7 +203,8 @@ def _plan(graph):
         # Conv/Dense (optionally followed by a BN folded into it) -> neuron,
         # each the only consumer of the previous one: u_th moves into the bias.
         linear = bn_mode[src][1] if bn_mode.get(src, (None,))[0] == "linear" else src
-        chain_ok = _linear_foldable(graph, linear) and len(graph.consumers[src]) == 1
+        chain_ok = (threshold_in_bias and _linear_foldable(graph, linear)
+                    and len(graph.consumers[src]) == 1)
         neuron_mode[name] = ("bias", linear) if chain_ok else ("plain", None)
     return bn_mode, neuron_mode
 
@@ -233,12 +234,13 @@ def _fold_linear(layer, g=None, b=None, shift=0.0):
     return config, kernel.astype(np.float32), bias.astype(np.float32)
 
 
-def fold_batchnorm_with_report(model: keras.Model, formulation: str = "compare"):
+def fold_batchnorm_with_report(model: keras.Model, formulation: str = "compare",
+                               threshold_in_bias: bool = True):
     """Like :func:`fold_batchnorm` and also returns a report dict: per BN how
     it was folded, and per neuron its threshold source and the number of
     channels with positive, negative and zero BN scale."""
     graph = _Graph(model)
-    bn_mode, neuron_mode = _plan(graph)
+    bn_mode, neuron_mode = _plan(graph, threshold_in_bias)
     report = {"batchnorm": {}, "neurons": {}}
     built: Dict[str, list] = {}
     pending_linear = {}  # linear layer name -> (g, b, shift) to apply
@@ -332,7 +334,8 @@ def fold_batchnorm_with_report(model: keras.Model, formulation: str = "compare")
     return folded, report
 
 
-def fold_batchnorm(model: keras.Model, formulation: str = "compare") -> keras.Model:
+def fold_batchnorm(model: keras.Model, formulation: str = "compare",
+                   threshold_in_bias: bool = True) -> keras.Model:
     """Returns an inference model equal to ``model`` (in inference mode) with
     no BatchNormalization layer.
 
@@ -344,7 +347,11 @@ def fold_batchnorm(model: keras.Model, formulation: str = "compare") -> keras.Mo
     ``formulation`` (``"compare"`` or ``"ramp"``). Layers are rebuilt in
     float32.
 
+    ``threshold_in_bias=False`` keeps ``u_th`` in the neuron after a
+    Conv/Dense instead of moving it into the bias (same float function;
+    only for measuring what the move buys under int8 quantization).
+
     Raises:
       FoldError: a BN that cannot be folded exactly, naming the layer.
     """
-    return fold_batchnorm_with_report(model, formulation)[0]
+    return fold_batchnorm_with_report(model, formulation, threshold_in_bias)[0]
