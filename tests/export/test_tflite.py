@@ -1,0 +1,186 @@
+"""TFLite float32 / int8 / int16x8 conversion of a folded, trained
+PreActResNet, run in LiteRT and TFLite Micro; the export pipeline and CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from export.runtimes import run_litert, run_tflm, tflm_arena_size
+from export.tflite import op_names, to_tflite
+
+N_RUN = 120  # images per runtime in the default tests (TFLM is slow)
+COMPARE = {"GREATER_EQUAL", "LESS_EQUAL", "LOGICAL_AND", "LOGICAL_OR", "SELECT_V2"}
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def converted(folded, calibration):
+    model = folded[0]
+    return {q: to_tflite(model, q, calibration if q != "float32" else None)
+            for q in ("float32", "int8", "int16x8")}
+
+
+@pytest.fixture(scope="module")
+def keras_ref(trained_model, fmnist):
+    x = fmnist[2][:N_RUN].astype("float32") / 255.0
+    logits = trained_model.predict(x, verbose=0)
+    return x, fmnist[3][:N_RUN], logits
+
+
+def test_neurons_are_comparison_ops_only(converted, folded):
+    model = folded[0]
+    residual_adds = sum(1 for l in model.layers if type(l).__name__ == "Add")
+    for q in ("float32", "int8"):
+        ops = op_names(converted[q])
+        assert "MUL" not in ops and "SUB" not in ops, (q, ops)
+        assert ops.get("ADD", 0) == residual_adds, (q, ops)  # only the residual Adds
+        assert {"GREATER_EQUAL", "LESS_EQUAL", "LOGICAL_OR"} <= set(ops), (q, ops)
+        assert "BATCH_MATMUL" not in ops
+    ops16 = op_names(converted["int16x8"])
+    assert not COMPARE & set(ops16), ops16  # the 16x8 quantizer has no compare ops
+    # one DEPTHWISE_CONV_2D per BN-threshold neuron (3 in this model), no MUL
+    assert ops16.get("DEPTHWISE_CONV_2D") == 3 and "MUL" not in ops16, ops16
+
+
+def test_integer_models_have_integer_io(converted):
+    from ai_edge_litert.interpreter import Interpreter
+
+    for q, dtype in (("float32", np.float32), ("int8", np.int8), ("int16x8", np.int16)):
+        interp = Interpreter(model_content=converted[q])
+        assert interp.get_input_details()[0]["dtype"] == dtype
+        assert interp.get_output_details()[0]["dtype"] == dtype
+        assert list(interp.get_input_details()[0]["shape"]) == [1, 28, 28, 1]
+
+
+def test_runtimes_agree_with_keras(converted, keras_ref):
+    x, y, logits = keras_ref
+    ref = logits.argmax(1)
+    results = {}
+    for q, model in converted.items():
+        lite = run_litert(model, x)
+        arena = tflm_arena_size(model, x[0])
+        micro = run_tflm(model, x, arena)
+        results[q] = (lite, micro, arena)
+        # LiteRT and TFLite Micro run the same flatbuffer to the same answer.
+        assert np.mean(lite["outputs"].argmax(1) == micro["outputs"].argmax(1)) >= 0.98, q
+        assert lite["latency_ms"] > 0 and micro["latency_ms"] > 0
+    float_lite, float_micro, _ = results["float32"]
+    np.testing.assert_array_equal(float_lite["outputs"].argmax(1), ref)
+    np.testing.assert_array_equal(float_micro["outputs"].argmax(1), ref)
+    assert np.max(np.abs(float_lite["outputs"] - logits)) < 1e-3
+    for q in ("int8", "int16x8"):
+        lite, micro, arena = results[q]
+        agree = np.mean(lite["outputs"].argmax(1) == ref)
+        assert agree >= 0.85, (q, agree)
+        acc_q, acc_f = np.mean(lite["outputs"].argmax(1) == y), np.mean(ref == y)
+        assert acc_q >= acc_f - 0.08, (q, acc_q, acc_f)
+    # int8 activations need less arena than float32.
+    assert results["int8"][2] < results["float32"][2]
+
+
+def test_to_tflite_validates_arguments(folded):
+    with pytest.raises(ValueError, match="quantization"):
+        to_tflite(folded[0], "int4")
+    with pytest.raises(ValueError, match="representative_data"):
+        to_tflite(folded[0], "int8")
+
+
+def test_export_run_writes_report_and_c_array(trained_model, fmnist, tmp_path):
+    from export import export_run
+
+    x_train, _, x_test, y_test = fmnist
+    out = str(tmp_path / "export")
+    report = export_run(trained_model, out, x_test[:80], y_test[:80], formats=("float32", "int8"),
+                        calibration_images=x_train[-100:], num_calibration=100, verbose=False)
+    with open(os.path.join(out, "export_report.json")) as f:
+        on_disk = json.load(f)
+    assert on_disk["fold"]["predictions_equal"] and report["fold"]["predictions_equal"]
+    assert set(on_disk["formats"]) == {"float32", "int8"}
+    for q, entry in on_disk["formats"].items():
+        assert os.path.getsize(os.path.join(out, entry["file"])) == entry["size_bytes"]
+        assert entry["bn_residue_ops"] == 0
+        for runtime in ("litert", "tflm"):
+            for key in ("accuracy", "agreement_with_keras", "latency_ms_per_image"):
+                assert key in entry[runtime]
+        assert entry["tflm"]["arena_bytes"] > 0
+    assert on_disk["formats"]["float32"]["litert"]["agreement_with_keras"] == 1.0
+    # The C array holds exactly the int8 flatbuffer.
+    with open(os.path.join(out, "model_int8.cc")) as f:
+        source = f.read()
+    body = source[source.index("{") + 1:source.index("};")]
+    data = bytes(int(tok, 16) for tok in body.replace(",", " ").split())
+    with open(os.path.join(out, "model_int8.tflite"), "rb") as f:
+        assert data == f.read()
+    with open(os.path.join(out, "model_int8.h")) as f:
+        header = f.read()
+    assert "g_s2nn_model_int8_arena_size = %d;" % on_disk["formats"]["int8"]["tflm"]["arena_bytes"] in header
+    assert "alignas(16)" in source
+
+
+def _cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "export", *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--output_dir", "x"], "--model"),
+    (["--model", "/nonexistent.keras", "--output_dir", "x"], "does not exist"),
+    (["--model", __file__, "--output_dir", "x"], ".keras"),
+    (["--model", "m.keras", "--output_dir", "x", "--formats", "int4"], "--formats"),
+    (["--model", "m.keras", "--output_dir", "x", "--max_test_examples", "0"], "positive"),
+    (["--model", "m.keras", "--output_dir", "x", "--dataset", "mnist"], "dataset"),
+])
+def test_cli_bad_input_is_one_line_exit_2(args, message):
+    result = _cli(*args)
+    assert result.returncode == 2
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_unfoldable_model_is_one_line_exit_2(tmp_path):
+    import keras
+
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(4, 3, name="c")(inputs)
+    s = keras.layers.Add(name="add")([h, h])
+    h = keras.layers.BatchNormalization(name="bad_bn")(s)
+    h = keras.layers.ReLU(name="relu")(h)
+    out = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h))
+    path = str(tmp_path / "bad.keras")
+    keras.Model(inputs, out).save(path)
+    result = _cli("--model", path, "--output_dir", str(tmp_path / "o"), "--max_test_examples", "10",
+                  "--num_calibration", "10")
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [l for l in result.stderr.splitlines() if l.startswith("python -m export: error")]
+    assert len(lines) == 1 and "bad_bn" in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_all_formats(trained_model, tmp_path):
+    """python -m export on a saved trained model: every format in both
+    runtimes over 300 test images; float32 exact, integer formats close."""
+    path = str(tmp_path / "model.keras")
+    trained_model.save(path)
+    out = str(tmp_path / "export")
+    result = _cli("--model", path, "--output_dir", out, "--max_test_examples", "300",
+                  "--num_calibration", "300")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "LiteRT acc" in result.stdout and "int16x8" in result.stdout
+    with open(os.path.join(out, "export_report.json")) as f:
+        report = json.load(f)
+    assert report["fold"]["predictions_equal"]
+    fmt = report["formats"]
+    assert fmt["float32"]["litert"]["agreement_with_keras"] == 1.0
+    assert fmt["float32"]["tflm"]["agreement_with_keras"] == 1.0
+    for q in ("int8", "int16x8"):
+        assert fmt[q]["litert"]["agreement_with_keras"] >= 0.85
+        assert fmt[q]["tflm"]["agreement_with_litert"] >= 0.98
+    assert fmt["int8"]["size_bytes"] < 0.5 * fmt["float32"]["size_bytes"]
+    for name in ("model_folded.keras", "model_int8.cc", "model_int8.h", "model_int16x8.tflite"):
+        assert os.path.isfile(os.path.join(out, name))
