@@ -58,7 +58,7 @@ def _atomic_write_json(path: str, obj) -> None:
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
     with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        json.dump(obj, f, indent=2, default=_json_default)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -405,6 +405,7 @@ def _main(config):
 
 def main(argv=None) -> None:
     """Console entry point: parse and validate flags, then train."""
+    trainer_flags.import_tensorflow_quietly()
     trainer_flags.define_flags(FLAGS)
     app.run(_main, argv=argv, flags_parser=lambda a: trainer_flags.parse_or_exit(a, FLAGS))
 

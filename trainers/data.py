@@ -105,8 +105,7 @@ def _load_tfds(name, split, data_dir, max_examples):
 
     tfds_split = split if not max_examples else f"{split}[:{int(max_examples)}]"
     try:
-        ds = tfds.load(name, split=tfds_split, data_dir=data_dir, as_supervised=True,
-                       batch_size=-1, download=False)
+        ds = tfds.load(name, split=tfds_split, data_dir=data_dir, as_supervised=True, download=False)
     except Exception as err:  # tfds raises several types for "not prepared"
         hint = (
             "install Debian's dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist) "
@@ -118,8 +117,18 @@ def _load_tfds(name, split, data_dir, max_examples):
         raise DatasetNotFoundError(
             f"dataset {name!r} not found offline ({type(err).__name__}); {hint}"
         ) from None
-    images, labels = tfds.as_numpy(ds)
-    return images.astype(np.uint8), labels.astype(np.int64)
+    # Read in moderate batches rather than batch_size=-1: one giant batch
+    # aborts inside TensorFlow under tfds' mock_data (std::length_error), and
+    # mock data ignores split slicing, hence the explicit take().
+    if max_examples:
+        ds = ds.take(int(max_examples))
+    images, labels = [], []
+    for x, y in tfds.as_numpy(ds.batch(4096)):
+        images.append(x)
+        labels.append(y)
+    if not images:
+        raise DatasetNotFoundError(f"dataset {name!r} split {split!r} is empty")
+    return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int64)
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

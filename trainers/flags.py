@@ -15,6 +15,7 @@ parse argument lists into a fresh one (:func:`new_flag_values`).
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Dict, List, Optional
 
@@ -33,6 +34,40 @@ NON_RECIPE_FLAGS = frozenset(
     ["data_dir", "output_dir", "verbose", "strategy", "num_cpu_devices", "jit_compile",
      "firing_rate_batches", "tta", "flagfile"]
 )
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow and Keras with stderr (fd 2) silenced when
+    ``TF_CPP_MIN_LOG_LEVEL`` >= 1.
+
+    TF 2.21 prints its start-up INFO lines ("oneDNN custom operations are
+    on", "Could not find cuda drivers") before absl logging is initialised,
+    ignoring ``TF_CPP_MIN_LOG_LEVEL``; without this a flag error would not
+    be the only line on stderr. Python exceptions still propagate (and are
+    printed after stderr is restored).
+    """
+    if "tensorflow" in sys.modules:
+        return
+    try:
+        level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        level = 0
+    if level < 1:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class UsageError(ValueError):
@@ -113,7 +148,8 @@ def new_flag_values() -> flags.FlagValues:
 
 def _one_line(text) -> str:
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return lines[0] if lines else "invalid command line"
+    line = lines[0] if lines else "invalid command line"
+    return line[len("ERROR::"):].strip() if line.startswith("ERROR::") else line
 
 
 def parse_argv(argv: List[str], fv: flags.FlagValues) -> List[str]:
@@ -127,6 +163,17 @@ def parse_argv(argv: List[str], fv: flags.FlagValues) -> List[str]:
     if len(rest) > 1:
         raise UsageError(f"unexpected positional argument(s): {' '.join(rest[1:])}")
     return rest
+
+
+def parse_argv_keep_rest(argv: List[str], fv: flags.FlagValues) -> List[str]:
+    """Like :func:`parse_argv` but returns the arguments after ``--``
+    (program name first) instead of rejecting them."""
+    try:
+        return fv(argv)
+    except flags.Error as err:
+        raise UsageError(_one_line(err)) from None
+    except (OSError, ValueError) as err:
+        raise UsageError(_one_line(err)) from None
 
 
 def _finite(name, value):

@@ -1,0 +1,58 @@
+"""Shared helpers for the trainer tests: tiny offline data sets and subprocess runs."""
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# A tiny model that trains in seconds on 2 CPU cores.
+TINY = ["--model=custom", "--blocks=1", "--width=4", "--batch_size=32", "--randaugment_ops=0",
+        "--firing_rate_batches=1"]
+
+
+def _write_idx(path, array):
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def write_fake_fashion_mnist(directory, n_train=128, n_test=64, seed=0):
+    """Writes the four Fashion-MNIST IDX .gz files with small random data.
+
+    Class c images are bright in a band whose position depends on c, so
+    even a tiny network can learn something.
+    """
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            images[i, 2 * c + 4 : 2 * c + 8, :] = 230
+        _write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz"), images)
+        _write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte.gz"), labels)
+    return directory
+
+
+def trainer_env(extra=None):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.pop("TF_CONFIG", None)
+    env.update(extra or {})
+    return env
+
+
+def trainer_cmd(*args, module="trainers.cifar"):
+    return [sys.executable, "-m", module] + list(args)
+
+
+def run_trainer(*args, timeout=300, env=None, module="trainers.cifar"):
+    return subprocess.run(trainer_cmd(*args, module=module), cwd=REPO, env=trainer_env(env),
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,124 @@
+"""End-to-end training runs on tiny data (tfds mock data for CIFAR, fake
+IDX files for Fashion-MNIST)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.trainers.helpers import TINY, run_trainer, write_fake_fashion_mnist
+from trainers import cifar
+from trainers import data as data_lib
+from trainers import flags as tf_flags
+
+
+def _config(tmp_path, *args):
+    return tf_flags.parse_or_exit(["trainers.cifar"] + TINY + list(args) + [f"--output_dir={tmp_path}"],
+                                  tf_flags.new_flag_values())
+
+
+def _scalar_tags(logdir):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    tags = set()
+    for sub in ("train", "validation"):
+        path = os.path.join(logdir, sub)
+        if os.path.isdir(path):
+            acc = event_accumulator.EventAccumulator(path, size_guidance={"tensors": 0})
+            acc.Reload()
+            tags |= set(acc.Tags().get("tensors", [])) | set(acc.Tags().get("scalars", []))
+    return tags
+
+
+def test_cifar10_mock_data_end_to_end(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    out = tmp_path / "run"
+    config = _config(out, "--dataset=cifar10", "--epochs=2", "--randaugment_ops=2",
+                     "--max_train_examples=48", "--max_test_examples=24", "--batch_size=16")
+    with tfds.testing.mock_data(num_examples=64):
+        metrics = cifar.train(config)
+    on_disk = json.loads((out / "metrics.json").read_text())
+    for key in ("test_accuracy", "tta_accuracy", "firing_rates", "wall_time_s", "epochs_completed",
+                "flags", "history"):
+        assert key in on_disk, key
+    assert on_disk["epochs_completed"] == 2 and [h["epoch"] for h in on_disk["history"]] == [1, 2]
+    assert on_disk["num_train_examples"] == 48 and on_disk["num_test_examples"] == 24
+    assert 0.0 <= on_disk["test_accuracy"] <= 1.0 and 0.0 <= on_disk["tta_accuracy"] <= 1.0
+    assert on_disk["flags"]["dataset"] == "cifar10" and on_disk["flags"]["crop_flip"] is None
+    assert on_disk["test_accuracy"] == metrics["test_accuracy"]
+    # One rate per neuron layer (3 for a one-block, one-stage net), all in [0, 1].
+    assert list(on_disk["firing_rates"]) == ["stage1_block1_act1", "stage1_block1_act2", "final_act"]
+    assert all(0.0 <= r <= 1.0 for r in on_disk["firing_rates"].values())
+    # Learning rate follows the cosine: after epoch 1 of 2 it is lr0 * (1 + cos(pi/2)) / 2.
+    lr0 = config["flags"]["learning_rate"]
+    np.testing.assert_allclose(on_disk["history"][0]["learning_rate"], lr0 / 2, rtol=1e-5)
+    assert on_disk["history"][1]["learning_rate"] == pytest.approx(0.0, abs=1e-9)
+    for name in ("final.keras", "best.keras", "state.json"):
+        assert (out / name).is_file(), name
+    tags = _scalar_tags(str(out / "tensorboard"))
+    for tag in ("epoch_loss", "epoch_accuracy", "epoch_learning_rate",
+                "epoch_firing_rate/stage1_block1_act1", "epoch_firing_rate/mean"):
+        assert tag in tags, (tag, tags)
+    # The final model reloads with its custom neuron layers.
+    import keras
+
+    model = keras.models.load_model(out / "final.keras")
+    assert model.output_shape == (None, 10)
+
+
+def test_cifar100_mock_relu_adam(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    out = tmp_path / "run"
+    config = _config(out, "--dataset=cifar100", "--epochs=1", "--activation=relu", "--optimizer=adam",
+                     "--learning_rate=0.001", "--max_train_examples=32", "--max_test_examples=16", "--notta")
+    with tfds.testing.mock_data(num_examples=32):
+        metrics = cifar.train(config)
+    assert metrics["tta_accuracy"] is None and metrics["firing_rates"] == {}
+    assert metrics["flags"]["optimizer"] == "adam"
+    assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 1
+
+
+def test_missing_dataset_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = _config(out, "--dataset=cifar10", f"--data_dir={empty}")
+    with pytest.raises(SystemExit) as info:
+        cifar._main(config)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: dataset 'cifar10' not found offline")
+    assert "--data_dir" in err[0]
+    assert not out.exists()
+
+
+def test_fashion_mnist_idx_from_data_dir(tmp_path):
+    write_fake_fashion_mnist(str(tmp_path), n_train=20, n_test=10)
+    x, y = data_lib.load_arrays("fashion_mnist", "train", str(tmp_path))
+    assert x.shape == (20, 28, 28, 1) and x.dtype == np.uint8 and y.shape == (20,)
+    x, y = data_lib.load_arrays("fashion_mnist", "test", str(tmp_path), max_examples=4)
+    assert x.shape == (4, 28, 28, 1)
+
+
+def test_resume_refuses_other_recipe(tmp_path):
+    data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=32, n_test=16)
+    out = tmp_path / "run"
+    common = ["--dataset=fashion_mnist", f"--data_dir={data_dir}", "--epochs=1"]
+    cifar.train(_config(out, *common))
+    with pytest.raises(tf_flags.UsageError, match="other flags.*--width"):
+        cifar.train(_config(out, *common, "--width=5"))
+    # Same recipe: already finished, nothing to train, metrics rewritten.
+    metrics = cifar.train(_config(out, *common))
+    assert metrics["epochs_completed"] == 1
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=64, n_test=32)
+    out = tmp_path / "run"
+    proc = run_trainer(*TINY, "--dataset=fashion_mnist", f"--data_dir={data_dir}", "--epochs=1",
+                       "--strategy=mirrored", "--num_cpu_devices=2", f"--output_dir={out}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_replicas"] == 2 and metrics["epochs_completed"] == 1
+    assert "test_accuracy" in proc.stdout and not (out / ".worker-1").exists()
