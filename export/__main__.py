@@ -58,6 +58,8 @@ def build_parser():
                    help="training images used to calibrate int8/int16x8 (default: 500)")
     p.add_argument("--max_tflm_examples", type=_positive_int, default=None,
                    help="cap on images run through TFLite Micro (default: all verification images)")
+    p.add_argument("--no_threshold_in_bias", action="store_true",
+                   help="keep u_th in the neurons after a conv instead of its bias (ablation)")
     p.add_argument("--no_c_array", action="store_true", help="do not write model_int8.cc/.h")
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
     return p
@@ -93,7 +95,8 @@ def main(argv=None):
         export_run(model, args.output_dir, images, labels, formats=args.formats,
                    calibration_images=calibration, num_calibration=args.num_calibration,
                    max_tflm_examples=args.max_tflm_examples, c_array=not args.no_c_array,
-                   verbose=not args.quiet, extra={"model_path": args.model, "dataset": args.dataset})
+                   verbose=not args.quiet, extra={"model_path": args.model, "dataset": args.dataset},
+                   threshold_in_bias=not args.no_threshold_in_bias)
     except FoldError as err:
         _fail(str(err))
     return 0

@@ -289,7 +289,7 @@ def fold_batchnorm_with_report(model: keras.Model, formulation: str = "compare",
                     theta = np.where(pol != 0, (th - b) / np.where(g == 0, 1.0, g), 0.0)
                 theta = np.where(pol == 0, np.where(b >= th, 1.0, 0.0), theta)
                 new = ThresholdNeuron(theta, pol, off_value=off, formulation=formulation,
-                                      surrogate=surrogate, name=name)
+                                      surrogate=surrogate, name=name, dtype="float32")
                 report["neurons"][name] = {
                     "threshold_from": f"batchnorm {src}",
                     "channels": channels,
@@ -301,7 +301,7 @@ def fold_batchnorm_with_report(model: keras.Model, formulation: str = "compare",
             else:
                 value = 0.0 if mode == "bias" else th
                 new = ThresholdNeuron(np.full(channels, value), 1, off_value=off,
-                                      formulation=formulation, surrogate=surrogate, name=name)
+                                      formulation=formulation, surrogate=surrogate, name=name, dtype="float32")
                 report["neurons"][name] = {
                     "threshold_from": f"bias of {src}" if mode == "bias" else "u_th",
                     "channels": channels, "positive_scale": channels,

@@ -170,7 +170,8 @@ def export_run(model_or_path, output_dir: str, images, labels,
                formats: Sequence[str] = DEFAULT_FORMATS,
                calibration_images=None, num_calibration: int = 500,
                max_tflm_examples: Optional[int] = None, c_array: bool = True,
-               verbose: bool = True, extra: Optional[Dict] = None) -> Dict:
+               verbose: bool = True, extra: Optional[Dict] = None,
+               threshold_in_bias: bool = True) -> Dict:
     """Folds, verifies, converts, runs and reports; see the module docstring.
 
     Args:
@@ -187,6 +188,9 @@ def export_run(model_or_path, output_dir: str, images, labels,
       c_array: write ``model_int8.cc``/``.h`` when int8 is exported.
       verbose: print the summary table at the end.
       extra: additional fields stored under ``"run"`` in the report.
+      threshold_in_bias: move ``u_th`` of neurons that follow a Conv/Dense
+        into its bias (default; see :func:`export.fold_batchnorm`). False is
+        for measuring what that buys.
 
     Returns:
       The report dict (also written to ``output_dir/export_report.json``).
@@ -212,7 +216,7 @@ def export_run(model_or_path, output_dir: str, images, labels,
     os.makedirs(output_dir, exist_ok=True)
 
     t0 = time.perf_counter()
-    folded, fold_report = fold_batchnorm_with_report(model)
+    folded, fold_report = fold_batchnorm_with_report(model, threshold_in_bias=threshold_in_bias)
     folded.save(os.path.join(output_dir, "model_folded.keras"))
     check = verify_fold(model, folded, x)
     ref_logits, ref_pred = check.pop("logits_original"), None
@@ -224,6 +228,7 @@ def export_run(model_or_path, output_dir: str, images, labels,
         "num_verification": int(len(x)),
         "num_calibration": int(len(calib)),
         "calibration_source": calib_source,
+        "threshold_in_bias": bool(threshold_in_bias),
         "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                  "python": platform.python_version(), "litert_threads": 1},
         "keras": {"accuracy": float(np.mean(ref_pred == y)),
