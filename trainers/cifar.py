@@ -148,12 +148,16 @@ def build_model(config: Dict, input_shape, num_classes: int):
 
     f = config["flags"]
     regularizer = keras.regularizers.L2(f["weight_decay"] / 2.0) if f["weight_decay"] > 0 else None
+    from s2nn_keras.regularizers import FiringRateRegularizer
+
+    rate_reg = (FiringRateRegularizer(f.get("rate_l1", 0.0), f.get("target_rate"), f.get("rate_strength", 1.0))
+                if f.get("rate_l1") or f.get("target_rate") is not None else None)
     depth = 2 + 2 * sum(config["blocks"])
     name = f["model"] if f["model"] != "custom" else f"preact_resnet{depth}"
     return PreActResNet(
         config["blocks"], tuple(input_shape), num_classes, activation=f["activation"],
         width=f["width"], dropout=f["dropout"], kernel_regularizer=regularizer, name=name,
-        **config["surrogate_params"],
+        activity_regularizer=rate_reg, **config["surrogate_params"],
     )
 
 

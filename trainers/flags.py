@@ -119,6 +119,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
         "dense kernel, implemented as an L2 kernel regulariser (wd/2) * ||w||^2.", flag_values=fv)
     flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing epsilon of Eq. A.1, in [0, 1).",
                        flag_values=fv)
+    flags.DEFINE_float("rate_l1", 0.0, "Firing-rate regularizer on every neuron: weight of its firing rate R "
+                       "(s2nn_keras.regularizers.FiringRateRegularizer; 0 = off).", flag_values=fv)
+    flags.DEFINE_float("target_rate", None, "Firing-rate regularizer: pull each neuron layer's rate toward "
+                       "this value in [0, 1] with weight --rate_strength.", flag_values=fv)
+    flags.DEFINE_float("rate_strength", 1.0, "Weight of the --target_rate penalty (r - target)^2.", flag_values=fv)
     flags.DEFINE_integer("epochs", 200, "Training epochs.", flag_values=fv)
     flags.DEFINE_integer("batch_size", 128, "Global batch size (split over replicas).", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling, augmentation).", flag_values=fv)
@@ -248,6 +253,15 @@ def validate(fv: flags.FlagValues) -> Dict:
     _unit_interval("momentum", f.momentum)
     _unit_interval("label_smoothing", f.label_smoothing)
     _unit_interval("dropout", f.dropout)
+    for name in ("rate_l1", "rate_strength"):
+        if _finite(name, getattr(f, name)) < 0:
+            raise UsageError(f"--{name} must be >= 0, got {getattr(f, name)}")
+    if f.target_rate is not None and not 0.0 <= _finite("target_rate", f.target_rate) <= 1.0:
+        raise UsageError(f"--target_rate must be in [0, 1], got {f.target_rate}")
+    if f.target_rate is not None and f.rate_strength == 0 and f.rate_l1 == 0:
+        raise UsageError("--target_rate needs --rate_strength > 0")
+    if f.activation == "relu" and (f.rate_l1 > 0 or f.target_rate is not None):
+        raise UsageError("--rate_l1/--target_rate regularize spiking neurons; --activation relu has none")
 
     # Data and augmentation.
     for name in ("max_train_examples", "max_test_examples"):
@@ -296,9 +310,14 @@ def parse_or_exit(argv: List[str], fv: flags.FlagValues = flags.FLAGS) -> Dict:
 
 
 def recipe_differences(saved: Dict, current: Dict) -> Optional[str]:
-    """Names the recipe flags that differ between two flag dicts, or None."""
+    """Names the recipe flags that differ between two flag dicts, or None.
+
+    A flag missing from ``saved`` (a run started by an older trainer that
+    did not have it) counts as having had its default value.
+    """
+    defaults = {name: fv.default for name, fv in new_flag_values()._flags().items()}
     keys = sorted((set(saved) | set(current)) - NON_RECIPE_FLAGS)
-    diff = [k for k in keys if saved.get(k) != current.get(k)]
+    diff = [k for k in keys if saved.get(k, defaults.get(k)) != current.get(k, defaults.get(k))]
     if not diff:
         return None
-    return ", ".join(f"--{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
+    return ", ".join(f"--{k} {saved.get(k, defaults.get(k))!r} -> {current.get(k, defaults.get(k))!r}" for k in diff)
