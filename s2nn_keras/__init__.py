@@ -13,7 +13,8 @@ from s2nn_keras.surrogates import (
 )
 from s2nn_keras.layers import S2Activation
 from s2nn_keras.firing import FiringRateCallback, firing_rates, neuron_layers
-from s2nn_keras import models
+from s2nn_keras.regularizers import FiringRateRegularizer
+from s2nn_keras import models, regularizers
 
 __version__ = "0.1.0"
 
@@ -28,5 +29,7 @@ __all__ = [
     "firing_rates",
     "FiringRateCallback",
     "neuron_layers",
+    "FiringRateRegularizer",
     "models",
+    "regularizers",
 ]
