@@ -1034,8 +1034,8 @@ def _json_safe(obj):
 
 
 def write_energy_report(model, data, output_dir, convention="default", preset="45nm_fp32", *,
-                        e_mac_pj=None, e_ac_pj=None, tflite_models=None, batch_size=256,
-                        print_table=True, plot=True) -> dict:
+                        e_mac_pj=None, e_ac_pj=None, tflite_models=None, folded_model=None,
+                        batch_size=256, print_table=True, plot=True) -> dict:
     """Computes :func:`energy_report` and writes it to ``output_dir``.
 
     Files: ``energy_report.json`` (the report; with ``tflite_models`` also a
@@ -1048,6 +1048,13 @@ def write_energy_report(model, data, output_dir, convention="default", preset="4
     Args:
       tflite_models: optional ``{label: bytes or path}`` of exported TFLite
         models to report beside the Keras model (e.g. float32 and int8).
+      folded_model: optional BN-folded Keras model the TFLite files were
+        converted from (``export.fold_batchnorm(model)``); each TFLite
+        section then also holds ``rate_difference_vs_folded_keras``. The
+        fold moves the threshold comparison (Eq. 27), which can flip the
+        rare neuron whose potential sits within float32 rounding of u_th,
+        so the float32 TFLite rates match the folded model exactly and the
+        unfolded one to about 1e-6.
 
     Returns:
       The report dict (as written to the JSON file).
@@ -1056,10 +1063,16 @@ def write_energy_report(model, data, output_dir, convention="default", preset="4
                            batch_size=batch_size)
     if tflite_models:
         section = collections.OrderedDict()
+        folded_report = None
+        if folded_model is not None:
+            folded_report = energy_report(folded_model, data, convention, preset, e_mac_pj=e_mac_pj,
+                                          e_ac_pj=e_ac_pj, batch_size=batch_size)
         for label, content in tflite_models.items():
             rep = tflite_energy_report(content, data, convention, preset, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj,
                                        keras_model=model)
             rep["rate_difference_vs_keras"] = compare_rates(report, rep)
+            if folded_report is not None:
+                rep["rate_difference_vs_folded_keras"] = compare_rates(folded_report, rep)
             section[label] = rep
         report["tflite"] = section
     os.makedirs(output_dir, exist_ok=True)
@@ -1075,9 +1088,12 @@ def write_energy_report(model, data, output_dir, convention="default", preset="4
         for label, rep in (report.get("tflite") or {}).items():
             diff = rep["rate_difference_vs_keras"]["max_abs_diff"]
             eff = rep["efficiency"]
-            print(f"tflite {label} ({rep['quantization']}): E_Full/E_Method = "
-                  + ("undefined" if eff is None else f"{eff:.2f}")
-                  + f", max |R_keras - R_tflite| = {diff:.3g}")
+            line = (f"tflite {label} ({rep['quantization']}): E_Full/E_Method = "
+                    + ("undefined" if eff is None else f"{eff:.2f}")
+                    + f", max |R_keras - R_tflite| = {diff:.3g}")
+            if "rate_difference_vs_folded_keras" in rep:
+                line += f" (vs the folded Keras model: {rep['rate_difference_vs_folded_keras']['max_abs_diff']:.3g})"
+            print(line)
     return report
 
 
@@ -1107,6 +1123,9 @@ def _parser():
     p.add_argument("--e_ac_pj", type=float, default=None, help="user E_AC in pJ (with --e_mac_pj)")
     p.add_argument("--tflite", action="append", default=[], metavar="PATH",
                    help="exported TFLite model(s) to report beside the Keras model (repeatable)")
+    p.add_argument("--folded_model", default=None, metavar="PATH",
+                   help="the BN-folded .keras model the --tflite files came from (python -m export writes "
+                        "model_folded.keras); adds the TFLite-vs-folded rate differences")
     return p
 
 
@@ -1119,7 +1138,9 @@ def main(argv=None) -> int:
         if args.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
         _energies(args.preset, args.e_mac_pj, args.e_ac_pj)
-        for path in [args.model] + args.tflite:
+        if args.folded_model and not args.tflite:
+            raise ValueError("--folded_model is only used with --tflite")
+        for path in [args.model] + args.tflite + ([args.folded_model] if args.folded_model else []):
             if not os.path.isfile(path):
                 raise ValueError(f"no such file: {path}")
         import logging
@@ -1150,10 +1171,15 @@ def main(argv=None) -> int:
                 import export.neurons  # noqa: F401  (registers the folded neuron)
             except ImportError:
                 pass
-            try:
-                model = keras.saving.load_model(args.model, compile=False)
-            except Exception as err:
-                raise ValueError(f"cannot load {args.model}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+            def load(path):
+                try:
+                    return keras.saving.load_model(path, compile=False)
+                except Exception as err:
+                    raise ValueError(f"cannot load {path}: "
+                                     f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+            model = load(args.model)
+            folded = load(args.folded_model) if args.folded_model else None
             expected = tuple(model.inputs[0].shape[1:])
             if tuple(x.shape[1:]) != expected:
                 raise ValueError(f"model {args.model} expects inputs {expected}, dataset {args.dataset} "
@@ -1161,7 +1187,7 @@ def main(argv=None) -> int:
             tfl = {os.path.splitext(os.path.basename(p))[0]: p for p in args.tflite}
             write_energy_report(model, x, args.output_dir, args.convention, args.preset,
                                 e_mac_pj=args.e_mac_pj, e_ac_pj=args.e_ac_pj, tflite_models=tfl or None,
-                                batch_size=args.batch_size)
+                                folded_model=folded, batch_size=args.batch_size)
         print(f"wrote {os.path.join(args.output_dir, 'energy_report.json')}, energy_layers.csv, "
               "energy_report.png")
     except (ValueError, OSError, RuntimeError) as err:

@@ -323,9 +323,13 @@ def test_tflite_report_matches_keras(trained_tiny, tmp_path):
     int8 = to_tflite(model, "int8", lambda: [x[:64]])
     path = tmp_path / "m_int8.tflite"
     path.write_bytes(int8)
+    from export import fold_batchnorm
+
     rep = energy.write_energy_report(model, x, str(tmp_path / "out"), tflite_models={"float32": f32, "int8": str(path)},
-                                     print_table=False, plot=False)
+                                     folded_model=fold_batchnorm(model), print_table=False, plot=False)
     assert rep["tflite"]["float32"]["rate_difference_vs_keras"]["max_abs_diff"] <= 1e-6
+    # the float32 TFLite model is the folded Keras model: identical spikes
+    assert rep["tflite"]["float32"]["rate_difference_vs_folded_keras"]["max_abs_diff"] == 0.0
     q = rep["tflite"]["int8"]
     assert q["quantization"] == "int8"
     assert q["rate_difference_vs_keras"]["unmatched"] == []
