@@ -120,7 +120,7 @@ def make_strategy(name: str):
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
             raise trainer_flags.UsageError("--strategy multi_worker needs the TF_CONFIG environment variable")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker_strategy_class()()
     raise trainer_flags.UsageError(f"unknown --strategy {name!r}")
 
 
@@ -133,6 +133,58 @@ def is_chief(strategy) -> bool:
     if resolver.task_type == "chief":
         return True
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in spec
+
+
+def _multi_worker_strategy_class():
+    """MultiWorkerMirroredStrategy whose ``reduce`` accepts scalars with
+    ``axis=0``.
+
+    Keras 3 (<= 3.15) reduces every per-replica log value of a train/test
+    step with ``strategy.reduce("MEAN", v, axis=0)`` under a multi-worker
+    strategy; the loss and metric values are scalars, for which TF rejects
+    ``axis=0``. For a scalar the mean over replicas is the same with
+    ``axis=None``, which is what this subclass uses.
+    """
+    import tensorflow as tf
+
+    class ScalarSafeMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op, value, axis):
+            if axis is not None:
+                local = self.experimental_local_results(value)
+                if local and getattr(local[0], "shape", None) is not None and local[0].shape.rank == 0:
+                    axis = None
+            return super().reduce(reduce_op, value, axis)
+
+    return ScalarSafeMultiWorkerMirroredStrategy
+
+
+def use_local_batch_for_symbolic_build(model, strategy) -> None:
+    """Works around Keras 3 (<= 3.15) failing ``fit`` under
+    MultiWorkerMirroredStrategy.
+
+    Before the first step Keras' TF trainer builds metrics and optimizer
+    from one batch, which it gets by ``strategy.reduce("MEAN", batch)`` on
+    the per-replica batch; with a multi-worker strategy that eager reduce
+    of an input batch fails ("Attempt to convert a value (PerReplica...)").
+    Only the batch's shapes matter for the build, so this instance override
+    takes this worker's first local replica batch instead.
+    """
+    import tensorflow as tf
+    import tree
+
+    def _maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                batch = next(it)
+                data_batch = tree.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v,
+                    batch)
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = _maybe_symbolic_build
 
 
 # --------------------------------------------------------------------------
@@ -336,6 +388,8 @@ def train(config: Dict) -> Dict:
     with strategy.scope():
         model = build_model(config, train_x.shape[1:], num_classes)
         compile_model(model, config, total_steps)
+        if f["strategy"] == "multi_worker":
+            use_local_batch_for_symbolic_build(model, strategy)
         initial_epoch = 0
         if state is not None:
             model.optimizer.build(model.trainable_variables)
@@ -374,6 +428,8 @@ def train(config: Dict) -> Dict:
             tta = tta_model(model)
             tta.compile(loss=keras.losses.CategoricalCrossentropy(),
                         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+            if f["strategy"] == "multi_worker":
+                use_local_batch_for_symbolic_build(tta, strategy)
         metrics["tta_accuracy"] = float(tta.evaluate(test_ds, verbose=0)[1])
 
     data = {"train_images": train_x, "train_labels": train_y, "test_images": test_x,
