@@ -448,6 +448,22 @@ def _batches(data, batch_size=256):
         yield np.asarray(x)
 
 
+def _reusable(data, batch_size):
+    """``data`` in a form that can be iterated more than once: arrays and
+    ``tf.data.Dataset`` as they are, any other iterable as a list of
+    NumPy batches (a generator would be exhausted by the first pass)."""
+    if isinstance(data, np.ndarray):
+        return data
+    try:
+        import tensorflow as tf
+
+        if isinstance(data, tf.data.Dataset):
+            return data
+    except ImportError:  # pragma: no cover
+        pass
+    return list(_batches(data, batch_size))
+
+
 def _measure_keras(model, rows, data, batch_size):
     """Fills ``firing_rate`` of every spike-fed row from Keras activations."""
     import tensorflow as tf
@@ -626,6 +642,10 @@ def energy_report(model, data, convention: str = "default", preset: str = "45nm_
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown convention {convention!r}; valid: {', '.join(CONVENTIONS)}")
     _energies(preset, e_mac_pj, e_ac_pj)
+    if len(_flat_model(model).inputs) != 1:
+        raise ValueError(f"model {model.name!r} has {len(_flat_model(model).inputs)} inputs; "
+                         "the energy report supports single-input models")
+    data = _reusable(data, batch_size)
     rows = resolve_inputs(model)
     n = _measure_keras(model, rows, data, batch_size)
     spiking = bool(neuron_layers(_flat_model(model)))
@@ -1059,6 +1079,7 @@ def write_energy_report(model, data, output_dir, convention="default", preset="4
     Returns:
       The report dict (as written to the JSON file).
     """
+    data = _reusable(data, batch_size)
     report = energy_report(model, data, convention, preset, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj,
                            batch_size=batch_size)
     if tflite_models:

@@ -175,6 +175,21 @@ def test_relu_model_is_full_precision_in_both_conventions():
         assert all(r["op"] == "MAC" and r["charged_rate"] == 1.0 for r in rep["layers"])
 
 
+def test_data_forms_give_the_same_report():
+    model, x = _known_spike_model(), _known_data()
+    import tensorflow as tf
+
+    ref = energy.energy_report(model, x)["e_method_pj"]
+    ds = tf.data.Dataset.from_tensor_slices((x, np.zeros(2))).batch(1)
+    assert energy.energy_report(model, ds)["e_method_pj"] == pytest.approx(ref)
+    gen = ((x[i:i + 1], 0) for i in range(2))  # one-shot generator
+    rep = energy.energy_report(model, gen)
+    assert rep["e_method_pj"] == pytest.approx(ref) and rep["num_examples"] == 2
+    assert rep["neuron_firing_rates"] == {"neuron": pytest.approx(KNOWN_RATE)}
+    with pytest.raises(ValueError, match="empty"):
+        energy.energy_report(model, x[:0])
+
+
 def test_presets_and_user_values():
     model, x = _known_spike_model(), _known_data()
     rep = energy.energy_report(model, x, preset="45nm_int8")
