@@ -1150,9 +1150,29 @@ def _parser():
     return p
 
 
+def _quiet_tf_import():
+    """Imports TensorFlow/Keras with file descriptor 2 silenced, so the C++
+    start-up logs do not bury the CLI's one-line messages."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     prog = "python -m export.energy"
+    _quiet_tf_import()
     try:
         if args.max_test_examples < 0:
             raise ValueError(f"--max_test_examples must be >= 0, got {args.max_test_examples}")

@@ -271,6 +271,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "both" in _err_line(capsys)
 
 
+def test_cli_subprocess_error_is_exactly_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"junk")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "export.energy", "--model", str(bad)], capture_output=True,
+                          text=True, env=env, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m export.energy: error: cannot load"), proc.stderr
+
+
 def test_cli_end_to_end_fashion_mnist(tmp_path, capsys):
     pytest.importorskip("trainers.data")
     from trainers import data as data_lib
