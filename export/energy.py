@@ -465,17 +465,32 @@ def _reusable(data, batch_size):
 
 
 def _measure_keras(model, rows, data, batch_size):
-    """Fills ``firing_rate`` of every spike-fed row from Keras activations."""
+    """Fills ``firing_rate`` of every spike-fed row from Keras activations,
+    in one pass over ``data``; returns ``(n_examples, neuron_rates)`` with
+    ``neuron_rates = {neuron layer name: R}`` (Eq. B.2 for the neurons
+    themselves, as :func:`s2nn_keras.firing.firing_rates` measures it)."""
     import tensorflow as tf
 
     keras = _keras()
     model = _flat_model(model)
     tensors, index = [], {}
-    for row in rows:
-        t = row["_rate_tensor"]
-        if t is not None and id(t) not in index:
+
+    def add(t):
+        if id(t) not in index:
             index[id(t)] = len(tensors)
             tensors.append(t)
+
+    for row in rows:
+        if row["_rate_tensor"] is not None:
+            add(row["_rate_tensor"])
+    neurons = []
+    calls = collections.Counter()
+    for layer, node in _model_nodes(model):
+        if _is_neuron(layer):
+            calls[layer.name] += 1
+            out = node.output_tensors[0]
+            neurons.append((layer.name + ("" if calls[layer.name] == 1 else f"#{calls[layer.name]}"), out))
+            add(out)
     n_examples = 0
     fired = np.zeros(len(tensors), dtype=np.float64)
     total = np.zeros(len(tensors), dtype=np.float64)
@@ -517,7 +532,9 @@ def _measure_keras(model, rows, data, batch_size):
                 f"({int(bad[i])} values outside {{-1, 0, 1}})"
             )
         row["firing_rate"] = float(fired[i] / total[i])
-    return n_examples
+    neuron_rates = collections.OrderedDict(
+        (name, float(fired[index[id(t)]] / total[index[id(t)]])) for name, t in neurons)
+    return n_examples, neuron_rates
 
 
 # --------------------------------------------------------------------------
@@ -647,19 +664,11 @@ def energy_report(model, data, convention: str = "default", preset: str = "45nm_
                          "the energy report supports single-input models")
     data = _reusable(data, batch_size)
     rows = resolve_inputs(model)
-    n = _measure_keras(model, rows, data, batch_size)
+    n, neuron_rates = _measure_keras(model, rows, data, batch_size)
     spiking = bool(neuron_layers(_flat_model(model)))
     report = _finish(rows, convention=convention, preset=preset, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj,
                      spiking=spiking, source="keras", model_name=model.name, n_examples=n)
-    if spiking:
-        from s2nn_keras.firing import firing_rates
-
-        if isinstance(data, np.ndarray):
-            report["neuron_firing_rates"] = dict(firing_rates(_flat_model(model), data))
-        else:
-            report["neuron_firing_rates"] = dict(firing_rates(_flat_model(model), _batches(data, batch_size)))
-    else:
-        report["neuron_firing_rates"] = {}
+    report["neuron_firing_rates"] = dict(neuron_rates)
     return report
 
 

@@ -332,9 +332,16 @@ def trained_tiny():
 
 def test_tflite_report_matches_keras(trained_tiny, tmp_path):
     from export import to_tflite
+    from s2nn_keras import firing_rates
 
     model, x = trained_tiny
     keras_rep = energy.energy_report(model, x)
+    # the neuron rates agree with s2nn_keras.firing (Fig. B.5 quantities)
+    ref = firing_rates(model, x)
+    assert list(keras_rep["neuron_firing_rates"]) == list(ref)
+    for name, rate in ref.items():
+        # (firing_rates sums float32 per-example means; the report counts in float64)
+        assert keras_rep["neuron_firing_rates"][name] == pytest.approx(rate, abs=1e-6)
     f32 = to_tflite(model, "float32")
     tfl = energy.tflite_energy_report(f32, x, keras_model=model)
     assert tfl["quantization"] == "float32"
