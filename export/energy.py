@@ -143,6 +143,10 @@ CONVENTIONS = collections.OrderedDict(
     ]
 )
 
+#: Largest fraction of off-level values a TFLite tensor may hold and still
+#: be read as spikes (see :func:`tflite_energy_report`).
+NEAR_BINARY_TOLERANCE = 1e-3
+
 SPIKE_KINDS = ("spikes", "signed_spikes", "pooled_spikes", "pooled_signed_spikes")
 
 
@@ -845,8 +849,14 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
     its source tensor; that tensor, dequantized, is classified over the
     whole data as {0, 1} spikes, {-1, +1} spikes or real values, and R is
     the fraction of elements above the midpoint of the two levels (0.5 for
-    {0, 1}, 0 for {-1, +1}). A quantized spike tensor counts as binary when
-    every value lies within one quantization step of its level.
+    {0, 1}, 0 for {-1, +1}). A value is on a level when it lies within one
+    quantization step of it; a tensor counts as spikes when at most
+    ``NEAR_BINARY_TOLERANCE`` (0.1 %) of its values are off the levels (the
+    int16x8 ramp neuron can emit a few intermediate values); the row then
+    records ``nonbinary_fraction`` and the report says so in ``notes``.
+    With ``keras_model``, TFLite compute ops that match no Keras Conv/Dense
+    (the int16x8 ramp neuron's per-channel DEPTHWISE_CONV_2D) are left out
+    and listed in ``notes``.
 
     Args:
       tflite_model: the flatbuffer bytes or a path to a ``.tflite`` file.
@@ -922,8 +932,15 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
             r.pop("_rate_tensor")
     names = _match_keras(rows, keras_rows) if keras_rows else [None] * len(rows)
     spiking = False
+    notes = []
+
     def binary(t):
-        return t is not None and stats[t]["nonbinary"] == 0 and stats[t]["total"] > 0
+        # Exactly binary for float32 and int8 exports. A tensor with at most
+        # NEAR_BINARY_TOLERANCE of its values off the two levels (the int16x8
+        # ramp neuron can emit intermediate levels) still counts as spikes,
+        # with the fraction recorded in the row and a note.
+        return (t is not None and stats[t]["total"] > 0
+                and stats[t]["nonbinary"] <= NEAR_BINARY_TOLERANCE * stats[t]["total"])
 
     def rate_of(t):
         s = stats[t]
@@ -933,6 +950,12 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
         direct, direct_path = row.pop("_direct"), row.pop("_direct_path")
         source, path = row.pop("_source"), row.pop("_path")
         is_input = row.pop("_is_input")
+        if keras_rows and name is None:
+            short = row["tflite_name"] if len(row["tflite_name"]) <= 60 else "..." + row["tflite_name"][-57:]
+            notes.append(f"TFLite op {row['tflite_op']} ({row['type']} '{short}', {row['flops']:,} "
+                         "FLOPs) has no Conv/Dense counterpart in the Keras model (e.g. the int16x8 ramp "
+                         "neuron's per-channel affine); not counted")
+            continue
 
         def via(p):
             return f" via {'/'.join(reversed(p))}" if p else ""
@@ -953,6 +976,12 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
         new = collections.OrderedDict(name=name or row["tflite_name"], type=row["type"], flops=row["flops"],
                                       input_kind=kind, input_source=desc, firing_rate=rate,
                                       tflite_op=row["tflite_op"], tflite_name=row["tflite_name"])
+        measured = direct if kind in ("spikes", "signed_spikes") else source if kind.startswith("pooled") else None
+        if measured is not None and stats[measured]["nonbinary"]:
+            frac = stats[measured]["nonbinary"] / stats[measured]["total"]
+            new["nonbinary_fraction"] = frac
+            notes.append(f"{new['name']}: {frac:.2e} of the values of '{details[measured]['name']}' are not on "
+                         "the two spike levels; counted as spikes when above the midpoint")
         out_rows.append(new)
     if keras_rows is not None:
         from s2nn_keras.firing import neuron_layers
@@ -963,7 +992,8 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
         spiking = bool(neuron_layers(_flat_model(keras_model)))
     report = _finish(out_rows, convention=convention, preset=preset, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj,
                      spiking=spiking, source="tflite",
-                     model_name=getattr(keras_model, "name", "tflite model"), n_examples=n_examples)
+                     model_name=getattr(keras_model, "name", "tflite model"), n_examples=n_examples,
+                     extra_notes=notes)
     report["quantization"] = _quantization_of(interp)
     return report
 

@@ -374,6 +374,23 @@ def test_tflite_report_matches_keras(trained_tiny, tmp_path):
     assert set(saved["tflite"]) == {"float32", "int8"}
 
 
+def test_tflite_report_int16x8(trained_tiny):
+    """int16x8 builds the neurons as a ramp with a per-channel affine
+    (a 1x1 DEPTHWISE_CONV_2D): those ops are not network layers and are left
+    out; the spike tensors are read as spikes."""
+    from export import to_tflite
+
+    model, x = trained_tiny
+    keras_rep = energy.energy_report(model, x)
+    rep = energy.tflite_energy_report(to_tflite(model, "int16x8", lambda: [x[:64]]), x, keras_model=model)
+    assert rep["quantization"] == "int16x8"
+    assert [r["name"] for r in rep["layers"]] == [r["name"] for r in keras_rep["layers"]]
+    assert [r["input_kind"] for r in rep["layers"]] == [r["input_kind"] for r in keras_rep["layers"]]
+    cmp = energy.compare_rates(keras_rep, rep)
+    assert cmp["unmatched"] == [] and cmp["max_abs_diff"] < 0.02
+    assert any("not counted" in n for n in rep["notes"])
+
+
 def test_tflite_report_standalone_cli(trained_tiny, tmp_path, capsys):
     from export import to_tflite
 
