@@ -156,21 +156,24 @@ def run_sweep(output_dir: str, grid, base_args: List[str], select: str = "test_a
     return rows, best
 
 
-def _main(argv):
+def _check(argv):
+    """Validates the sweep flags and every point; returns (grid, base_args)."""
     fv = FLAGS
     base_args = argv[1:]
-    try:
-        if not fv.output_dir:
-            raise trainer_flags.UsageError("--output_dir is required")
-        if fv.select not in METRICS:
-            raise trainer_flags.UsageError(f"--select must be one of {', '.join(METRICS)}, got {fv.select!r}")
-        if any(a.startswith("--output_dir") for a in base_args):
-            raise trainer_flags.UsageError("give --output_dir before '--' (each point gets its own folder)")
-        grid = parse_grid(fv.grid)
-        validate_points(base_args, grid_points(grid), fv.output_dir)
-    except trainer_flags.UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+    if not fv.output_dir:
+        raise trainer_flags.UsageError("--output_dir is required")
+    if fv.select not in METRICS:
+        raise trainer_flags.UsageError(f"--select must be one of {', '.join(METRICS)}, got {fv.select!r}")
+    if any(a.startswith("--output_dir") for a in base_args):
+        raise trainer_flags.UsageError("give --output_dir before '--' (each point gets its own folder)")
+    grid = parse_grid(fv.grid)
+    validate_points(base_args, grid_points(grid), fv.output_dir)
+    return grid, base_args
+
+
+def _main(checked):
+    fv = FLAGS
+    grid, base_args = checked
     rows, best = run_sweep(fv.output_dir, grid, base_args, fv.select)
     print(f"results: {os.path.join(fv.output_dir, 'results.csv')}")
     if best is None:
@@ -185,8 +188,9 @@ def _main(argv):
 
 
 def _parse(argv):
+    """absl flags parser: parse and validate everything, or one error line and exit 2."""
     try:
-        return trainer_flags.parse_argv_keep_rest(argv, FLAGS)
+        return _check(trainer_flags.parse_argv_keep_rest(argv, FLAGS))
     except trainer_flags.UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

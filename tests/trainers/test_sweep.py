@@ -35,3 +35,14 @@ def test_bad_point_is_reported_before_running(tmp_path):
     grid = sweep.parse_grid(["learning_rate=0.1,-1"])
     with pytest.raises(tf_flags.UsageError, match="learning_rate=-1.*must be > 0"):
         sweep.validate_points([], sweep.grid_points(grid), str(tmp_path))
+
+
+def test_sweep_cli_bad_point_is_one_line(tmp_path):
+    from tests.trainers.helpers import run_trainer
+
+    out = tmp_path / "sweep"
+    proc = run_trainer(f"--output_dir={out}", "--grid=learning_rate=0.1,-1", "--", "--dataset=fashion_mnist",
+                       module="trainers.sweep", timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: point learning_rate=-1: --learning_rate must be > 0, got -1.0"
+    assert not out.exists()
