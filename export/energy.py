@@ -91,7 +91,7 @@ import math
 import os
 import re
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 
