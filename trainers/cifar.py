@@ -312,8 +312,14 @@ def _make_callbacks(config, model_dir, output_dir, chief, state, test_ds, start_
     callbacks.append(checkpoint)
     # TensorBoard last: it must see the learning rate and firing rates that
     # the callbacks above added to the epoch logs.
-    callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, "tensorboard"),
-                                                 update_freq="epoch", write_graph=False))
+    try:
+        import tensorboard  # noqa: F401  (tf.summary needs it since TF 2.16)
+    except ImportError:
+        print("warning: the tensorboard package is not installed; no TensorBoard logs "
+              "(pip install tensorboard)", file=sys.stderr)
+    else:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, "tensorboard"),
+                                                     update_freq="epoch", write_graph=False))
     return callbacks, checkpoint
 
 
