@@ -9,7 +9,9 @@ batch-1 input signature (what TFLite Micro runs).
   calibrated on ``representative_data``. The neurons are
   ``GREATER_EQUAL``/``LESS_EQUAL`` (+ logical ops) on integers, followed by
   one ``SELECT_V2`` writing the spike values (exact in int8: 0 and 1 are both
-  representable at the output scale).
+  representable at the output scale). Nonzero thresholds are first moved to
+  the middle of an int8 step of their input (:func:`int8_threshold_model`),
+  so quantizing the threshold constant cannot flip a decision.
 * ``"int16x8"``: 16-bit activations, 8-bit weights
   (``EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8``). This
   quantizer does not support comparison ops ("Quantization to 16x8-bit not
@@ -39,7 +41,7 @@ def _single(tensors):
     return tensors[0] if len(tensors) == 1 else tensors
 
 
-__all__ = ["QUANTIZATIONS", "to_tflite", "ensure_folded", "ramp_model", "op_names"]
+__all__ = ["QUANTIZATIONS", "to_tflite", "ensure_folded", "ramp_model", "int8_threshold_model", "op_names"]
 
 QUANTIZATIONS = ("float32", "int8", "int16x8")
 INT16_MAX = 32767.0
@@ -109,6 +111,70 @@ def ramp_model(model: keras.Model, representative_data: Callable[[], Iterable]) 
     return _with_neurons(model, make)
 
 
+def _neuron_input_ranges(model, neurons, representative_data):
+    probe = keras.Model(_single(model.inputs), [l.input for l in neurons])
+    lo = np.full(len(neurons), np.inf)
+    hi = np.full(len(neurons), -np.inf)
+    for x in _iter_batches(representative_data):
+        outs = probe(np.asarray(x, dtype=np.float32), training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for i, u in enumerate(outs):
+            u = np.asarray(u)
+            lo[i] = min(lo[i], float(u.min()))
+            hi[i] = max(hi[i], float(u.max()))
+    return lo, hi
+
+
+def int8_threshold_model(model: keras.Model, representative_data: Callable[[], Iterable]) -> keras.Model:
+    """The folded model with every nonzero threshold moved to the middle of
+    an int8 step of its input ("half-LSB placement").
+
+    Post-training calibration gives a neuron's input ``u`` the grid
+    ``u = (q - zp) * s`` with ``s = (max(hi, 0) - min(lo, 0)) / 255`` and
+    ``zp = round(-128 - min(lo, 0) / s)`` (lo/hi: calibrated min/max). The
+    exact decision on that grid is ``q >= k`` with ``k = ceil(theta / s) + zp``
+    (``q <= floor(theta / s) + zp`` for negative polarity). TFLite also
+    quantizes the threshold constant itself, with its own scale, and a
+    threshold just above a grid point (e.g. 0.001 when ``u`` is exactly 0 on
+    every background pixel) rounds onto it and flips every such neuron.
+    Replacing ``theta`` by ``(k - zp - 1/2) * s`` (``+ 1/2`` for negative
+    polarity) keeps the same integer decision while putting the threshold as
+    far from every grid point as possible, so rounding the constant cannot
+    cross one. In float the model changes only for inputs within one int8
+    step of a threshold. Thresholds that are exactly 0 (moved into a conv
+    bias) are already exact and stay.
+    """
+    neurons = [l for l in model.layers if isinstance(l, ThresholdNeuron)]
+    if not neurons:
+        return model
+    lo, hi = _neuron_input_ranges(model, neurons, representative_data)
+    placed = {}
+    for layer, rmin, rmax in zip(neurons, lo, hi):
+        th, pol = layer.thresholds.astype(np.float64), layer.polarity
+        if np.all(th[pol != 0] == 0.0) or not np.isfinite(rmin):
+            continue
+        rmin, rmax = min(rmin, 0.0), max(rmax, 0.0)
+        scale = (rmax - rmin) / 255.0
+        if scale <= 0:
+            continue
+        zp = np.clip(np.round(-128.0 - rmin / scale), -128, 127)
+        k_pos = np.ceil(th / scale - 1e-9) + zp
+        k_neg = np.floor(th / scale + 1e-9) + zp
+        new = np.where(pol > 0, (k_pos - zp - 0.5) * scale, np.where(pol < 0, (k_neg - zp + 0.5) * scale, th))
+        new = np.where((pol != 0) & (th == 0.0), th, new)
+        placed[layer.name] = new.astype(np.float32)
+    if not placed:
+        return model
+
+    def make(layer):
+        config = layer.get_config()
+        if layer.name in placed:
+            config["thresholds"] = [float(v) for v in placed[layer.name]]
+        return ThresholdNeuron.from_config(config)
+
+    return _with_neurons(model, make)
+
+
 def _batch1_model(model):
     """``model`` behind batch-1 inputs (TFLite Micro runs static shapes)."""
     inputs = [keras.Input(batch_shape=(1,) + tuple(t.shape[1:]), dtype="float32", name=t.name)
@@ -143,6 +209,8 @@ def to_tflite(model: keras.Model, quantization: str = "float32",
     model = ensure_folded(model)
     if quantization == "int16x8":
         model = ramp_model(model, representative_data)
+    elif quantization == "int8":
+        model = int8_threshold_model(model, representative_data)
 
     converter = tf.lite.TFLiteConverter.from_keras_model(_batch1_model(model))
     if quantization != "float32":

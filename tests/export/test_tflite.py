@@ -185,3 +185,40 @@ def test_cli_end_to_end_all_formats(trained_model, tmp_path):
     assert fmt["int8"]["size_bytes"] < 0.75 * fmt["float32"]["size_bytes"]
     for name in ("model_folded.keras", "model_int8.cc", "model_int8.h", "model_int16x8.tflite"):
         assert os.path.isfile(os.path.join(out, name))
+
+
+def test_int8_threshold_placement_keeps_the_integer_decision(folded, calibration, fmnist):
+    """Half-LSB placement: on the calibrated int8 grid of each neuron's input
+    the moved threshold makes exactly the decision of the original one, and
+    it sits half a step away from every grid point."""
+    import keras
+    from export.neurons import ThresholdNeuron
+    from export.tflite import _neuron_input_ranges, int8_threshold_model
+
+    model = folded[0]
+    placed = int8_threshold_model(model, calibration)
+    neurons = [l for l in model.layers if isinstance(l, ThresholdNeuron)]
+    lo, hi = _neuron_input_ranges(model, neurons, calibration)
+    moved = 0
+    for layer, rmin, rmax in zip(neurons, lo, hi):
+        new = placed.get_layer(layer.name)
+        th, pol, th2 = layer.thresholds, layer.polarity, new.thresholds
+        assert list(new.polarity) == list(pol)
+        if np.all(th[pol != 0] == 0.0):
+            np.testing.assert_array_equal(th2, th)  # thresholds in a conv bias stay exact
+            continue
+        rmin, rmax = min(rmin, 0.0), max(rmax, 0.0)
+        scale = (rmax - rmin) / 255.0
+        zp = np.clip(np.round(-128.0 - rmin / scale), -128, 127)
+        grid = (np.arange(-128, 128)[:, None] - zp) * scale  # every int8 level, per channel
+        for c in np.flatnonzero(pol != 0):
+            old = grid[:, 0] >= th[c] if pol[c] > 0 else grid[:, 0] <= th[c]
+            new_dec = grid[:, 0] >= th2[c] if pol[c] > 0 else grid[:, 0] <= th2[c]
+            np.testing.assert_array_equal(old, new_dec)
+            frac = (th2[c] / scale) % 1.0
+            assert abs(frac - 0.5) < 1e-3
+            moved += 1
+    assert moved > 0
+    x = fmnist[2][:100].astype("float32") / 255.0
+    agree = np.mean(model.predict(x, verbose=0).argmax(1) == placed.predict(x, verbose=0).argmax(1))
+    assert agree >= 0.95  # float decisions change only within one int8 step
