@@ -113,7 +113,6 @@ def test_resume_refuses_other_recipe(tmp_path):
     assert metrics["epochs_completed"] == 1
 
 
-@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=64, n_test=32)
     out = tmp_path / "run"
