@@ -14,6 +14,7 @@ setup(
     package_data={"trainers": ["configs/*.cfg"]},
     install_requires=[
         "tensorflow>=2.20,<2.22",
+        "tensorboard>=2.20,<2.22",  # not a dependency of tensorflow 2.21; the trainer writes TensorBoard logs
         "keras>=3.10,<4",
         "keras-cv>=0.9,<0.10",
         "tensorflow-datasets>=4.9,<5",
