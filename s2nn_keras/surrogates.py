@@ -357,14 +357,19 @@ def _spike(u, entry, threshold, params):
 def _backward(entry, x, threshold, params, dy):
     """``dy * surrogate_gradient(x)``, non-finite surrogate values giving ``dy * 0``.
 
-    For float32 the guard is applied to the product, ``where(finite(g), dy*g,
-    dy*0)``, which is bit-for-bit ``dy * where(finite(g), g, 0)`` but ends in a
-    select instead of a multiply. That matters under ``jit_compile`` on CPU:
-    XLA hands the BatchNorm-backward channel sums over this tensor to YNNPACK
-    only when their operand is not a multiply, otherwise it emits slower
-    reduce-window trees (about 5% of a PreActResNet training step).
+    For float32 this is written ``where(finite(g), dy * g0, dy * 0)`` with
+    ``g0 = where(finite(g), g, 0)``: bit-for-bit ``dy * g0`` (also for
+    non-finite ``dy``) but ending in a select instead of a multiply. That
+    matters under ``jit_compile`` on CPU: XLA hands the BatchNorm-backward
+    channel sums over this tensor to YNNPACK only when their operand is not a
+    multiply, otherwise it emits slower reduce-window trees (about 5% of a
+    PreActResNet training step). Multiplying by ``g0`` rather than ``g`` keeps
+    XLA from rewriting ``dy * cast(mask)`` into a select, which would turn
+    ``inf * 0`` into 0 instead of NaN.
     """
     if x.dtype == tf.float32:
         g = entry.grad_fn(x, threshold, **params)
-        return tf.where(tf.math.is_finite(g), dy * g, dy * 0.0)
+        finite = tf.math.is_finite(g)
+        g0 = tf.where(finite, g, tf.zeros_like(g))
+        return tf.where(finite, dy * g0, dy * 0.0)
     return dy * _grad_in_dtype(entry, x, threshold, params)
