@@ -23,6 +23,10 @@ Two parts:
      kernel and memory pass (XLA may round differently from TF's kernels in
      the last bit, so it is not applied to the library).
 
+Before timing it checks that ``current`` and ``multiply_guard`` give the
+same gradients (bit for bit, or equal values) for every surrogate in eager,
+``tf.function`` and XLA.
+
 Example (figures in docs/RESULTS.md):
   python -m benchmarks.surrogate_profile --rounds 15
 """
@@ -58,13 +62,13 @@ def parse_args(argv=None):
     return args
 
 
-def _patched_spike(variant):
+def _patched_spike(variant, original):
     import tensorflow as tf
 
     from s2nn_keras import surrogates as S
 
     if variant == "current":
-        return S._spike
+        return original
 
     def spike(u, entry, threshold, params):
         if not u.dtype.is_floating:
@@ -86,6 +90,49 @@ def _patched_spike(variant):
         return _heaviside(u)
 
     return spike
+
+
+def equality_check(original):
+    """Gradients of the current backward vs ``multiply_guard`` for every
+    surrogate, float32, on normal draws plus 0, +-1e-38, +-inf, NaN, with
+    upstream gradients including 0, -0, inf and NaN; eager, tf.function and
+    XLA. Returns {surrogate: {mode: "bitwise" | "equal values (signed zeros
+    differ)" | "DIFFERENT"}}."""
+    import numpy as np
+    import tensorflow as tf
+
+    from s2nn_keras import surrogates as S
+
+    rng = np.random.default_rng(0)
+    u = np.concatenate([3 * rng.normal(size=20000), [0, 1, -1, 1e-38, -1e-38, 0.3, np.inf, -np.inf, np.nan,
+                                                     -30, 30, 1e30, -1e30]]).astype(np.float32)
+    dy = rng.normal(size=u.shape).astype(np.float32)
+    dy[:50], dy[50:60], dy[60], dy[61] = 0.0, -0.0, np.inf, np.nan
+    u, dy = tf.constant(u), tf.constant(dy)
+    legacy = _patched_spike("multiply_guard", original)
+    out = {}
+    for name in S.available_surrogates():
+        entry, th, params = S.resolve_params(name)
+        out[name] = {}
+        for mode, jit in (("eager", None), ("graph", False), ("xla", True)):
+            grads = []
+            for spike in (original, legacy):
+                def f(u, dy, spike=spike):
+                    with tf.GradientTape() as tape:
+                        tape.watch(u)
+                        s = spike(u, entry, th, params)
+                    return tape.gradient(s, u, output_gradients=dy)
+
+                grads.append((f if jit is None else tf.function(f, jit_compile=jit))(u, dy).numpy())
+            a, b = grads
+            same_bits = (a.view(np.uint32) == b.view(np.uint32)) | (np.isnan(a) & np.isnan(b))
+            if same_bits.all():
+                out[name][mode] = "bitwise"
+            elif np.array_equal(a, b, equal_nan=True):
+                out[name][mode] = "equal values (signed zeros differ)"
+            else:
+                out[name][mode] = "DIFFERENT"
+    return out
 
 
 def hlo_census(hlo):
@@ -113,6 +160,8 @@ def main(argv=None):
     x = tf.constant(rng.random((base.batch_size, 28, 28, 1), dtype=np.float32))
     y = tf.constant(np.eye(10, dtype=np.float32)[rng.integers(0, 10, base.batch_size)])
     original = S._spike
+    equality = equality_check(original)
+    print("current vs multiply_guard gradients:", equality, flush=True)
     census, steps = {}, {}
     try:
         for mode in args.modes:
@@ -120,7 +169,7 @@ def main(argv=None):
                 for variant in (["current"] if act == "relu" else args.variants):
                     if variant == "jit_backward" and mode == "xla":
                         continue  # the whole step is already compiled
-                    S._spike = _patched_spike(variant)
+                    S._spike = _patched_spike(variant, original)
                     _, step = build_variant(base, act, mode)
                     step(x, y).numpy()  # trace with the patched backward
                     for _ in range(base.warmup):
@@ -167,6 +216,7 @@ def main(argv=None):
     payload = {"benchmark": "surrogate_profile", "command": C.command_line(),
                "config": {k: v for k, v in vars(args).items() if k != "output"},
                "model": "PreActResNet blocks [1,1,1] width 16, 28x28x1, batch 64 (benchmarks.train_step defaults)",
+               "gradient_equality_current_vs_multiply_guard": equality,
                "hlo_census": census, "results": results, "machine": machine}
     C.write_json(args.output, payload)
     return 0
