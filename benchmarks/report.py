@@ -14,7 +14,7 @@ import sys
 
 from benchmarks import _common as C
 
-SECTIONS = ("train_step", "inference", "neuron_ops", "table2", "gpu_fullscale")
+SECTIONS = ("train_step", "surrogate_profile", "inference", "neuron_ops", "table2", "gpu_fullscale")
 
 
 def _load(name):
@@ -39,6 +39,23 @@ def train_step(d):
     for r in d["results"]:
         out.append(f"| {r['mode']} | {r['activation']} | {r['step_ms_median']:.1f} | {r['images_per_s']:.0f} | "
                    f"{r['ratio_to_relu_median']:.3f} | {r['cpu_ms_median']:.1f} | {r['cpu_ratio_to_relu_median']:.3f} |")
+    return "\n".join(out)
+
+
+def surrogate_profile(d):
+    eq = d.get("gradient_equality_current_vs_multiply_guard", {})
+    out = [f"Command: `{d['command']}`  ", f"Machine: {_machine(d)}  ", f"Model: {d['model']}", ""]
+    if eq:
+        out += ["Gradients, current vs multiply_guard: " + "; ".join(
+            f"{k}: " + ", ".join(f"{m} {v}" for m, v in modes.items()) for k, modes in eq.items()), ""]
+    out += ["| XLA step: activation/variant | fusions | YNNPACK reduce fusions | XLA reduce-window fusions | exp ops | divide ops |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for k, c in d["hlo_census"].items():
+        out.append(f"| {k} | {c['fusions']} | {c['ynnpack_reduce_fusions']} | {c['xla_reduce_window_fusions']} | "
+                   f"{c['exponential_ops']} | {c['divide_ops']} |")
+    out += ["", "| mode/activation/variant | CPU ms/step | CPU × relu (median) | IQR of ratio |", "|---|---:|---:|---:|"]
+    for r in d["results"]:
+        out.append(f"| {r['key']} | {r['cpu_ms_median']:.1f} | {r['cpu_ratio_to_relu_median']:.3f} | {r['cpu_ratio_iqr']:.3f} |")
     return "\n".join(out)
 
 
