@@ -71,6 +71,9 @@ def main(argv=None):
         _fail(f"--model {args.model!r} does not exist")
     if not args.model.endswith(".keras"):
         _fail(f"--model must be a .keras file, got {args.model!r}")
+    from trainers.flags import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # TF's C++ start-up lines would bury the one-line errors
     from trainers.data import DatasetNotFoundError, load_arrays
 
     try:
@@ -82,8 +85,11 @@ def main(argv=None):
         _fail(str(err).splitlines()[0])
     from export.pipeline import export_run, load_model
 
+    from export.runtimes import quiet_stderr
+
     try:
-        model = load_model(args.model)
+        with quiet_stderr():  # device initialisation logs "failed call to cuInit" on CPU hosts
+            model = load_model(args.model)
     except Exception as err:  # unreadable or not a Keras model
         _fail(f"cannot load {args.model!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
     expected = tuple(int(d) for d in model.inputs[0].shape[1:])

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from typing import Dict
 
 import numpy as np
 
-__all__ = ["run_litert", "run_tflm", "tflm_arena_size", "quantize", "dequantize"]
+__all__ = ["run_litert", "run_tflm", "tflm_arena_size", "quantize", "dequantize", "quiet_stderr"]
 
 
 def _qparams(details):
@@ -69,14 +70,17 @@ def run_litert(tflite_model: bytes, images: np.ndarray, num_threads: int = 1) ->
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    """Silences C-level stderr (TFLM prints allocation failures there)."""
+def quiet_stderr():
+    """Silences C-level stderr (fd 2) inside the block: TFLM prints
+    allocation failures there, TensorFlow its device start-up lines."""
+    sys.stderr.flush()
     fd = os.dup(2)
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
             yield
     finally:
+        sys.stderr.flush()
         os.dup2(fd, 2)
         os.close(fd)
 
@@ -94,7 +98,7 @@ def tflm_arena_size(tflite_model: bytes, sample: np.ndarray = None, granularity:
 
     def works(size):
         try:
-            with _quiet_stderr():
+            with quiet_stderr():
                 interp = _tflm(tflite_model, size)
                 details = interp.get_input_details(0)
                 x = np.zeros(details["shape"], np.float32) if sample is None else sample[None]
