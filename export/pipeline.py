@@ -223,7 +223,7 @@ def export_run(model_or_path, output_dir: str, images, labels,
     fold_logits = check.pop("logits_folded")
     ref_pred = ref_logits.argmax(1)
     report = {
-        "model": model_path or model.name,
+        "model": model_path or (extra or {}).get("model_path") or model.name,
         "output_dir": output_dir,
         "num_verification": int(len(x)),
         "num_calibration": int(len(calib)),

@@ -27,6 +27,8 @@ batch-1 input signature (what TFLite Micro runs).
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 from typing import Callable, Iterable, Optional
 
 import keras
@@ -233,7 +235,10 @@ def to_tflite(model: keras.Model, quantization: str = "float32",
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
             converter.inference_input_type = tf.int16
             converter.inference_output_type = tf.int16
-    return converter.convert()
+    # The Keras exporter prints "Saved artifact at ..." and its signature to
+    # stdout on every conversion; keep the CLI's output to its summary.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return converter.convert()
 
 
 def op_names(tflite_model: bytes):
