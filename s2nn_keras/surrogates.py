@@ -354,20 +354,33 @@ def _spike(u, entry, threshold, params):
     return _heaviside(u)
 
 
+def _in_xla_context():
+    """True while tracing inside ``tf.function(jit_compile=True)`` (also for
+    gradient functions and nested functions traced there)."""
+    try:
+        from tensorflow.python.ops import control_flow_util
+
+        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+    except Exception:  # internal API moved: fall back to the plain form
+        return False
+
+
 def _backward(entry, x, threshold, params, dy):
     """``dy * surrogate_gradient(x)``, non-finite surrogate values giving ``dy * 0``.
 
-    For float32 this is written ``where(finite(g), dy * g0, dy * 0)`` with
-    ``g0 = where(finite(g), g, 0)``: bit-for-bit ``dy * g0`` (also for
-    non-finite ``dy``) but ending in a select instead of a multiply. That
-    matters under ``jit_compile`` on CPU: XLA hands the BatchNorm-backward
-    channel sums over this tensor to YNNPACK only when their operand is not a
+    Eager and plain ``tf.function``: exactly ``dy * _grad_in_dtype(...)``.
+    Under XLA (float32) the same values are written
+    ``where(finite(g), dy * g0, dy * 0)`` with ``g0 = where(finite(g), g, 0)``:
+    bit-for-bit ``dy * g0`` (also for non-finite ``dy``) but ending in a
+    select instead of a multiply. XLA:CPU hands the BatchNorm-backward channel
+    sums over this tensor to YNNPACK only when their operand is not a
     multiply, otherwise it emits slower reduce-window trees (about 5% of a
-    PreActResNet training step). Multiplying by ``g0`` rather than ``g`` keeps
-    XLA from rewriting ``dy * cast(mask)`` into a select, which would turn
-    ``inf * 0`` into 0 instead of NaN.
+    PreActResNet training step). Multiplying by ``g0`` rather than ``g``
+    keeps XLA from rewriting ``dy * cast(mask)`` into a select (which would
+    turn ``inf * 0`` into 0 instead of NaN). Outside XLA the two extra
+    kernels would cost time, so the plain form is kept there.
     """
-    if x.dtype == tf.float32:
+    if x.dtype == tf.float32 and _in_xla_context():
         g = entry.grad_fn(x, threshold, **params)
         finite = tf.math.is_finite(g)
         g0 = tf.where(finite, g, tf.zeros_like(g))
