@@ -329,17 +329,60 @@ def _make_callbacks(config, model_dir, output_dir, chief, state, test_ds, start_
 
 
 def post_training_reports(model, config: Dict, data: Dict, output_dir: str, metrics: Dict) -> None:
-    """Hook for the reports written after training (called on the chief only).
+    """Reports written after training (called on the chief only).
 
     ``data`` holds the uint8 arrays (``train_images``, ``test_images``,
     ...) and the ``test_ds`` tf.data pipeline; reports add their results to
     ``metrics`` (written to metrics.json afterwards) and their files to
-    ``output_dir``. Currently it records the per-layer firing rates over the
-    whole test set.
+    ``output_dir``:
+
+    * ``firing_rates``: R(l) of every neuron layer over the whole test set;
+    * with ``--export``: ``output_dir/export`` (BN-folded model, TFLite
+      models, C array, ``export_report.json``; see :func:`export.export_run`)
+      verified on the first ``--export_max_examples`` test images;
+    * always: the Appendix B energy report in ``output_dir/energy``
+      (:func:`export.energy.write_energy_report`), over the whole test set,
+      or, with ``--export``, over the verification images with the exported
+      float32/int8 TFLite models reported beside the Keras model.
     """
+    import keras
+
+    from export.energy import write_energy_report
     from s2nn_keras.firing import firing_rates
 
+    f = config["flags"]
     metrics["firing_rates"] = dict(firing_rates(model, data["test_ds"]))
+    energy_data, tflite_models, folded = data["test_ds"], None, None
+    if f["export"]:
+        import export
+        from trainers.data import to_float
+
+        n = f["export_max_examples"] or len(data["test_images"])
+        images, labels = data["test_images"][:n], data["test_labels"][:n]
+        export_dir = os.path.join(output_dir, "export")
+        report = export.export_run(
+            model, export_dir, images, labels, formats=f["export_formats"],
+            calibration_images=data["train_images"][-500:],
+            max_tflm_examples=f["export_tflm_examples"] or None,
+            extra={"model_path": os.path.join(output_dir, "final.keras")})
+        metrics["export"] = {
+            "dir": export_dir,
+            "num_verification": report["num_verification"],
+            "fold_prediction_agreement": report["fold"]["prediction_agreement"],
+            "formats": {fmt: {"size_bytes": e["size_bytes"], "accuracy": e["litert"]["accuracy"],
+                              "agreement_with_keras": e["litert"]["agreement_with_keras"],
+                              "tflm_arena_bytes": e["tflm"]["arena_bytes"]}
+                        for fmt, e in report["formats"].items()},
+        }
+        energy_data = to_float(images)
+        tflite_models = {fmt: os.path.join(export_dir, report["formats"][fmt]["file"])
+                         for fmt in ("float32", "int8") if fmt in report["formats"]}
+        folded = keras.saving.load_model(os.path.join(export_dir, "model_folded.keras"))
+    energy = write_energy_report(model, energy_data, os.path.join(output_dir, "energy"),
+                                 convention=f["energy_convention"], preset=f["energy_preset"],
+                                 tflite_models=tflite_models, folded_model=folded)
+    metrics["energy"] = {k: energy[k] for k in ("convention", "preset", "total_flops", "e_full_pj",
+                                                "e_method_pj", "efficiency")}
 
 
 def train(config: Dict) -> Dict:

@@ -27,12 +27,19 @@ MODELS = ("preact_resnet18", "preact_resnet106", "custom")
 MODEL_BLOCKS = {"preact_resnet18": [2, 2, 2, 2], "preact_resnet106": [13, 13, 13, 13]}
 OPTIMIZERS = ("sgd", "adam")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+# Mirrors export.tflite.QUANTIZATIONS / export.energy.PRESETS and CONVENTIONS
+# (kept here so flag errors come before TensorFlow is imported; a test checks
+# they stay equal).
+EXPORT_FORMATS = ("float32", "int8", "int16x8")
+ENERGY_PRESETS = ("45nm_fp32", "45nm_fp16", "45nm_int32", "45nm_int8", "45nm_int8_acc32")
+ENERGY_CONVENTIONS = ("default", "paper")
 SURROGATE_PARAM_FLAGS = ("tau_s", "alpha", "rho", "delta", "alpha1", "beta1", "beta0")
 
 #: Flags that do not change what is trained; a resumed run may change them.
 NON_RECIPE_FLAGS = frozenset(
     ["data_dir", "output_dir", "verbose", "strategy", "num_cpu_devices", "jit_compile",
-     "firing_rate_batches", "tta", "flagfile"]
+     "firing_rate_batches", "tta", "flagfile", "export", "export_formats", "export_max_examples",
+     "export_tflm_examples", "energy_preset", "energy_convention"]
 )
 
 
@@ -137,6 +144,22 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
                         flag_values=fv)
     flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 1 progress bar, 2 one line per epoch.",
                          flag_values=fv)
+    # Deployment and energy reports at the end of the run.
+    flags.DEFINE_boolean("export", False, "After training, fold BN into thresholds and export TFLite "
+                         "models with python -m export's checks (output_dir/export).", flag_values=fv)
+    flags.DEFINE_list("export_formats", list(EXPORT_FORMATS),
+                      f"TFLite formats for --export: any of {', '.join(EXPORT_FORMATS)}.", flag_values=fv)
+    flags.DEFINE_integer("export_max_examples", 2000,
+                         "Test images used to verify the export and for the TFLite energy comparison "
+                         "(0: all).", flag_values=fv)
+    flags.DEFINE_integer("export_tflm_examples", 500,
+                         "Of those, images run through the (slow) TFLite Micro interpreter (0: all).",
+                         flag_values=fv)
+    flags.DEFINE_string("energy_preset", "45nm_fp32",
+                        f"Energy per op for the energy report: {', '.join(ENERGY_PRESETS)}.", flag_values=fv)
+    flags.DEFINE_string("energy_convention", "default",
+                        f"First-layer accounting of the energy report: {', '.join(ENERGY_CONVENTIONS)}.",
+                        flag_values=fv)
     # Scale-out.
     flags.DEFINE_string("strategy", "default", f"tf.distribute strategy: {', '.join(STRATEGIES)}.",
                         flag_values=fv)
@@ -278,6 +301,19 @@ def validate(fv: flags.FlagValues) -> Dict:
         raise UsageError(f"--num_cpu_devices must be >= 0, got {f.num_cpu_devices}")
     if f.verbose not in (0, 1, 2):
         raise UsageError(f"--verbose must be 0, 1 or 2, got {f.verbose}")
+
+    bad_formats = [x for x in f.export_formats if x not in EXPORT_FORMATS]
+    if bad_formats or not f.export_formats:
+        raise UsageError(f"--export_formats must be a non-empty list of {', '.join(EXPORT_FORMATS)}; "
+                         f"got {','.join(f.export_formats) or 'nothing'}")
+    for name in ("export_max_examples", "export_tflm_examples"):
+        if getattr(f, name) < 0:
+            raise UsageError(f"--{name} must be >= 0, got {getattr(f, name)}")
+    if f.energy_preset not in ENERGY_PRESETS:
+        raise UsageError(f"unknown --energy_preset {f.energy_preset!r}; valid: {', '.join(ENERGY_PRESETS)}")
+    if f.energy_convention not in ENERGY_CONVENTIONS:
+        raise UsageError(f"unknown --energy_convention {f.energy_convention!r}; "
+                         f"valid: {', '.join(ENERGY_CONVENTIONS)}")
 
     # Neuron parameters.
     given = {k: getattr(f, k) for k in ("threshold",) + SURROGATE_PARAM_FLAGS if getattr(f, k) is not None}

@@ -65,6 +65,11 @@ def test_cifar10_mock_data_end_to_end(tmp_path):
 
     model = keras.models.load_model(out / "final.keras")
     assert model.output_shape == (None, 10)
+    # The Appendix B energy report is written at the end of every run.
+    energy = json.loads((out / "energy" / "energy_report.json").read_text())
+    assert energy["num_examples"] == 24 and on_disk["energy"]["efficiency"] == energy["efficiency"]
+    assert {p.name for p in (out / "energy").iterdir()} >= {"energy_report.json", "energy_layers.csv",
+                                                          "energy_report.png"}
 
 
 def test_cifar100_mock_relu_adam(tmp_path):
@@ -122,3 +127,34 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_replicas"] == 2 and metrics["epochs_completed"] == 1
     assert "test_accuracy" in proc.stdout and not (out / ".worker-1").exists()
+
+
+def test_export_flag_lists_match_the_export_package():
+    from export import energy
+    from export import tflite
+
+    assert tf_flags.EXPORT_FORMATS == tflite.QUANTIZATIONS
+    assert tf_flags.ENERGY_PRESETS == tuple(energy.PRESETS)
+    assert tf_flags.ENERGY_CONVENTIONS == tuple(energy.CONVENTIONS)
+
+
+@pytest.mark.slow
+def test_export_at_the_end_of_a_run(tmp_path):
+    """--export: folded model, TFLite files, C array and both reports, in a real process."""
+    data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=96, n_test=48)
+    out = tmp_path / "run"
+    result = run_trainer(*TINY, "--dataset=fashion_mnist", f"--data_dir={data_dir}", "--epochs=1",
+                         "--optimizer=adam", "--learning_rate=0.01", "--export",
+                         "--export_formats=float32,int8", "--export_max_examples=40",
+                         "--export_tflm_examples=10", f"--output_dir={out}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["export"]["formats"]) == {"float32", "int8"}
+    assert metrics["export"]["num_verification"] == 40
+    assert metrics["export"]["formats"]["float32"]["agreement_with_keras"] == 1.0
+    for name in ("model_folded.keras", "model_float32.tflite", "model_int8.tflite", "model_int8.cc",
+                 "model_int8.h", "export_report.json"):
+        assert (out / "export" / name).is_file(), name
+    energy = json.loads((out / "energy" / "energy_report.json").read_text())
+    assert energy["num_examples"] == 40 and set(energy["tflite"]) == {"float32", "int8"}
+    assert "E_Full/E_Method" in result.stdout
