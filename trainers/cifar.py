@@ -514,6 +514,9 @@ def _main(config):
 
 def main(argv=None) -> None:
     """Console entry point: parse and validate flags, then train."""
+    # TF's C++ start-up INFO lines are noise for a CLI (and would precede a
+    # flag error); set TF_CPP_MIN_LOG_LEVEL=0 to see them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     trainer_flags.import_tensorflow_quietly()
     trainer_flags.define_flags(FLAGS)
     app.run(_main, argv=argv, flags_parser=lambda a: trainer_flags.parse_or_exit(a, FLAGS))

@@ -197,6 +197,9 @@ def _parse(argv):
 
 
 def main(argv=None):
+    # TF's C++ start-up INFO lines are noise for a CLI (and would precede a
+    # flag error); set TF_CPP_MIN_LOG_LEVEL=0 to see them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     trainer_flags.import_tensorflow_quietly()
     define_flags(FLAGS)
     app.run(_main, argv=argv, flags_parser=_parse)
