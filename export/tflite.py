@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import logging
 from typing import Callable, Iterable, Optional
 
 import keras
@@ -236,9 +237,24 @@ def to_tflite(model: keras.Model, quantization: str = "float32",
             converter.inference_input_type = tf.int16
             converter.inference_output_type = tf.int16
     # The Keras exporter prints "Saved artifact at ..." and its signature to
-    # stdout on every conversion; keep the CLI's output to its summary.
-    with contextlib.redirect_stdout(io.StringIO()):
+    # stdout on every conversion, and the converter logs a dozen INFO lines
+    # through the "tensorflow"/"absl" loggers; keep callers' output to their
+    # summaries (warnings and errors still show).
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers("tensorflow", "absl"):
         return converter.convert()
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names):
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def op_names(tflite_model: bytes):
