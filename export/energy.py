@@ -1190,22 +1190,12 @@ def _parser():
 
 
 def _quiet_tf_import():
-    """Imports TensorFlow/Keras with file descriptor 2 silenced, so the C++
-    start-up logs do not bury the CLI's one-line messages."""
+    """Imports TensorFlow/Keras with the C++ start-up logs silenced, so they
+    do not bury the CLI's one-line messages."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    from trainers.flags import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
 
 
 def main(argv=None) -> int:
