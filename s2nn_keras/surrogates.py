@@ -290,6 +290,10 @@ register_surrogate(
     description="SuperSpike Eq. 24: (1 + beta0 |u - u_th|)^-2",
 )
 
+# Built-in surrogates are known to compile with XLA; their backward runs fused
+# (see _backward). User-registered ones run as plain TF ops.
+_BUILTIN = dict(_REGISTRY)
+
 
 # --------------------------------------------------------------------------
 # The spike function.
@@ -366,10 +370,39 @@ def _in_xla_context():
 
 
 def _backward(entry, x, threshold, params, dy):
-    """``dy * surrogate_gradient(x)``, non-finite surrogate values giving ``dy * 0``.
+    """``dy * surrogate_gradient(x)`` for the spike's backward pass.
 
-    Eager and plain ``tf.function``: exactly ``dy * _grad_in_dtype(...)``.
-    Under XLA (float32) the same values are written
+    Outside XLA the surrogate is a chain of a dozen element-wise kernels
+    (compare, reciprocal, sigmoid, selects, ...), each a full pass over the
+    activation tensor; for the built-in surrogates it therefore runs as one
+    small ``tf.function(jit_compile=True)`` that XLA fuses into a single
+    loop. Inside an XLA computation (``jit_compile=True`` training steps, and
+    that fused function itself) :func:`_backward_body` is used directly.
+    """
+    if _BUILTIN.get(entry.name) is entry and not _in_xla_context():
+        return _fused_backward(entry.name, threshold, tuple(sorted(params.items())))(x, dy)
+    return _backward_body(entry, x, threshold, params, dy)
+
+
+_FUSED = {}
+
+
+def _fused_backward(name, threshold, params):
+    key = (name, threshold, params)
+    if key not in _FUSED:
+        entry = _REGISTRY[name]
+        kwargs = dict(params)
+
+        @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
+        def fused(x, dy):
+            return _backward_body(entry, x, threshold, kwargs, dy)
+
+        _FUSED[key] = fused
+    return _FUSED[key]
+
+
+def _backward_body(entry, x, threshold, params, dy):
+    """``dy * _grad_in_dtype(...)``; under XLA (float32) written
     ``where(finite(g), dy * g0, dy * 0)`` with ``g0 = where(finite(g), g, 0)``:
     bit-for-bit ``dy * g0`` (also for non-finite ``dy``) but ending in a
     select instead of a multiply. XLA:CPU hands the BatchNorm-backward channel
@@ -377,8 +410,7 @@ def _backward(entry, x, threshold, params, dy):
     multiply, otherwise it emits slower reduce-window trees (about 5% of a
     PreActResNet training step). Multiplying by ``g0`` rather than ``g``
     keeps XLA from rewriting ``dy * cast(mask)`` into a select (which would
-    turn ``inf * 0`` into 0 instead of NaN). Outside XLA the two extra
-    kernels would cost time, so the plain form is kept there.
+    turn ``inf * 0`` into 0 instead of NaN).
     """
     if x.dtype == tf.float32 and _in_xla_context():
         g = entry.grad_fn(x, threshold, **params)
