@@ -39,6 +39,51 @@ def _probe(model, layers):
     return keras.Model(inputs, [layer.output for layer in layers])
 
 
+class _RateCounter:
+    """Per-batch spike counting for one model: the probe model and its traced
+    ``tf.function`` are built once and reused across calls (the callback
+    measures every epoch)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.layers = neuron_layers(model)
+        if self.layers:
+            probe = _probe(model, self.layers)
+
+            @tf.function(reduce_retracing=True)
+            def batch_rates(x):
+                outs = probe(x, training=False)
+                if not isinstance(outs, (list, tuple)):
+                    outs = [outs]
+                rates = []
+                for out in outs:
+                    fired = tf.cast(out > 0, tf.float32)
+                    per_example = tf.reduce_mean(tf.reshape(fired, [tf.shape(fired)[0], -1]), axis=1)
+                    rates.append(tf.reduce_sum(per_example))
+                return tf.stack(rates), tf.shape(x)[0]
+
+            self.batch_rates = batch_rates
+
+    def __call__(self, data, max_batches=None) -> Dict[str, float]:
+        if not self.layers:
+            return {}
+        fire_counts = np.zeros(len(self.layers), dtype=np.float64)
+        n_examples = 0
+        if isinstance(data, np.ndarray):
+            data = tf.data.Dataset.from_tensor_slices(data).batch(256)
+        for i, batch in enumerate(data):
+            if max_batches is not None and i >= max_batches:
+                break
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            sums, n = self.batch_rates(x)
+            fire_counts += sums.numpy()
+            n_examples += int(n)
+        if n_examples == 0:
+            raise ValueError("firing_rates got an empty data set")
+        rates = fire_counts / n_examples
+        return collections.OrderedDict((layer.name, float(r)) for layer, r in zip(self.layers, rates))
+
+
 def firing_rates(model: keras.Model, data, *, max_batches=None) -> Dict[str, float]:
     """Measures R(l) for every neuron layer of ``model`` over ``data``.
 
@@ -52,38 +97,7 @@ def firing_rates(model: keras.Model, data, *, max_batches=None) -> Dict[str, flo
       ``{layer_name: rate}`` in graph order, rates in [0, 1]. Empty if the
       model has no neuron layers (e.g. the ReLU baseline).
     """
-    layers = neuron_layers(model)
-    if not layers:
-        return {}
-    probe = _probe(model, layers)
-    fire_counts = np.zeros(len(layers), dtype=np.float64)
-    n_examples = 0
-
-    @tf.function(reduce_retracing=True)
-    def batch_rates(x):
-        outs = probe(x, training=False)
-        if not isinstance(outs, (list, tuple)):
-            outs = [outs]
-        rates = []
-        for out in outs:
-            fired = tf.cast(out > 0, tf.float32)
-            per_example = tf.reduce_mean(tf.reshape(fired, [tf.shape(fired)[0], -1]), axis=1)
-            rates.append(tf.reduce_sum(per_example))
-        return tf.stack(rates), tf.shape(x)[0]
-
-    if isinstance(data, np.ndarray):
-        data = tf.data.Dataset.from_tensor_slices(data).batch(256)
-    for i, batch in enumerate(data):
-        if max_batches is not None and i >= max_batches:
-            break
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        sums, n = batch_rates(x)
-        fire_counts += sums.numpy()
-        n_examples += int(n)
-    if n_examples == 0:
-        raise ValueError("firing_rates got an empty data set")
-    rates = fire_counts / n_examples
-    return collections.OrderedDict((layer.name, float(r)) for layer, r in zip(layers, rates))
+    return _RateCounter(model)(data, max_batches)
 
 
 class FiringRateCallback(keras.callbacks.Callback):
@@ -102,9 +116,12 @@ class FiringRateCallback(keras.callbacks.Callback):
         self.data = data
         self.max_batches = max_batches
         self.history = []
+        self._counter = None
 
     def on_epoch_end(self, epoch, logs=None):
-        rates = firing_rates(self.model, self.data, max_batches=self.max_batches)
+        if self._counter is None or self._counter.model is not self.model:
+            self._counter = _RateCounter(self.model)
+        rates = self._counter(self.data, max_batches=self.max_batches)
         self.history.append(rates)
         if logs is not None and rates:
             for name, rate in rates.items():
