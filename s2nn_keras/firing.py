@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from s2nn_keras.layers import S2Activation
+from s2nn_keras.layers import is_spiking_neuron
 
 __all__ = ["neuron_layers", "firing_rates", "FiringRateCallback"]
 
@@ -23,15 +23,9 @@ __all__ = ["neuron_layers", "firing_rates", "FiringRateCallback"]
 def neuron_layers(model: keras.Model) -> List[keras.layers.Layer]:
     """The spiking-neuron layers of ``model`` in graph order.
 
-    Any layer with a boolean attribute ``is_spiking_neuron`` set True (the
-    export package's folded threshold neuron) counts as a neuron, as does
-    every :class:`S2Activation`.
+    A neuron is what :func:`s2nn_keras.layers.is_spiking_neuron` accepts.
     """
-    return [
-        layer
-        for layer in model.layers
-        if isinstance(layer, S2Activation) or getattr(layer, "is_spiking_neuron", False)
-    ]
+    return [layer for layer in model.layers if is_spiking_neuron(layer)]
 
 
 def _probe(model, layers):

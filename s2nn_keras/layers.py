@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from s2nn_keras import surrogates
 
-__all__ = ["S2Activation"]
+__all__ = ["S2Activation", "is_spiking_neuron"]
 
 _LAYER_KWARGS = frozenset(
     ["name", "dtype", "trainable", "activity_regularizer", "autocast", "input_shape",
@@ -70,3 +70,15 @@ class S2Activation(keras.layers.Layer):
         if self.activity_regularizer is not None:
             config["activity_regularizer"] = keras.regularizers.serialize(self.activity_regularizer)
         return config
+
+
+def is_spiking_neuron(layer) -> bool:
+    """True for a single-step spiking-neuron layer: an :class:`S2Activation`,
+    or any layer whose class sets ``is_spiking_neuron = True`` (the export
+    package's folded ``ThresholdNeuron``). The one test every module uses to
+    recognise a neuron (firing rates, energy accounting, folding, export).
+
+    A neuron layer outputs spikes: 1 where it fires and ``layer.off_value``
+    (0, or -1 for ``ste_b``) elsewhere.
+    """
+    return isinstance(layer, S2Activation) or getattr(type(layer), "is_spiking_neuron", False) is True
