@@ -1,6 +1,25 @@
-"""s2nn_keras: single-step spiking neural networks for Keras 3, with TFLite export."""
+"""s2nn_keras: single-step spiking neural networks for Keras 3, with TFLite export.
+
+The library (``s2nn_keras``) needs only Keras 3 and NumPy and runs on the
+TensorFlow, JAX and PyTorch backends. Everything TensorFlow-specific --
+tf.data/keras-cv RandAugment pipelines, CIFAR through tensorflow-datasets,
+the TFLite export and its runtimes -- comes with the ``tf`` extra.
+"""
 
 from setuptools import find_packages, setup
+
+TF = [
+    "tensorflow>=2.20,<2.22",
+    "keras-cv>=0.9,<0.10",
+    "tensorflow-datasets>=4.9,<5",
+    "ai-edge-litert>=1.2,<3",
+    "tflite-micro",
+]
+LOGS = ["tensorboard>=2.16,<3"]  # the trainer's TensorBoard logs (TF 2.21 no longer pulls it in)
+PLOT = ["matplotlib>=3.8,<4"]    # s2nn_keras.plot and the energy report's PNG
+JAX = ["jax>=0.4.34"]
+EDGE = ["ethos-u-vela>=4.0,<6"]  # Arm Ethos-U NPU compiler, for the export report's Vela figures
+TEST = ["pytest>=8", "pytest-xdist>=3"]
 
 setup(
     name="s2nn_keras",
@@ -13,19 +32,19 @@ setup(
     packages=find_packages(include=["s2nn_keras*", "trainers*", "export*"]),
     package_data={"trainers": ["configs/*.cfg"]},
     install_requires=[
-        "tensorflow>=2.20,<2.22",
-        "tensorboard>=2.20,<2.22",  # not a dependency of tensorflow 2.21; the trainer writes TensorBoard logs
         "keras>=3.10,<4",
-        "keras-cv>=0.9,<0.10",
-        "tensorflow-datasets>=4.9,<5",
-        "absl-py>=2.1,<3",
         "numpy>=1.26,<3",
-        "matplotlib>=3.8,<4",
-        "ai-edge-litert>=1.2,<3",
-        "tflite-micro",
+        "absl-py>=2.1,<3",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3"],
+        # TensorFlow backend, tf.data pipelines, TFLite export and runtimes.
+        "tf": TF + LOGS + PLOT,
+        # JAX backend (CPU wheels from PyPI; on a GPU install jax[cuda12] yourself).
+        "jax": JAX + LOGS,
+        "edge": EDGE,
+        "plot": PLOT,
+        "test": TEST,
+        "all": TF + LOGS + PLOT + JAX + EDGE,
         # tensorflow-model-optimization needs tf-keras (Keras 2); see README.
         "tfmot": ["tensorflow-model-optimization>=0.8,<0.9", "tf-keras>=2.20,<2.22"],
     },
