@@ -1,9 +1,9 @@
-"""Keras layers over the pure spike functions of :mod:`s2nn_keras.surrogates`."""
+"""Keras layers over the pure spike functions of :mod:`s2nn_keras.surrogates`
+(backend-agnostic: TensorFlow, JAX and PyTorch)."""
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
 from s2nn_keras import surrogates
 

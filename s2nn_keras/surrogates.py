@@ -23,14 +23,22 @@ name           surrogate dS/du                                               u_t
 
 Pure functions (:func:`spike`, :func:`surrogate_gradient`) live here; the
 Keras layer wrapping them is :class:`s2nn_keras.layers.S2Activation`.
+Everything is written with ``keras.ops`` and ``keras.ops.custom_gradient``
+(``tf.custom_gradient`` on TensorFlow, ``jax.custom_gradient`` on JAX, a
+``torch.autograd.Function`` on PyTorch), so the same code runs on every
+Keras backend, eagerly and under ``tf.function``/XLA, ``jax.jit`` or torch.
+On TensorFlow the built-in surrogates' backward pass is additionally run as
+one XLA-fused kernel (:mod:`s2nn_keras.tf_fused_backward`).
 
-Custom surrogates are added with :func:`register_surrogate`::
+Custom surrogates are added with :func:`register_surrogate`. ``grad_fn``
+receives the current backend's float32 tensors, so write it with
+``keras.ops`` to run on every backend (TF ops still work on TensorFlow)::
 
-    import tensorflow as tf
+    from keras import ops
     from s2nn_keras import register_surrogate
 
     def triangle(u, threshold, width):
-        return tf.nn.relu(1.0 - tf.abs(u - threshold) / width) / width
+        return ops.relu(1.0 - ops.abs(u - threshold) / width) / width
 
     register_surrogate("triangle", triangle, threshold=1.0,
                        params={"width": 1.0})
@@ -40,10 +48,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 __all__ = [
     "Surrogate",
@@ -63,7 +72,8 @@ class Surrogate:
     Attributes:
       name: registry key.
       grad_fn: ``grad_fn(u, threshold, **params) -> dS/du`` on float32
-        tensors, built from TF ops so it runs under ``tf.function`` and XLA.
+        tensors of the current backend, built from ``keras.ops`` so it runs
+        on every backend and under each backend's jit.
       threshold: default firing threshold u_th (paper Table 3).
       params: default values of the named surrogate parameters.
       off_value: value emitted when the neuron does not fire (0, or -1 for
@@ -73,7 +83,7 @@ class Surrogate:
     """
 
     name: str
-    grad_fn: Callable[..., tf.Tensor]
+    grad_fn: Callable[..., Any]
     threshold: float
     params: Mapping[str, float]
     off_value: float = 0.0
@@ -86,7 +96,7 @@ _REGISTRY: Dict[str, Surrogate] = {}
 
 def register_surrogate(
     name: str,
-    grad_fn: Callable[..., tf.Tensor],
+    grad_fn: Callable[..., Any],
     *,
     threshold: float,
     params: Optional[Mapping[str, float]] = None,
@@ -100,7 +110,10 @@ def register_surrogate(
     Args:
       name: the key users pass as ``surrogate=`` / ``activation=``.
       grad_fn: ``grad_fn(u, threshold, **params)`` returning dS/du as a
-        tensor of u's shape, written with TF ops. ``u`` arrives as float32.
+        tensor of u's shape. ``u`` arrives as a float32 tensor of the current
+        Keras backend; write it with ``keras.ops`` (backend-specific ops,
+        e.g. ``tf.*`` on TensorFlow, work on that backend only). ``threshold``
+        and the params arrive as Python floats.
       threshold: default firing threshold.
       params: names and default values of the surrogate's parameters.
       off_value: output when not firing (0.0, or -1.0 for sign neurons).
@@ -208,14 +221,14 @@ def s2nn_grad(u, threshold, tau_s, alpha):
 
     Valid for any u_th > 0 (then u >= u_th > 0 and 1/u stays finite).
     """
-    fire = u >= threshold
-    # Guard the 1/u branch so the unused side of tf.where never divides by 0
-    # (its NaN/inf would otherwise leak into the gradient of tf.where).
-    safe_u = tf.where(fire, u, tf.ones_like(u))
+    fire = ops.greater_equal(u, threshold)
+    # Guard the 1/u branch so the unused side of the select never divides by
+    # 0 (its NaN/inf would otherwise leak into the gradient of the select).
+    safe_u = ops.where(fire, u, ops.ones_like(u))
     above = 1.0 / (tau_s * safe_u)
-    sig = tf.sigmoid((u - threshold) / alpha)
+    sig = ops.sigmoid((u - threshold) / alpha)
     below = sig * (1.0 - sig) / alpha
-    return tf.where(fire, above, below)
+    return ops.where(fire, above, below)
 
 
 def _s2nn_validate(threshold, params):
@@ -228,7 +241,7 @@ def _s2nn_validate(threshold, params):
 
 def ste_grad(u, threshold):
     """Straight-through estimator: 1 on |u - u_th| <= 1, else 0."""
-    return tf.cast(tf.abs(u - threshold) <= 1.0, u.dtype)
+    return ops.cast(ops.less_equal(ops.abs(u - threshold), 1.0), u.dtype)
 
 
 def sibnn_grad(u, threshold, rho, delta):
@@ -241,8 +254,9 @@ def sibnn_grad(u, threshold, rho, delta):
     rho in [0, 1] shortens the window on the silent side, so relatively more
     gradient flows through neurons that fire.
     """
-    inside = tf.logical_and(u >= threshold - rho * delta, u <= threshold + delta)
-    return tf.cast(inside, u.dtype)
+    inside = ops.logical_and(
+        ops.greater_equal(u, threshold - rho * delta), ops.less_equal(u, threshold + delta))
+    return ops.cast(inside, u.dtype)
 
 
 def _sibnn_validate(threshold, params):
@@ -253,12 +267,12 @@ def _sibnn_validate(threshold, params):
 
 def slayer_grad(u, threshold, alpha1, beta1):
     """Eq. 25 (SLAYER): alpha1 * exp(-beta1 * |u - u_th|)."""
-    return alpha1 * tf.exp(-beta1 * tf.abs(u - threshold))
+    return alpha1 * ops.exp(-beta1 * ops.abs(u - threshold))
 
 
 def superspike_grad(u, threshold, beta0):
     """Eq. 24 (SuperSpike fast sigmoid): (1 + beta0 |u - u_th|)^-2."""
-    return 1.0 / tf.square(1.0 + beta0 * tf.abs(u - threshold))
+    return 1.0 / ops.square(1.0 + beta0 * ops.abs(u - threshold))
 
 
 register_surrogate(
@@ -290,8 +304,7 @@ register_surrogate(
     description="SuperSpike Eq. 24: (1 + beta0 |u - u_th|)^-2",
 )
 
-# Built-in surrogates are known to compile with XLA; their backward runs fused
-# (see _backward). User-registered ones run as plain TF ops.
+# The built-in entries (known to compile with XLA; see _backward).
 _BUILTIN = dict(_REGISTRY)
 
 
@@ -300,121 +313,101 @@ _BUILTIN = dict(_REGISTRY)
 # --------------------------------------------------------------------------
 
 
+def _as_float_tensor(u):
+    """``u`` as a backend tensor; non-float inputs become float32."""
+    u = ops.convert_to_tensor(u)
+    if not keras.backend.is_float_dtype(keras.backend.standardize_dtype(u.dtype)):
+        u = ops.cast(u, "float32")
+    return u
+
+
 def surrogate_gradient(u, surrogate="s2nn", threshold=None, **params):
     """dS/du of the named surrogate at ``u`` (computed in float32, returned
-    in u's dtype, with non-finite values mapped to 0)."""
+    in u's dtype, with non-finite values mapped to 0; float16 results are
+    clipped to +-65504 so they stay finite). Returns a backend tensor."""
     entry, th, merged = resolve_params(surrogate, threshold, **params)
-    u = tf.convert_to_tensor(u)
-    return _grad_in_dtype(entry, u, th, merged)
+    return _grad_in_dtype(entry, _as_float_tensor(u), th, merged)
 
 
 def _grad_in_dtype(entry, u, threshold, params):
-    u32 = tf.cast(u, tf.float32)
-    g = entry.grad_fn(u32, threshold, **params)
-    g = tf.where(tf.math.is_finite(g), g, tf.zeros_like(g))
-    if u.dtype != tf.float32:
+    dtype = keras.backend.standardize_dtype(u.dtype)
+    u32 = ops.cast(u, "float32")
+    g = ops.convert_to_tensor(entry.grad_fn(u32, threshold, **params))
+    g = ops.where(ops.isfinite(g), g, ops.zeros_like(g))
+    if dtype != "float32":
         # float16 overflows at 65504; keep the surrogate finite in low precision.
-        if u.dtype == tf.float16:
-            g = tf.clip_by_value(g, -65504.0, 65504.0)
-        g = tf.cast(g, u.dtype)
+        if dtype == "float16":
+            g = ops.clip(g, -65504.0, 65504.0)
+        g = ops.cast(g, dtype)
     return g
 
 
 def spike(u, surrogate="s2nn", threshold=None, **params):
     """Single-step neuron: Heaviside forward (Eq. 16), surrogate backward.
 
+    Forward ``s = H(u - u_th)``: 1 where ``u >= threshold`` (compared in u's
+    dtype), else 0 (-1 for ``ste_b``). Backward: ``ds/du = dS/du`` of the
+    named surrogate, i.e. the upstream gradient times
+    :func:`surrogate_gradient` at ``u``.
+
     Args:
-      u: membrane potential, any float tensor (float16/bfloat16/float32/64).
+      u: membrane potential, a tensor or array of any float dtype
+        (float16/bfloat16/float32/64; integers are cast to float32).
       surrogate: a registered name, see :func:`available_surrogates`.
       threshold: firing threshold u_th; ``None`` takes the surrogate default.
       **params: the surrogate's named parameters (e.g. ``tau_s``, ``alpha``).
 
     Returns:
-      ``s`` of u's dtype: 1 where ``u >= threshold`` else 0 (-1 for ``ste_b``).
+      ``s``, a backend tensor of u's dtype.
 
     Example:
-      >>> u = tf.constant([0.0, 1.0, 3.0])
-      >>> spike(u).numpy()
+      >>> import numpy as np, keras
+      >>> s = spike(np.array([0.0, 1.0, 3.0], "float32"))
+      >>> keras.ops.convert_to_numpy(s)
       array([0., 1., 1.], dtype=float32)
     """
     entry, th, merged = resolve_params(surrogate, threshold, **params)
-    return _spike(tf.convert_to_tensor(u), entry, th, merged)
+    return _spike(_as_float_tensor(u), entry, th, merged)
 
 
 def _spike(u, entry, threshold, params):
-    if not u.dtype.is_floating:
-        u = tf.cast(u, tf.float32)
+    """:func:`spike` on a float tensor with resolved parameters (the layer's
+    entry point)."""
+    dtype = keras.backend.standardize_dtype(u.dtype)
+    if not keras.backend.is_float_dtype(dtype):
+        u, dtype = ops.cast(u, "float32"), "float32"
+    th = ops.convert_to_tensor(threshold, dtype=dtype)
 
-    @tf.custom_gradient
+    @ops.custom_gradient
     def _heaviside(x):
-        fire = x >= tf.cast(threshold, x.dtype)
-        s = tf.where(fire, tf.ones_like(x), tf.fill(tf.shape(x), tf.cast(entry.off_value, x.dtype)))
+        fire = ops.greater_equal(x, th)
+        if entry.off_value == 0.0:
+            s = ops.cast(fire, dtype)
+        else:
+            s = ops.where(fire, ops.ones_like(x), ops.full_like(x, entry.off_value))
 
-        def grad(dy):
-            return _backward(entry, x, threshold, params, dy)
+        def grad(*args, upstream=None):
+            # TF and JAX call grad(upstream); Keras' torch backend calls
+            # grad(x, upstream=upstream).
+            if upstream is None:
+                (upstream,) = args
+            return _backward(entry, x, threshold, params, upstream)
 
         return s, grad
 
     return _heaviside(u)
 
 
-def _in_xla_context():
-    """True while tracing inside ``tf.function(jit_compile=True)`` (also for
-    gradient functions and nested functions traced there)."""
-    try:
-        from tensorflow.python.ops import control_flow_util
-
-        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
-    except Exception:  # internal API moved: fall back to the plain form
-        return False
-
-
 def _backward(entry, x, threshold, params, dy):
-    """``dy * surrogate_gradient(x)`` for the spike's backward pass.
-
-    Outside XLA the surrogate is a chain of a dozen element-wise kernels
-    (compare, reciprocal, sigmoid, selects, ...), each a full pass over the
-    activation tensor; for the built-in surrogates it therefore runs as one
-    small ``tf.function(jit_compile=True)`` that XLA fuses into a single
-    loop. Inside an XLA computation (``jit_compile=True`` training steps, and
-    that fused function itself) :func:`_backward_body` is used directly.
-    """
-    if _BUILTIN.get(entry.name) is entry and not _in_xla_context():
-        return _fused_backward(entry.name, threshold, tuple(sorted(params.items())))(x, dy)
-    return _backward_body(entry, x, threshold, params, dy)
-
-
-_FUSED = {}
-
-
-def _fused_backward(name, threshold, params):
-    key = (name, threshold, params)
-    if key not in _FUSED:
-        entry = _REGISTRY[name]
-        kwargs = dict(params)
-
-        @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
-        def fused(x, dy):
-            return _backward_body(entry, x, threshold, kwargs, dy)
-
-        _FUSED[key] = fused
-    return _FUSED[key]
-
-
-def _backward_body(entry, x, threshold, params, dy):
-    """``dy * _grad_in_dtype(...)``; under XLA (float32) written
-    ``where(finite(g), dy * g0, dy * 0)`` with ``g0 = where(finite(g), g, 0)``:
-    bit-for-bit ``dy * g0`` (also for non-finite ``dy``) but ending in a
-    select instead of a multiply. XLA:CPU hands the BatchNorm-backward channel
-    sums over this tensor to YNNPACK only when their operand is not a
-    multiply, otherwise it emits slower reduce-window trees (about 5% of a
-    PreActResNet training step). Multiplying by ``g0`` rather than ``g``
-    keeps XLA from rewriting ``dy * cast(mask)`` into a select (which would
-    turn ``inf * 0`` into 0 instead of NaN).
-    """
-    if x.dtype == tf.float32 and _in_xla_context():
-        g = entry.grad_fn(x, threshold, **params)
-        finite = tf.math.is_finite(g)
-        g0 = tf.where(finite, g, tf.zeros_like(g))
-        return tf.where(finite, dy * g0, dy * 0.0)
+    """``dy * surrogate_gradient(x)``: the spike's backward pass. On the
+    TensorFlow backend :mod:`s2nn_keras.tf_fused_backward` computes it."""
+    if _TF_BACKWARD is not None:
+        return _TF_BACKWARD(entry, x, threshold, params, dy, _BUILTIN.get(entry.name) is entry)
     return dy * _grad_in_dtype(entry, x, threshold, params)
+
+
+_TF_BACKWARD = None
+if keras.backend.backend() == "tensorflow":
+    from s2nn_keras import tf_fused_backward as _tf_fused_backward
+
+    _TF_BACKWARD = _tf_fused_backward.backward
