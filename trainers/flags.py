@@ -27,6 +27,8 @@ MODELS = ("preact_resnet18", "preact_resnet106", "custom")
 MODEL_BLOCKS = {"preact_resnet18": [2, 2, 2, 2], "preact_resnet106": [13, 13, 13, 13]}
 OPTIMIZERS = ("sgd", "adam")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+INPUT_PIPELINES = ("auto", "tf_data", "device")
+DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 # Mirrors export.tflite.QUANTIZATIONS / export.energy.PRESETS and CONVENTIONS
 # (kept here so flag errors come before TensorFlow is imported; a test checks
 # they stay equal).
@@ -39,7 +41,7 @@ SURROGATE_PARAM_FLAGS = ("tau_s", "alpha", "rho", "delta", "alpha1", "beta1", "b
 NON_RECIPE_FLAGS = frozenset(
     ["data_dir", "output_dir", "verbose", "strategy", "num_cpu_devices", "jit_compile",
      "firing_rate_batches", "tta", "flagfile", "export", "export_formats", "export_max_examples",
-     "export_tflm_examples", "energy_preset", "energy_convention"]
+     "export_tflm_examples", "energy_preset", "energy_convention", "input_pipeline"]
 )
 
 
@@ -95,6 +97,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
                          flag_values=fv)
     flags.DEFINE_float("randaugment_magnitude", 0.3, "RandAugment magnitude in [0, 1] (keras-cv scale).",
                        flag_values=fv)
+    flags.DEFINE_string(
+        "input_pipeline", "auto",
+        "tf_data: tf.data with per-image crop/flip and keras-cv RandAugment on the host (needs "
+        "TensorFlow); device: NumPy batches, the same per-image augmentation in keras.ops on the "
+        "accelerator inside the train step (any backend, no TensorFlow); auto: tf_data on the "
+        "tensorflow backend, device otherwise.", flag_values=fv)
     flags.DEFINE_boolean(
         "crop_flip", None,
         "Random 4-pixel-padded crop and horizontal flip (default: on for CIFAR, off for Fashion-MNIST).",
@@ -120,6 +128,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
     flags.DEFINE_string("optimizer", "sgd", "sgd or adam.", flag_values=fv)
     flags.DEFINE_float("learning_rate", 0.05, "Peak learning rate (cosine-annealed to 0).", flag_values=fv)
     flags.DEFINE_float("momentum", 0.9, "SGD momentum in [0, 1).", flag_values=fv)
+    flags.DEFINE_boolean("nesterov", False, "Nesterov momentum for --optimizer sgd.", flag_values=fv)
     flags.DEFINE_float(
         "weight_decay", 5e-4,
         "PyTorch-style (coupled) weight decay: wd * w is added to the gradient of every conv and "
@@ -134,7 +143,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
     flags.DEFINE_integer("epochs", 200, "Training epochs.", flag_values=fv)
     flags.DEFINE_integer("batch_size", 128, "Global batch size (split over replicas).", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling, augmentation).", flag_values=fv)
-    flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.", flag_values=fv)
+    flags.DEFINE_boolean("jit_compile", None,
+                         "Compile the train step with XLA (default: Keras' auto -- on for JAX and for "
+                         "TensorFlow with a GPU, TF graph mode on a CPU-only machine).", flag_values=fv)
+    flags.DEFINE_string("dtype_policy", "float32",
+                        f"Keras dtype policy: {', '.join(DTYPE_POLICIES)} (mixed precision: float32 "
+                        "weights, low-precision compute).", flag_values=fv)
     # Evaluation and outputs.
     flags.DEFINE_boolean("tta", True, "Also report flip-averaged test-time-augmentation accuracy.",
                          flag_values=fv)
@@ -161,11 +175,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
                         f"First-layer accounting of the energy report: {', '.join(ENERGY_CONVENTIONS)}.",
                         flag_values=fv)
     # Scale-out.
-    flags.DEFINE_string("strategy", "default", f"tf.distribute strategy: {', '.join(STRATEGIES)}.",
+    flags.DEFINE_string("strategy", "default",
+                        f"Data parallelism: {', '.join(STRATEGIES)} (mirrored: tf.distribute.MirroredStrategy "
+                        "on TensorFlow, keras.distribution.DataParallel on JAX; multi_worker: TensorFlow).",
                         flag_values=fv)
     flags.DEFINE_integer("num_cpu_devices", 0,
-                         "Split the CPU into N logical devices (testing MirroredStrategy on CPU).",
-                         flag_values=fv)
+                         "Split the CPU into N devices (testing --strategy mirrored on CPU; TF logical "
+                         "devices, JAX jax_num_cpu_devices).", flag_values=fv)
     return fv
 
 
@@ -233,7 +249,7 @@ def validate(fv: flags.FlagValues) -> Dict:
     Raises:
       UsageError: with a one-line message.
     """
-    from s2nn_keras import surrogates  # imports TensorFlow (no data, no files)
+    from s2nn_keras import surrogates  # imports Keras and its backend (no data, no files)
 
     f = fv
     if f.dataset not in DATASETS:
@@ -244,6 +260,11 @@ def validate(fv: flags.FlagValues) -> Dict:
         raise UsageError(f"unknown --optimizer {f.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     if f.strategy not in STRATEGIES:
         raise UsageError(f"unknown --strategy {f.strategy!r}; valid: {', '.join(STRATEGIES)}")
+    if f.input_pipeline not in INPUT_PIPELINES:
+        raise UsageError(f"unknown --input_pipeline {f.input_pipeline!r}; valid: {', '.join(INPUT_PIPELINES)}")
+    if f.dtype_policy not in DTYPE_POLICIES:
+        raise UsageError(f"unknown --dtype_policy {f.dtype_policy!r}; valid: {', '.join(DTYPE_POLICIES)}")
+    _validate_backend_flags(f)
     valid_acts = ["relu"] + surrogates.available_surrogates()
     if f.activation not in valid_acts:
         raise UsageError(f"unknown --activation {f.activation!r}; valid: {', '.join(valid_acts)}")
@@ -332,6 +353,26 @@ def validate(fv: flags.FlagValues) -> Dict:
     if values.get("blocks") is not None:
         values["blocks"] = list(values["blocks"])
     return {"flags": values, "blocks": blocks, "surrogate_params": given}
+
+
+def _validate_backend_flags(f) -> None:
+    """Flags that the running Keras backend (or a missing TensorFlow) rules out."""
+    from trainers.backend import keras_backend, tensorflow_installed
+
+    backend = keras_backend()
+    if f.input_pipeline == "tf_data" and backend != "tensorflow":
+        raise UsageError(f"--input_pipeline tf_data needs the tensorflow Keras backend (running {backend}); "
+                         "use --input_pipeline device")
+    if f.input_pipeline == "tf_data" and not tensorflow_installed():
+        raise UsageError("--input_pipeline tf_data needs TensorFlow, which is not installed; "
+                         "use --input_pipeline device")
+    if f.strategy == "multi_worker" and backend != "tensorflow":
+        raise UsageError(f"--strategy multi_worker needs the tensorflow Keras backend (running {backend})")
+    if f.strategy == "mirrored" and backend not in ("tensorflow", "jax"):
+        raise UsageError(f"--strategy mirrored needs the tensorflow or jax Keras backend (running {backend})")
+    if f.dataset != "fashion_mnist" and not tensorflow_installed():
+        raise UsageError(f"--dataset {f.dataset} is read with tensorflow-datasets, which needs TensorFlow "
+                         "(not installed); --dataset fashion_mnist reads IDX files without it")
 
 
 def parse_or_exit(argv: List[str], fv: flags.FlagValues = flags.FLAGS) -> Dict:

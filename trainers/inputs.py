@@ -1,0 +1,166 @@
+"""Training and evaluation inputs for ``model.fit``, per input pipeline.
+
+``--input_pipeline``:
+
+* ``tf_data`` -- :mod:`trainers.pipeline` (tf.data; crop/flip per image,
+  keras-cv RandAugment per image, both on the host CPU); needs TensorFlow.
+  The fitted model is the network itself, fed float32 images in [0, 1].
+* ``device`` -- no TensorFlow: NumPy batches of ``uint8`` images
+  (:class:`ArrayBatches`, a ``keras.utils.PyDataset`` reshuffled every
+  epoch from a seeded generator), augmented per image on the accelerator
+  inside the jitted train step by :class:`trainers.augment.DeviceAugmentation`
+  (same policy). The fitted model is
+  :func:`trainers.recipe.training_model`; the saved one is the network.
+* ``auto`` (default) -- ``tf_data`` on the TensorFlow backend, ``device``
+  on the others.
+
+Labels are one-hot float32 (Keras' ``CategoricalCrossentropy(label_smoothing
+=eps)`` then forms the targets of Eq. A.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import numpy as np
+
+PIPELINES = ("auto", "tf_data", "device")
+
+
+def resolve_pipeline(name: str, backend: str) -> str:
+    """``auto`` -> ``tf_data`` on TensorFlow, ``device`` elsewhere."""
+    if name == "auto":
+        return "tf_data" if backend == "tensorflow" else "device"
+    return name
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    out = np.zeros((len(labels), num_classes), dtype=np.float32)
+    out[np.arange(len(labels)), np.asarray(labels, dtype=np.int64)] = 1.0
+    return out
+
+
+def _keras_pydataset():
+    import keras
+
+    return keras.utils.PyDataset
+
+
+class ArrayBatches:
+    """Batches of in-memory arrays for ``fit``/``evaluate`` (a
+    ``keras.utils.PyDataset``; built by :func:`array_batches`).
+
+    Training (``shuffle=True``): a fresh permutation of all examples every
+    epoch from ``np.random.default_rng(seed)`` (so a resumed run, which
+    passes ``seed + epochs done``, is reproducible), ``ceil(N / B)`` batches
+    with a short last one -- or, with ``multiple > 1`` (data parallelism over
+    ``multiple`` devices), that last batch cut to a multiple of ``multiple``
+    examples. Evaluation (``shuffle=False``): the arrays in order; a last
+    batch that is not a multiple of ``multiple`` is padded with
+    zero-weight copies of its first example, so every example counts once.
+    """
+
+
+def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0,
+                  multiple: int = 1):
+    """A :class:`ArrayBatches` PyDataset over ``(x, y)``."""
+    PyDataset = _keras_pydataset()
+
+    class _ArrayBatches(PyDataset, ArrayBatches):
+        def __init__(self):
+            super().__init__()
+            self.x, self.y = x, y
+            self.batch_size = int(batch_size)
+            self.shuffle = shuffle
+            self.multiple = max(1, int(multiple))
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(x)) if shuffle else None
+            n = len(x)
+            full, rest = divmod(n, self.batch_size)
+            if shuffle and self.multiple > 1:
+                rest -= rest % self.multiple
+            self.sizes = [self.batch_size] * full + ([rest] if rest else [])
+            self.weighted = (not shuffle) and any(s % self.multiple for s in self.sizes)
+
+        def __len__(self):
+            return len(self.sizes)
+
+        def __getitem__(self, index):
+            start = index * self.batch_size
+            stop = start + self.sizes[index]
+            idx = self.order[start:stop] if self.shuffle else slice(start, stop)
+            bx, by = self.x[idx], self.y[idx]
+            if not self.weighted:
+                return bx, by
+            w = np.ones(len(bx), dtype=np.float32)
+            pad = (-len(bx)) % self.multiple
+            if pad:
+                bx = np.concatenate([bx, np.repeat(bx[:1], pad, axis=0)])
+                by = np.concatenate([by, np.repeat(by[:1], pad, axis=0)])
+                w = np.concatenate([w, np.zeros(pad, dtype=np.float32)])
+            return bx, by, w
+
+        def on_epoch_end(self):
+            if self.shuffle:
+                self.order = self.rng.permutation(len(self.x))
+
+    return _ArrayBatches()
+
+
+@dataclasses.dataclass
+class RunInputs:
+    """What the run feeds to Keras.
+
+    Attributes:
+      pipeline: ``tf_data`` or ``device``.
+      train: ``fit``'s ``x`` (a tf.data.Dataset or a PyDataset).
+      validation: ``fit``'s ``validation_data`` for the fitted model.
+      test_float: the test split for the *network* (float32 images in [0,
+        1], one-hot labels) as a tf.data.Dataset or a PyDataset -- TTA, firing
+        rates and the energy report use it.
+      steps_per_epoch: optimizer steps per epoch.
+      augmentation: the DeviceAugmentation layer (``device`` pipeline) or None.
+    """
+
+    pipeline: str
+    train: object
+    validation: object
+    test_float: object
+    steps_per_epoch: int
+    augmentation: Optional[object] = None
+
+
+def make_inputs(pipeline: str, train_x, train_y, test_x, test_y, num_classes: int, flags: dict, *,
+                seed: int, crop_flip: bool, distribution) -> RunInputs:
+    """Builds the inputs of ``pipeline`` (resolved: ``tf_data`` or ``device``)."""
+    batch = int(flags["batch_size"])
+    if pipeline == "tf_data":
+        from trainers import pipeline as tf_pipeline
+
+        shard = distribution.shard_tf_data
+        train = tf_pipeline.train_dataset(
+            train_x, train_y, num_classes, batch, seed=seed, crop_flip=crop_flip,
+            randaugment_ops=flags["randaugment_ops"], randaugment_magnitude=flags["randaugment_magnitude"],
+            distributed=shard)
+        test = tf_pipeline.eval_dataset(test_x, test_y, num_classes, batch, distributed=shard)
+        return RunInputs("tf_data", train, test, test, tf_pipeline.steps_per_epoch(len(train_x), batch))
+
+    from trainers.augment import DeviceAugmentation
+
+    multiple = distribution.num_replicas if distribution.name == "mirrored" else 1
+    train_hot, test_hot = one_hot(train_y, num_classes), one_hot(test_y, num_classes)
+    train = array_batches(train_x, train_hot, batch, shuffle=True, seed=seed, multiple=multiple)
+    validation = array_batches(test_x, test_hot, batch, shuffle=False, multiple=multiple)
+    test_float = array_batches(test_x.astype(np.float32) / 255.0, test_hot, batch, shuffle=False,
+                               multiple=multiple)
+    augmentation = DeviceAugmentation(crop_flip=crop_flip, randaugment_ops=flags["randaugment_ops"],
+                                      randaugment_magnitude=flags["randaugment_magnitude"], seed=seed,
+                                      name="device_augmentation")
+    return RunInputs("device", train, validation, test_float, len(train), augmentation)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Optimizer steps per epoch: ceil(N / B) (the last batch may be short)."""
+    return int(math.ceil(int(num_examples) / int(batch_size)))

@@ -1,0 +1,99 @@
+"""What a person watching a run sees: one line per epoch, and, on a
+terminal, a progress line within the epoch that is rewritten in place.
+
+``--verbose 2`` (default) uses :func:`epoch_logger`:
+
+* always, at every epoch end, one line::
+
+    Epoch 3/6  48.1s  1244 img/s  loss 0.5312  accuracy 0.8861  val_loss 0.4788  val_accuracy 0.8962  learning_rate 0.002  firing_rate/mean 0.18
+
+* only when stdout is a TTY, during the epoch, at most every ``interval``
+  seconds: ``  step 120/469  26% 12.3s  1249 img/s  ETA 35s  loss 0.61`` with
+  a carriage return, erased before the epoch line. Log files (stdout
+  redirected) therefore get exactly one line per epoch. Reading the loss
+  for the progress line waits for the running step (JAX, GPU): it happens
+  at most once per ``interval``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+EPOCH_KEYS_FIRST = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "firing_rate/mean")
+
+
+def format_epoch_line(epoch: int, epochs: int, seconds: float, images_per_s: float, logs: dict) -> str:
+    parts = [f"Epoch {epoch}/{epochs}", f"{seconds:.1f}s", f"{images_per_s:.0f} img/s"]
+    for key in EPOCH_KEYS_FIRST:
+        if key in logs:
+            parts.append(f"{key} {_fmt(logs[key])}")
+    return "  ".join(parts)
+
+
+def _fmt(value) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3g}"
+
+
+def epoch_logger(epochs: int, steps_per_epoch: int, batch_size: int, *, num_examples: int = None,
+                 stream=None, interval: float = 0.5, tty: bool = None):
+    """A Keras callback printing the lines described in the module doc.
+
+    The epoch line's time is the whole epoch (training and the validation
+    pass); its img/s is training images over the time from the epoch start
+    to the end of its last training step (as the backend reports it: with
+    asynchronous dispatch, the last step's launch).
+    """
+    import keras
+
+    out = stream or sys.stdout
+    is_tty = out.isatty() if tty is None else tty
+
+    class EpochLogger(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.last_line_len = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+            self.next_update = self.t0 + interval
+            self.steps = 0
+            self.t_last = self.t0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps = batch + 1
+            now = self.t_last = time.perf_counter()
+            if not is_tty:
+                return
+            if now < self.next_update:
+                return
+            self.next_update = now + interval
+            elapsed = now - self.t0
+            rate = self.steps * batch_size / elapsed if elapsed > 0 else 0.0
+            eta = (steps_per_epoch - self.steps) * elapsed / max(self.steps, 1)
+            loss = f"  loss {_fmt(logs['loss'])}" if logs and "loss" in logs else ""
+            line = (f"  step {self.steps}/{steps_per_epoch}  {100 * self.steps / steps_per_epoch:3.0f}%  "
+                    f"{elapsed:.1f}s  {rate:.0f} img/s  ETA {eta:.0f}s{loss}")
+            pad = " " * max(0, self.last_line_len - len(line))
+            out.write("\r" + line + pad)
+            out.flush()
+            self.last_line_len = len(line)
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.t0
+            if is_tty and self.last_line_len:
+                out.write("\r" + " " * self.last_line_len + "\r")
+                self.last_line_len = 0
+            images = self.steps * batch_size
+            if num_examples is not None and self.steps >= steps_per_epoch:
+                images = num_examples
+            train_s = self.t_last - self.t0
+            out.write(format_epoch_line(epoch + 1, epochs, seconds, images / train_s if train_s > 0 else 0.0,
+                                        dict(logs or {})) + "\n")
+            out.flush()
+
+    return EpochLogger()

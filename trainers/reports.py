@@ -1,0 +1,118 @@
+"""Reports written at the end of a run (on the chief only).
+
+* ``firing_rates`` -- R(l) of every neuron layer over the whole test set
+  (Eq. B.2);
+* ``--export`` -- ``output_dir/export`` through :func:`export.export_run`
+  (BN-folded model, TFLite models, C array, ``export_report.json``),
+  verified on the first ``--export_max_examples`` test images. Needs
+  TensorFlow; without it the run prints the one command that exports
+  ``final.keras`` on a machine that has it;
+* always -- the Appendix B energy report in ``output_dir/energy`` over the
+  whole test set (with ``--export``: over the verification images, with the
+  exported float32/int8 TFLite models beside the Keras model).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from typing import Dict
+
+from trainers import backend as backend_lib
+
+
+def export_command(output_dir: str, flags: Dict) -> str:
+    """The command that exports a finished run on a machine with TensorFlow."""
+    args = ["python", "-m", "export", "--model", os.path.join(output_dir, "final.keras"),
+            "--output_dir", os.path.join(output_dir, "export"), "--dataset", flags["dataset"]]
+    if flags.get("data_dir"):
+        args += ["--data_dir", flags["data_dir"]]
+    if flags.get("export_formats"):
+        args += ["--formats", ",".join(flags["export_formats"])]
+    if flags.get("export_max_examples"):
+        args += ["--max_test_examples", str(flags["export_max_examples"])]
+    if flags.get("export_tflm_examples"):
+        args += ["--max_tflm_examples", str(flags["export_tflm_examples"])]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def _energy_writer():
+    """``write_energy_report`` of the library when it has one, else of
+    ``export.energy`` (TensorFlow), else None."""
+    try:
+        from s2nn_keras import energy as library_energy  # the Keras-side accounting, once in the library
+    except ImportError:
+        library_energy = None
+    if library_energy is not None and hasattr(library_energy, "write_energy_report"):
+        return library_energy.write_energy_report
+    if backend_lib.tensorflow_installed():
+        from export.energy import write_energy_report
+
+        return write_energy_report
+    return None
+
+
+def _summarise_export(report, export_dir) -> Dict:
+    get = (lambda obj, key: obj[key] if isinstance(obj, dict) else getattr(obj, key))
+    formats = get(report, "formats")
+    return {
+        "dir": export_dir,
+        "num_verification": get(report, "num_verification"),
+        "fold_prediction_agreement": get(get(report, "fold"), "prediction_agreement"),
+        "formats": {fmt: {"size_bytes": get(e, "size_bytes"), "accuracy": get(get(e, "litert"), "accuracy"),
+                          "agreement_with_keras": get(get(e, "litert"), "agreement_with_keras"),
+                          "tflm_arena_bytes": get(get(e, "tflm"), "arena_bytes")}
+                    for fmt, e in formats.items()},
+    }
+
+
+def post_training_reports(network, flags: Dict, data: Dict, output_dir: str, metrics: Dict) -> None:
+    """Adds ``firing_rates``, ``export`` and ``energy`` to ``metrics``.
+
+    ``data``: ``train_images``/``test_images``/``test_labels`` (uint8 /
+    int64 arrays) and ``test_float`` (the test split for the network, as
+    :class:`trainers.inputs.RunInputs` has it).
+    """
+    import keras
+    import numpy as np
+
+    from s2nn_keras.firing import firing_rates
+
+    metrics["firing_rates"] = dict(firing_rates(network, data["test_float"]))
+    energy_data, tflite_models, folded = data["test_float"], None, None
+    if flags["export"] and not backend_lib.tensorflow_installed():
+        command = export_command(output_dir, flags)
+        metrics["export"] = {"skipped": "TensorFlow is not installed", "command": command}
+        print("export skipped: TensorFlow is not installed here; on a machine with TensorFlow run:\n  "
+              + command, flush=True)
+    elif flags["export"]:
+        import export
+
+        n = flags["export_max_examples"] or len(data["test_images"])
+        images, labels = data["test_images"][:n], data["test_labels"][:n]
+        export_dir = os.path.join(output_dir, "export")
+        report = export.export_run(
+            network, export_dir, images, labels, formats=flags["export_formats"],
+            calibration_images=data["train_images"][-500:],
+            max_tflm_examples=flags["export_tflm_examples"] or None,
+            extra={"model_path": os.path.join(output_dir, "final.keras")})
+        metrics["export"] = _summarise_export(report, export_dir)
+        formats = report["formats"] if isinstance(report, dict) else report.formats
+        energy_data = images.astype(np.float32) / 255.0
+        tflite_models = {fmt: os.path.join(export_dir, (formats[fmt]["file"] if isinstance(formats[fmt], dict)
+                                                        else formats[fmt].file))
+                         for fmt in ("float32", "int8") if fmt in formats}
+        folded = keras.saving.load_model(os.path.join(export_dir, "model_folded.keras"))
+    writer = _energy_writer()
+    if writer is None:
+        print("energy report skipped: it needs TensorFlow (export.energy) until the library's "
+              "s2nn_keras.energy is installed", file=sys.stderr, flush=True)
+        return
+    kwargs = {}
+    if tflite_models:
+        kwargs.update(tflite_models=tflite_models, folded_model=folded)
+    energy = writer(network, energy_data, os.path.join(output_dir, "energy"),
+                    convention=flags["energy_convention"], preset=flags["energy_preset"], **kwargs)
+    metrics["energy"] = {k: energy[k] for k in ("convention", "preset", "total_flops", "e_full_pj",
+                                                "e_method_pj", "efficiency")}
