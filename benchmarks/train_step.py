@@ -17,9 +17,19 @@ Modes:
   graph  ``tf.function`` (TF graph executor with Grappler, oneDNN kernels), no XLA.
   xla    ``tf.function(jit_compile=True)``: the whole step compiled by XLA.
 
+Spike backward (``--backward``, spiking activations only):
+  fused  the library default on TensorFlow (``s2nn_keras.tf_fused_backward``):
+         built-in surrogates' backward as one XLA-fused function outside
+         XLA, a select-ending product inside XLA.
+  plain  the backend-agnostic ``keras.ops`` backward of
+         ``s2nn_keras.surrogates`` (``dy * surrogate_gradient(u)``), as on
+         JAX and PyTorch.
+
 Example (the figures in docs/RESULTS.md):
   python -m benchmarks.train_step --blocks 1,1,1 --width 16 --batch_size 64 \
       --modes graph,xla --rounds 7 --steps 10
+  python -m benchmarks.train_step --activations relu,s2nn --backward plain,fused \
+      --modes graph,xla --rounds 15 --steps 3
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from benchmarks import _common as C  # noqa: E402
 
 ACTIVATIONS = ("relu", "s2nn", "ste_s", "ste_b", "slayer", "sibnn", "superspike")
 MODES = ("eager", "graph", "xla")
+BACKWARDS = ("fused", "plain")
 
 
 def parse_args(argv=None):
@@ -51,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--activations", type=C.csv_list(allowed=ACTIVATIONS, name="activation"),
                    default=list(ACTIVATIONS))
     p.add_argument("--modes", type=C.csv_list(allowed=MODES, name="mode"), default=["graph", "xla"])
+    p.add_argument("--backward", type=C.csv_list(allowed=BACKWARDS, name="backward"), default=["fused"],
+                   help="spike backward implementations to compare (default: fused, the library default)")
     p.add_argument("--threads", type=C.nonneg_int, default=0,
                    help="intra-op threads (0 = TF default); inter-op is set to 1 when > 0")
     p.add_argument("--seed", type=int, default=0)
@@ -61,11 +74,19 @@ def parse_args(argv=None):
     return args
 
 
-def build_variant(args, activation, mode):
+def use_backward(backward):
+    """Selects the spike backward traced and run from now on (see --backward)."""
+    from s2nn_keras import surrogates, tf_fused_backward
+
+    surrogates._TF_BACKWARD = tf_fused_backward.backward if backward == "fused" else None
+
+
+def build_variant(args, activation, mode, backward="fused"):
     import keras
     import tensorflow as tf
     from s2nn_keras.models import PreActResNet
 
+    use_backward(backward)
     keras.utils.set_random_seed(args.seed)
     model = PreActResNet(list(args.blocks), (args.image_size, args.image_size, args.channels),
                          args.num_classes, activation=activation, width=args.width)
@@ -107,23 +128,28 @@ def main(argv=None):
     variants = []
     for mode in args.modes:
         for act in args.activations:
-            model, step = build_variant(args, act, mode)
-            t0 = time.perf_counter()
-            step(x, y).numpy()  # trace / compile
-            compile_s = time.perf_counter() - t0
-            for _ in range(args.warmup):
-                loss = step(x, y)
-            loss.numpy()
-            variants.append({"mode": mode, "activation": act, "step": step, "model": model,
-                             "compile_s": compile_s, "times": [], "cpu_times": []})
-            print(f"built {mode:5s} {act:10s} params={model.count_params()} first call {compile_s:.1f}s",
-                  flush=True)
+            for backward in (["fused"] if act == "relu" else args.backward):
+                model, step = build_variant(args, act, mode, backward)
+                t0 = time.perf_counter()
+                step(x, y).numpy()  # trace / compile
+                compile_s = time.perf_counter() - t0
+                for _ in range(args.warmup):
+                    loss = step(x, y)
+                loss.numpy()
+                label = act if act == "relu" or len(args.backward) == 1 else f"{act}/{backward}"
+                variants.append({"mode": mode, "activation": act, "backward": backward, "label": label,
+                                 "step": step, "model": model,
+                                 "compile_s": compile_s, "times": [], "cpu_times": []})
+                print(f"built {mode:5s} {label:16s} params={model.count_params()} first call {compile_s:.1f}s",
+                      flush=True)
+    use_backward("fused")
 
     n = len(variants)
     for r in range(args.rounds):
         order = [variants[(r + i) % n] for i in range(n)]
         for v in order:
             step = v["step"]
+            use_backward(v["backward"])  # matters in eager mode, where nothing is traced
             c0, t0 = time.process_time(), time.perf_counter()
             for _ in range(args.steps):
                 loss = step(x, y)
@@ -139,7 +165,7 @@ def main(argv=None):
         cpu_ratios = [a / b for a, b in zip(v["cpu_times"], relu["cpu_times"])]
         med = C.median(v["times"])
         results.append({
-            "mode": v["mode"], "activation": v["activation"],
+            "mode": v["mode"], "activation": v["activation"], "backward": v["backward"], "label": v["label"],
             "step_ms_median": round(1e3 * med, 3),
             "step_ms_iqr": round(1e3 * C.iqr(v["times"]), 3),
             "images_per_s": round(args.batch_size / med, 1),
@@ -156,10 +182,10 @@ def main(argv=None):
           f"{args.channels} batch={args.batch_size}; {args.rounds} rounds x {args.steps} steps, medians")
     print("wall = wall-clock per step; cpu = CPU seconds of this process per step (all threads),")
     print("less sensitive to other users of a shared machine; ratios are medians of per-round ratios")
-    print(f"{'mode':6s} {'activation':11s} {'wall ms':>9s} {'img/s':>8s} {'wall x relu':>11s} {'cpu ms':>9s} "
+    print(f"{'mode':6s} {'activation':16s} {'wall ms':>9s} {'img/s':>8s} {'wall x relu':>11s} {'cpu ms':>9s} "
           f"{'cpu x relu':>10s}")
     for row in results:
-        print(f"{row['mode']:6s} {row['activation']:11s} {row['step_ms_median']:9.2f} {row['images_per_s']:8.1f} "
+        print(f"{row['mode']:6s} {row['label']:16s} {row['step_ms_median']:9.2f} {row['images_per_s']:8.1f} "
               f"{row['ratio_to_relu_median']:11.3f} {row['cpu_ms_median']:9.2f} {row['cpu_ratio_to_relu_median']:10.3f}")
     payload = {
         "benchmark": "train_step",
@@ -168,6 +194,8 @@ def main(argv=None):
         "step_definition": "forward(training=True) + label-smoothed CE + tape.gradient + Adam apply",
         "mode_definitions": {"eager": "Python eager, no tf.function", "graph": "tf.function, no XLA",
                              "xla": "tf.function(jit_compile=True)"},
+        "backward_definitions": {"fused": "s2nn_keras.tf_fused_backward (library default on TensorFlow)",
+                                 "plain": "keras.ops backward of s2nn_keras.surrogates (as on JAX/PyTorch)"},
         "results": results,
         "machine": machine,
     }

@@ -400,9 +400,10 @@ def _spike(u, entry, threshold, params):
 
 def _backward(entry, x, threshold, params, dy):
     """``dy * surrogate_gradient(x)``: the spike's backward pass. On the
-    TensorFlow backend :mod:`s2nn_keras.tf_fused_backward` computes it."""
-    if _TF_BACKWARD is not None:
-        return _TF_BACKWARD(entry, x, threshold, params, dy, _BUILTIN.get(entry.name) is entry)
+    TensorFlow backend the built-in surrogates' one runs XLA-fused
+    (:mod:`s2nn_keras.tf_fused_backward`)."""
+    if _TF_BACKWARD is not None and _BUILTIN.get(entry.name) is entry:
+        return _TF_BACKWARD(entry, x, threshold, params, dy)
     return dy * _grad_in_dtype(entry, x, threshold, params)
 
 
