@@ -140,6 +140,49 @@ def equalize(images):
     return ops.cast(mapped, images.dtype)
 
 
+def _reflect(coord, size):
+    """Continuous coordinate -> [0, size - 1] by reflection about the edges
+    (``d c b a | a b c d | d c b a``, TF's ``fill_mode="reflect"``)."""
+    period = 2.0 * size
+    m = coord - period * ops.floor(coord / period)
+    m = ops.where(m >= size, period - 1.0 - m, m)
+    return ops.clip(m, 0.0, size - 1.0)
+
+
+def affine_warp(images, transform):
+    """Bilinear affine warp with reflect fill, per image.
+
+    Output pixel ``(x, y)`` (column, row) reads the input at
+    ``(a0 x + a1 y + a2, b0 x + b1 y + b2)`` for ``transform[b] = [a0, a1,
+    a2, b0, b1, b2]`` (the first six entries of the projective transforms of
+    ``tf.raw_ops.ImageProjectiveTransformV3``). Written with gathers only,
+    so it compiles under XLA on every backend (TensorFlow's
+    ImageProjectiveTransformV3 has no XLA kernel).
+    """
+    b = ops.shape(images)[0]
+    h, w, c = images.shape[1], images.shape[2], images.shape[3]
+    ys, xs = ops.meshgrid(ops.arange(h, dtype="float32"), ops.arange(w, dtype="float32"), indexing="ij")
+    xs, ys = ops.reshape(xs, (1, -1)), ops.reshape(ys, (1, -1))                  # [1, HW]
+    t = [transform[:, k:k + 1] for k in range(6)]                                # each [B, 1]
+    x_in = _reflect(t[0] * xs + t[1] * ys + t[2], float(w))
+    y_in = _reflect(t[3] * xs + t[4] * ys + t[5], float(h))
+    x0, y0 = ops.floor(x_in), ops.floor(y_in)
+    fx, fy = (x_in - x0)[..., None], (y_in - y0)[..., None]
+    x0i = ops.cast(x0, "int32")
+    y0i = ops.cast(y0, "int32")
+    x1i = ops.minimum(x0i + 1, w - 1)
+    y1i = ops.minimum(y0i + 1, h - 1)
+    flat = ops.reshape(images, (b, h * w, c))
+
+    def at(yi, xi):
+        index = ops.repeat((yi * w + xi)[..., None], c, axis=-1)
+        return ops.take_along_axis(flat, index, axis=1)
+
+    top = at(y0i, x0i) * (1.0 - fx) + at(y0i, x1i) * fx
+    bottom = at(y1i, x0i) * (1.0 - fx) + at(y1i, x1i) * fx
+    return ops.reshape(top * (1.0 - fy) + bottom * fy, (b, h, w, c))
+
+
 def _geometric(images, op, magnitude, seed):
     """One affine warp per image: shear/translate for ops 6..9, identity otherwise."""
     b = ops.shape(images)[0]
@@ -152,9 +195,7 @@ def _geometric(images, op, magnitude, seed):
     b0 = ops.where(op == 7, k, zero)                 # shear_y: y_in = k x + y
     a2 = ops.where(op == 8, -t * w, zero)            # translate_x by t W
     b2 = ops.where(op == 9, -t * h, zero)            # translate_y by t H
-    transform = ops.stack([one, a1, a2, b0, one, b2, zero, zero], axis=1)
-    return ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode="reflect",
-                                      data_format="channels_last")
+    return affine_warp(images, ops.stack([one, a1, a2, b0, one, b2], axis=1))
 
 
 def _one_slot(images, op, magnitude, seed):

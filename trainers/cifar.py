@@ -62,8 +62,12 @@ def main(argv=None) -> None:
     # TF's C++ start-up INFO lines are noise for a CLI (and would precede a
     # flag error); set TF_CPP_MIN_LOG_LEVEL=0 to see them.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import logging
+
     from trainers.backend import import_keras_quietly
 
+    # absl's handler would print JAX's INFO line about the missing TPU library.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     import_keras_quietly()
     trainer_flags.define_flags(FLAGS)
     app.run(_main, argv=argv, flags_parser=lambda a: trainer_flags.parse_or_exit(a, FLAGS))

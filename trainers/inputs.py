@@ -59,7 +59,9 @@ class ArrayBatches:
     ``multiple`` devices), that last batch cut to a multiple of ``multiple``
     examples. Evaluation (``shuffle=False``): the arrays in order; a last
     batch that is not a multiple of ``multiple`` is padded with
-    zero-weight copies of its first example, so every example counts once.
+    zero-weight copies of its first example, so every example counts once
+    in the (weighted) accuracy; the loss of such a batch is averaged over
+    the padded batch (the only case where ``val_loss`` is approximate).
     """
 
 

@@ -68,7 +68,9 @@ def compile_model(model, config: Dict, total_steps: int) -> None:
     model.compile(
         optimizer=build_optimizer(config, total_steps),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=f["label_smoothing"]),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        # weighted_: the zero-weight padding of a data-parallel evaluation's
+        # last batch (trainers.inputs.ArrayBatches) must not count.
+        weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=bool(f["jit_compile"]) if f["jit_compile"] is not None else "auto",
     )
 
@@ -101,4 +103,4 @@ def compile_for_evaluation(model) -> None:
     import keras
 
     model.compile(loss=keras.losses.CategoricalCrossentropy(),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+                  weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])

@@ -56,3 +56,36 @@ def trainer_cmd(*args, module="trainers.cifar"):
 def run_trainer(*args, timeout=300, env=None, module="trainers.cifar"):
     return subprocess.run(trainer_cmd(*args, module=module), cwd=REPO, env=trainer_env(env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+# Runs a module with every ``tensorflow*`` import failing as if TensorFlow
+# were not installed (find_spec -> ModuleNotFoundError), to check the JAX
+# path on a machine that has TensorFlow.
+_NO_TF_PRELUDE = """
+import importlib.abc, runpy, sys
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow.") or name.startswith("tensorflow_"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+sys.meta_path.insert(0, _NoTensorFlow())
+module = sys.argv[1]
+sys.argv = [module] + sys.argv[2:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def no_tf_cmd(*args, module="trainers.cifar"):
+    return [sys.executable, "-c", _NO_TF_PRELUDE, module] + list(args)
+
+
+def jax_env(extra=None):
+    env = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    env.update(extra or {})
+    return trainer_env(env)
+
+
+def run_trainer_jax_no_tf(*args, timeout=300, env=None, module="trainers.cifar"):
+    """``KERAS_BACKEND=jax python -m <module> args`` with TensorFlow blocked."""
+    return subprocess.run(no_tf_cmd(*args, module=module), cwd=REPO, env=jax_env(env),
+                          capture_output=True, text=True, timeout=timeout)
