@@ -34,6 +34,7 @@ resume state), :mod:`trainers.reports` (export and energy at the end).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -62,8 +63,6 @@ def main(argv=None) -> None:
     # TF's C++ start-up INFO lines are noise for a CLI (and would precede a
     # flag error); set TF_CPP_MIN_LOG_LEVEL=0 to see them.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import logging
-
     from trainers.backend import import_keras_quietly
 
     # absl's handler would print JAX's INFO line about the missing TPU library.

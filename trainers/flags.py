@@ -21,7 +21,6 @@ from typing import Dict, List, Optional
 
 from absl import flags
 
-from trainers.data import DATASETS
 
 MODELS = ("preact_resnet18", "preact_resnet106", "custom")
 MODEL_BLOCKS = {"preact_resnet18": [2, 2, 2, 2], "preact_resnet106": [13, 13, 13, 13]}
@@ -29,12 +28,6 @@ OPTIMIZERS = ("sgd", "adam")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 INPUT_PIPELINES = ("auto", "tf_data", "device")
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
-# Mirrors export.tflite.QUANTIZATIONS / export.energy.PRESETS and CONVENTIONS
-# (kept here so flag errors come before TensorFlow is imported; a test checks
-# they stay equal).
-EXPORT_FORMATS = ("float32", "int8", "int16x8")
-ENERGY_PRESETS = ("45nm_fp32", "45nm_fp16", "45nm_int32", "45nm_int8", "45nm_int8_acc32")
-ENERGY_CONVENTIONS = ("default", "paper")
 SURROGATE_PARAM_FLAGS = ("tau_s", "alpha", "rho", "delta", "alpha1", "beta1", "beta0")
 
 #: Flags that do not change what is trained; a resumed run may change them.
@@ -46,37 +39,33 @@ NON_RECIPE_FLAGS = frozenset(
 
 
 def import_tensorflow_quietly() -> None:
-    """Imports TensorFlow and Keras with stderr (fd 2) silenced when
-    ``TF_CPP_MIN_LOG_LEVEL`` >= 1.
+    """Imports Keras and its backend with TensorFlow's start-up lines
+    silenced (see :func:`trainers.backend.import_keras_quietly`); imports
+    TensorFlow only when it is the Keras backend."""
+    from trainers.backend import import_keras_quietly
 
-    TF 2.21 prints its start-up INFO lines ("oneDNN custom operations are
-    on", "Could not find cuda drivers") before absl logging is initialised,
-    ignoring ``TF_CPP_MIN_LOG_LEVEL``; without this a flag error would not
-    be the only line on stderr. Python exceptions still propagate (and are
-    printed after stderr is restored).
-    """
-    if "tensorflow" in sys.modules:
-        return
-    try:
-        level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
-    except ValueError:
-        level = 0
-    if level < 1:
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    import_keras_quietly()
+
+
+def export_formats():
+    """TFLite formats of ``--export_formats`` (:data:`export.formats.QUANTIZATIONS`)."""
+    from export.formats import QUANTIZATIONS
+
+    return tuple(QUANTIZATIONS)
+
+
+def energy_presets():
+    """``--energy_preset`` values (:data:`s2nn_keras.energy.PRESETS`)."""
+    from s2nn_keras.energy import PRESETS
+
+    return tuple(PRESETS)
+
+
+def energy_conventions():
+    """``--energy_convention`` values (:data:`s2nn_keras.energy.CONVENTIONS`)."""
+    from s2nn_keras.energy import CONVENTIONS
+
+    return tuple(CONVENTIONS)
 
 
 class UsageError(ValueError):
@@ -84,7 +73,9 @@ class UsageError(ValueError):
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
-    """Defines the trainer's flags on ``fv`` and returns it."""
+    """Defines the trainer's flags on ``fv`` and returns it (imports Keras)."""
+    from s2nn_keras.datasets import DATASETS
+
     # Data.
     flags.DEFINE_string("dataset", "cifar10", f"One of {', '.join(DATASETS)}.", flag_values=fv)
     flags.DEFINE_string(
@@ -159,10 +150,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
     flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 1 progress bar, 2 one line per epoch.",
                          flag_values=fv)
     # Deployment and energy reports at the end of the run.
+    formats, presets, conventions = export_formats(), energy_presets(), energy_conventions()
     flags.DEFINE_boolean("export", False, "After training, fold BN into thresholds and export TFLite "
                          "models with python -m export's checks (output_dir/export).", flag_values=fv)
-    flags.DEFINE_list("export_formats", list(EXPORT_FORMATS),
-                      f"TFLite formats for --export: any of {', '.join(EXPORT_FORMATS)}.", flag_values=fv)
+    flags.DEFINE_list("export_formats", list(formats),
+                      f"TFLite formats for --export: any of {', '.join(formats)}.", flag_values=fv)
     flags.DEFINE_integer("export_max_examples", 2000,
                          "Test images used to verify the export and for the TFLite energy comparison "
                          "(0: all).", flag_values=fv)
@@ -170,9 +162,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
                          "Of those, images run through the (slow) TFLite Micro interpreter (0: all).",
                          flag_values=fv)
     flags.DEFINE_string("energy_preset", "45nm_fp32",
-                        f"Energy per op for the energy report: {', '.join(ENERGY_PRESETS)}.", flag_values=fv)
+                        f"Energy per op for the energy report: {', '.join(presets)}.", flag_values=fv)
     flags.DEFINE_string("energy_convention", "default",
-                        f"First-layer accounting of the energy report: {', '.join(ENERGY_CONVENTIONS)}.",
+                        f"First-layer accounting of the energy report: {', '.join(conventions)}.",
                         flag_values=fv)
     # Scale-out.
     flags.DEFINE_string("strategy", "default",
@@ -250,6 +242,7 @@ def validate(fv: flags.FlagValues) -> Dict:
       UsageError: with a one-line message.
     """
     from s2nn_keras import surrogates  # imports Keras and its backend (no data, no files)
+    from s2nn_keras.datasets import DATASETS
 
     f = fv
     if f.dataset not in DATASETS:
@@ -323,18 +316,19 @@ def validate(fv: flags.FlagValues) -> Dict:
     if f.verbose not in (0, 1, 2):
         raise UsageError(f"--verbose must be 0, 1 or 2, got {f.verbose}")
 
-    bad_formats = [x for x in f.export_formats if x not in EXPORT_FORMATS]
+    formats, presets, conventions = export_formats(), energy_presets(), energy_conventions()
+    bad_formats = [x for x in f.export_formats if x not in formats]
     if bad_formats or not f.export_formats:
-        raise UsageError(f"--export_formats must be a non-empty list of {', '.join(EXPORT_FORMATS)}; "
+        raise UsageError(f"--export_formats must be a non-empty list of {', '.join(formats)}; "
                          f"got {','.join(f.export_formats) or 'nothing'}")
     for name in ("export_max_examples", "export_tflm_examples"):
         if getattr(f, name) < 0:
             raise UsageError(f"--{name} must be >= 0, got {getattr(f, name)}")
-    if f.energy_preset not in ENERGY_PRESETS:
-        raise UsageError(f"unknown --energy_preset {f.energy_preset!r}; valid: {', '.join(ENERGY_PRESETS)}")
-    if f.energy_convention not in ENERGY_CONVENTIONS:
+    if f.energy_preset not in presets:
+        raise UsageError(f"unknown --energy_preset {f.energy_preset!r}; valid: {', '.join(presets)}")
+    if f.energy_convention not in conventions:
         raise UsageError(f"unknown --energy_convention {f.energy_convention!r}; "
-                         f"valid: {', '.join(ENERGY_CONVENTIONS)}")
+                         f"valid: {', '.join(conventions)}")
 
     # Neuron parameters.
     given = {k: getattr(f, k) for k in ("threshold",) + SURROGATE_PARAM_FLAGS if getattr(f, k) is not None}
@@ -370,9 +364,6 @@ def _validate_backend_flags(f) -> None:
         raise UsageError(f"--strategy multi_worker needs the tensorflow Keras backend (running {backend})")
     if f.strategy == "mirrored" and backend not in ("tensorflow", "jax"):
         raise UsageError(f"--strategy mirrored needs the tensorflow or jax Keras backend (running {backend})")
-    if f.dataset != "fashion_mnist" and not tensorflow_installed():
-        raise UsageError(f"--dataset {f.dataset} is read with tensorflow-datasets, which needs TensorFlow "
-                         "(not installed); --dataset fashion_mnist reads IDX files without it")
 
 
 def parse_or_exit(argv: List[str], fv: flags.FlagValues = flags.FLAGS) -> Dict:

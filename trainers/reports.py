@@ -38,19 +38,16 @@ def export_command(output_dir: str, flags: Dict) -> str:
 
 
 def _energy_writer():
-    """``write_energy_report`` of the library when it has one, else of
-    ``export.energy`` (TensorFlow), else None."""
+    """``write_energy_report``: export's TF-free writer over the library's
+    accounting (:mod:`export.energy_report`), else the TensorFlow-era
+    ``export.energy`` one, else None."""
     try:
-        from s2nn_keras import energy as library_energy  # the Keras-side accounting, once in the library
+        from export.energy_report import write_energy_report
     except ImportError:
-        library_energy = None
-    if library_energy is not None and hasattr(library_energy, "write_energy_report"):
-        return library_energy.write_energy_report
-    if backend_lib.tensorflow_installed():
+        if not backend_lib.tensorflow_installed():
+            return None
         from export.energy import write_energy_report
-
-        return write_energy_report
-    return None
+    return write_energy_report
 
 
 def _summarise_export(report, export_dir) -> Dict:
@@ -106,8 +103,7 @@ def post_training_reports(network, flags: Dict, data: Dict, output_dir: str, met
         folded = keras.saving.load_model(os.path.join(export_dir, "model_folded.keras"))
     writer = _energy_writer()
     if writer is None:
-        print("energy report skipped: it needs TensorFlow (export.energy) until the library's "
-              "s2nn_keras.energy is installed", file=sys.stderr, flush=True)
+        print("energy report skipped: export.energy_report is not available", file=sys.stderr, flush=True)
         return
     kwargs = {}
     if tflite_models:

@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from trainers import pipeline
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("keras_cv")
+
+from trainers import pipeline  # noqa: E402
 
 
 def _images(n, h, w, c, seed=0):

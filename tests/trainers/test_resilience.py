@@ -82,6 +82,9 @@ def _free_ports(n):
 
 @pytest.mark.slow
 def test_multi_worker_two_local_processes(tmp_path):
+    pytest.importorskip("tensorflow")
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        pytest.skip("MultiWorkerMirroredStrategy needs the tensorflow backend")
     data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=64, n_test=32)
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}

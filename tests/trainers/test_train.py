@@ -85,6 +85,7 @@ def test_cifar100_mock_relu_adam(tmp_path):
 
 
 def test_missing_dataset_is_one_line(tmp_path, capsys):
+    pytest.importorskip("tensorflow_datasets")
     out = tmp_path / "run"
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -129,18 +130,22 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert "test_accuracy" in proc.stdout and not (out / ".worker-1").exists()
 
 
-def test_export_flag_lists_match_the_export_package():
-    from export import energy
-    from export import tflite
+def test_export_and_energy_flags_come_from_their_packages():
+    """No hand-kept mirror: the flag choices are export.formats' and the library's."""
+    from export import formats
+    from s2nn_keras import energy
 
-    assert tf_flags.EXPORT_FORMATS == tflite.QUANTIZATIONS
-    assert tf_flags.ENERGY_PRESETS == tuple(energy.PRESETS)
-    assert tf_flags.ENERGY_CONVENTIONS == tuple(energy.CONVENTIONS)
+    fv = tf_flags.new_flag_values()
+    assert tuple(fv["export_formats"].default) == tuple(formats.QUANTIZATIONS)
+    assert tf_flags.energy_presets() == tuple(energy.PRESETS)
+    assert tf_flags.energy_conventions() == tuple(energy.CONVENTIONS)
+    assert fv["energy_preset"].default in energy.PRESETS
 
 
 @pytest.mark.slow
 def test_export_at_the_end_of_a_run(tmp_path):
     """--export: folded model, TFLite files, C array and both reports, in a real process."""
+    pytest.importorskip("tensorflow")
     data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=96, n_test=48)
     out = tmp_path / "run"
     result = run_trainer(*TINY, "--dataset=fashion_mnist", f"--data_dir={data_dir}", "--epochs=1",

@@ -1,0 +1,114 @@
+"""The trainer on the JAX backend with TensorFlow absent (a sys.meta_path
+blocker makes every ``tensorflow*`` import fail, as on the GPU machine)."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+pytest.importorskip("jax")
+
+from tests.trainers.helpers import (  # noqa: E402
+    REPO, TINY, jax_env, no_tf_cmd, run_trainer_jax_no_tf, write_fake_fashion_mnist)
+
+
+def _tags(logdir):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(logdir)
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+def test_jax_without_tensorflow_end_to_end(tmp_path):
+    data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=96, n_test=40)
+    out = tmp_path / "run"
+    proc = run_trainer_jax_no_tf(*TINY, "--dataset=fashion_mnist", f"--data_dir={data_dir}", "--epochs=2",
+                                 "--randaugment_ops=2", "--crop_flip", "--export", f"--output_dir={out}",
+                                 timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["backend"] == "jax" and m["input_pipeline"] == "device" and m["epochs_completed"] == 2
+    assert 0.0 <= m["test_accuracy"] <= 1.0 and 0.0 <= m["tta_accuracy"] <= 1.0
+    assert list(m["firing_rates"]) == ["stage1_block1_act1", "stage1_block1_act2", "final_act"]
+    assert [h["epoch"] for h in m["history"]] == [1, 2]
+    assert m["history"][1]["learning_rate"] == pytest.approx(0.0, abs=1e-9)
+    # No TensorFlow: the .keras files, the Keras-side energy report, and the export command.
+    for name in ("final.keras", "best.keras", "state.json"):
+        assert (out / name).is_file(), name
+    assert m["export"]["skipped"] == "TensorFlow is not installed"
+    assert "python -m export --model " + str(out / "final.keras") in proc.stdout
+    energy = json.loads((out / "energy" / "energy_report.json").read_text())
+    assert energy["num_examples"] == 40 and m["energy"]["efficiency"] == energy["efficiency"]
+    # One line per epoch on a non-terminal stdout.
+    assert [ln[:9] for ln in proc.stdout.splitlines() if ln.startswith("Epoch ")] == ["Epoch 1/2", "Epoch 2/2"]
+    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate",
+            "epoch_firing_rate/mean"} <= _tags(str(out / "tensorboard" / "train"))
+    assert {"epoch_loss", "epoch_accuracy"} <= _tags(str(out / "tensorboard" / "validation"))
+
+
+def test_jax_rejects_tf_only_flags_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    for flag, expected in (("--input_pipeline=tf_data", "--input_pipeline tf_data needs the tensorflow"),
+                           ("--strategy=multi_worker", "--strategy multi_worker needs the tensorflow")):
+        proc = run_trainer_jax_no_tf("--dataset=fashion_mnist", flag, f"--output_dir={out}", timeout=120)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and expected in proc.stderr
+        assert proc.stdout == "" and not out.exists()
+
+
+@pytest.mark.slow
+def test_jax_data_parallel_on_two_cpu_devices(tmp_path):
+    data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=101, n_test=51)
+    out = tmp_path / "run"
+    proc = run_trainer_jax_no_tf(*TINY, "--dataset=fashion_mnist", f"--data_dir={data_dir}", "--epochs=1",
+                                 "--strategy=mirrored", f"--output_dir={out}", timeout=400,
+                                 env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["num_replicas"] == 2 and len(m["devices"]) == 2
+    # 51 test images: the last batch is padded to 20 with a zero-weight row,
+    # which must not count in the accuracy.
+    assert abs(m["test_accuracy"] * 51 - round(m["test_accuracy"] * 51)) < 1e-3
+
+
+@pytest.mark.slow
+def test_jax_sigkill_then_rerun_resumes(tmp_path):
+    data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=256, n_test=64)
+    out = tmp_path / "run"
+    epochs = 5
+    args = TINY + ["--dataset=fashion_mnist", f"--data_dir={data_dir}", f"--epochs={epochs}",
+                   "--randaugment_ops=1", f"--output_dir={out}"]
+    proc = subprocess.Popen(no_tf_cmd(*args), cwd=REPO, env=jax_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    state_path = out / "state.json"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if json.loads(state_path.read_text())["epochs_completed"] >= 1:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        assert proc.poll() is None, "first run ended before it could be killed:\n" + proc.stdout.read()
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    done = json.loads(state_path.read_text())["epochs_completed"]
+    assert 1 <= done < epochs and not (out / "metrics.json").exists()
+    second = run_trainer_jax_no_tf(*args, timeout=400)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    assert f"resuming from epoch {done}/{epochs} (optimizer step {done * 8})" in second.stdout
+    assert f"Epoch {done + 1}/{epochs}" in second.stdout and "Epoch 1/" not in second.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in m["history"]] == list(range(1, epochs + 1))
+    import math
+
+    lr0 = m["flags"]["learning_rate"]
+    for h in m["history"]:
+        assert h["learning_rate"] == pytest.approx(lr0 * (1 + math.cos(math.pi * h["epoch"] / epochs)) / 2,
+                                                   rel=1e-4, abs=1e-9)
