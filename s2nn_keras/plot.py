@@ -12,32 +12,41 @@ import sys
 import numpy as np
 
 
-def plot_surrogates(output, names=None, u_min=-2.0, u_max=4.0, points=1201):
-    """Writes a PNG with one panel per surrogate (forward in blue, dS/du in
-    orange, threshold dashed), each at its default parameters."""
-    import matplotlib
-
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(
+            "s2nn_keras.plot needs matplotlib: pip install 's2nn_keras[plot]' (or pip install matplotlib)"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import tensorflow as tf
+
+    return plt
+
+
+def plot_surrogates(output, names=None, u_min=-2.0, u_max=4.0, points=1201):
+    """Writes a PNG with one panel per surrogate (forward in blue, dS/du in
+    orange, threshold dashed), each at its default parameters. Runs on any
+    Keras backend; needs matplotlib (the ``plot`` extra)."""
+    from keras import ops
 
     from s2nn_keras import surrogates
 
     names = names or surrogates.available_surrogates()
     for name in names:
         surrogates.get_surrogate(name)  # ValueError with the valid names
+    plt = _pyplot()
     u = np.linspace(u_min, u_max, points, dtype=np.float32)
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         entry = surrogates.get_surrogate(name)
-        ut = tf.constant(u)
-        with tf.GradientTape() as tape:
-            tape.watch(ut)
-            s = surrogates.spike(ut, name)
-        grad = tape.gradient(s, ut).numpy()
-        ax.plot(u, s.numpy(), color="tab:blue", label="forward s = H(u - u_th)")
+        s = ops.convert_to_numpy(surrogates.spike(u, name))
+        # The backward pass of spike() is upstream * surrogate_gradient(u).
+        grad = ops.convert_to_numpy(surrogates.surrogate_gradient(u, name))
+        ax.plot(u, s, color="tab:blue", label="forward s = H(u - u_th)")
         ax.plot(u, grad, color="tab:orange", label="surrogate dS/du")
         ax.axvline(entry.threshold, color="gray", ls="--", lw=0.8)
         params = ", ".join(f"{k}={v:g}" for k, v in entry.params.items())
@@ -65,7 +74,7 @@ def main(argv=None):
     names = [n for n in args.surrogates.split(",") if n] or None
     try:
         path = plot_surrogates(args.output, names, args.u_min, args.u_max)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ImportError) as err:
         parser.exit(2, f"error: {err}\n")
     print(f"wrote {path}")
 

@@ -9,10 +9,10 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from s2nn_keras import S2Activation
+from s2nn_keras import S2Activation, is_spiking_neuron
 from s2nn_keras.models import PreActResNet
+from tests.s2nn_keras.backend_utils import BACKEND, loss_and_grads, to_numpy
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,9 +31,28 @@ def test_get_config_round_trip():
     assert config["surrogate"] == "slayer" and config["threshold"] == 0.8
     assert config["alpha1"] == 2.0 and config["beta1"] == 0.5
     clone = S2Activation.from_config(config)
-    x = tf.constant([[0.0, 0.8, 2.0]])
-    np.testing.assert_array_equal(clone(x).numpy(), layer(x).numpy())
+    x = np.array([[0.0, 0.8, 2.0]], np.float32)
+    np.testing.assert_array_equal(to_numpy(clone(x)), to_numpy(layer(x)))
+    np.testing.assert_array_equal(to_numpy(layer(x)), [[0, 1, 1]])
     json.dumps(config)
+
+
+def test_config_format_is_unchanged():
+    """The exact keys old .keras files carry (they must keep loading)."""
+    config = S2Activation("s2nn", threshold=0.5, alpha=0.4, name="n").get_config()
+    assert {k: config[k] for k in ("name", "surrogate", "threshold", "tau_s", "alpha")} == {
+        "name": "n", "surrogate": "s2nn", "threshold": 0.5, "tau_s": 1.0, "alpha": 0.4}
+    assert S2Activation.from_config(config).params == {"tau_s": 1.0, "alpha": 0.4}
+
+
+def test_is_spiking_neuron():
+    assert is_spiking_neuron(S2Activation("ste_b"))
+    assert not is_spiking_neuron(keras.layers.ReLU())
+
+    class Folded(keras.layers.Layer):
+        is_spiking_neuron = True
+
+    assert is_spiking_neuron(Folded())
 
 
 def test_invalid_layer_arguments():
@@ -53,7 +72,7 @@ def test_layer_trains_with_fit():
         keras.Input((8,)), keras.layers.Dense(16), keras.layers.BatchNormalization(),
         S2Activation("s2nn"), keras.layers.Dense(2)])
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    before = [w.numpy().copy() for w in model.trainable_weights]
+    before = [np.array(w.numpy()) for w in model.trainable_weights]
     model.fit(x, y, epochs=2, batch_size=16, verbose=0)
     # The first Dense only changes through the surrogate gradient.
     assert not np.allclose(before[0], model.trainable_weights[0].numpy())
@@ -66,13 +85,27 @@ def test_mixed_float16_policy():
         model = PreActResNet([1], (8, 8, 1), 3, width=4, activation="s2nn")
         neuron = model.get_layer("stage1_block1_act1")
         assert neuron.compute_dtype == "float16"
-        x = tf.random.uniform((4, 8, 8, 1))
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            loss = tf.reduce_mean(tf.square(logits))
-        grads = tape.gradient(loss, model.trainable_weights)
-        assert logits.dtype == tf.float32
-        assert all(np.all(np.isfinite(g.numpy())) for g in grads)
+        x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+        loss, out_dtype, grads = loss_and_grads(model, x)
+        assert out_dtype == "float32" and np.isfinite(loss)
+        assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
+        assert np.any(grads[0] != 0), "no surrogate gradient reached the stem"
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "bfloat16"])
+def test_bfloat16_policy(policy):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = PreActResNet([1], (8, 8, 1), 3, width=4, activation="s2nn")
+        assert model.get_layer("final_act").compute_dtype == "bfloat16"
+        x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+        loss, out_dtype, grads = loss_and_grads(model, x)
+        assert out_dtype == "float32"  # the logits layer is float32
+        assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads)
+        assert np.any(grads[0] != 0)
     finally:
         keras.config.set_dtype_policy(previous)
 
@@ -85,28 +118,26 @@ def test_saved_model_loads_in_fresh_process_without_custom_objects(tmp_path):
     path = tmp_path / "model.keras"
     model.save(path)
     np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", model(x, training=False).numpy())
+    np.save(tmp_path / "y.npy", to_numpy(model(x, training=False)))
     script = textwrap.dedent(
         f"""
-        import numpy as np, keras, tensorflow as tf
+        import numpy as np, keras
         import s2nn_keras  # registers the layers; no custom_objects needed
+        from tests.s2nn_keras.backend_utils import loss_and_grads, to_numpy
         model = keras.saving.load_model({str(path)!r})
         x = np.load({str(tmp_path / 'x.npy')!r})
-        np.testing.assert_array_equal(model(x, training=False).numpy(), np.load({str(tmp_path / 'y.npy')!r}))
+        np.testing.assert_array_equal(to_numpy(model(x, training=False)), np.load({str(tmp_path / 'y.npy')!r}))
         layer = model.get_layer("stage1_block1_act1")
         assert type(layer).__name__ == "S2Activation" and layer.surrogate == "sibnn" and layer.params["rho"] == 0.5
-        xt = tf.constant(x)
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(model(xt, training=True))
-        grads = tape.gradient(loss, model.trainable_weights)
-        stem = grads[0].numpy()
+        _, _, grads = loss_and_grads(model, x)
+        stem = grads[0]
         assert np.all(np.isfinite(stem)) and np.any(stem != 0), "no surrogate gradient reached the stem"
-        print("LOADED_OK")
+        print("LOADED_OK", keras.backend.backend())
         """
     )
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=BACKEND)
     # Run outside the repo so nothing but the saved file and the installed package is used.
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "LOADED_OK" in result.stdout
+    assert f"LOADED_OK {BACKEND}" in result.stdout
