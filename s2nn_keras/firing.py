@@ -149,9 +149,37 @@ class SpikeCounts:
             return self.fired / self.total
 
 
-def _per_example_sum(mask, ndim):
-    counts = keras.ops.cast(mask, "int32")
-    return keras.ops.sum(counts, axis=tuple(range(1, ndim))) if ndim > 1 else counts
+class _PerExampleCounts(keras.layers.Layer):
+    """Per-example counts of one tensor, as an int32 ``[batch, k]`` tensor:
+    column 0 the elements ``> 0``; then (``nonbinary``) the elements outside
+    {-1, 0, 1}; then (``with_size``) the number of elements. A layer rather
+    than bare ``keras.ops`` calls so that the probe's extra operations get
+    names that cannot collide with the model's layer names."""
+
+    def __init__(self, nonbinary=False, with_size=False, **kwargs):
+        super().__init__(autocast=False, **kwargs)
+        self.nonbinary = nonbinary
+        self.with_size = with_size
+
+    def call(self, t):
+        ndim = len(t.shape)
+        axes = tuple(range(1, ndim))
+
+        def count(mask):
+            c = keras.ops.cast(mask, "int32")
+            return keras.ops.sum(c, axis=axes) if axes else c
+
+        cols = [count(keras.ops.greater(t, 0))]
+        if self.nonbinary:
+            binary = keras.ops.logical_or(keras.ops.logical_or(keras.ops.equal(t, 0), keras.ops.equal(t, 1)),
+                                          keras.ops.equal(t, -1))
+            cols.append(count(keras.ops.logical_not(binary)))
+        if self.with_size:
+            cols.append(count(keras.ops.ones_like(t, dtype="bool")))
+        return keras.ops.stack(cols, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1 + int(self.nonbinary) + int(self.with_size))
 
 
 class SpikeCounter:
@@ -179,20 +207,14 @@ class SpikeCounter:
             return
         replay = graph.replay()
         outputs = []
-        for ref in self.refs:
+        for i, ref in enumerate(self.refs):
             t = replay.tensor(ref)
-            ndim = len(t.shape)
-            outputs.append(_per_example_sum(keras.ops.greater(t, 0), ndim))
-            if count_nonbinary:
-                binary = keras.ops.logical_or(keras.ops.logical_or(keras.ops.equal(t, 0), keras.ops.equal(t, 1)),
-                                              keras.ops.equal(t, -1))
-                outputs.append(_per_example_sum(keras.ops.logical_not(binary), ndim))
             dims = list(t.shape[1:])
-            if all(d is not None for d in dims):
-                self._sizes.append(float(math.prod(int(d) for d in dims)))
-            else:  # dynamic spatial size: count the elements per example too
-                self._sizes.append(None)
-                outputs.append(_per_example_sum(keras.ops.ones_like(t, dtype="bool"), ndim))
+            static = all(d is not None for d in dims)
+            # a dynamic spatial size is counted per example too
+            self._sizes.append(float(math.prod(int(d) for d in dims)) if static else None)
+            counter = _PerExampleCounts(count_nonbinary, not static, name=f"__spike_count_{i}_{id(self):x}")
+            outputs.append(counter(t))
         self.probe = keras.Model(replay.inputs[0] if len(replay.inputs) == 1 else replay.inputs, outputs,
                                  name=f"{graph.model.name}_spike_probe")
 
@@ -215,18 +237,12 @@ class SpikeCounter:
                 continue
             outs = self.probe.predict_on_batch(x)
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-            j = 0
-            for i, size in enumerate(self._sizes):
-                fired[i] += float(np.sum(np.asarray(outs[j], dtype=np.float64)))
-                j += 1
+            for i, (size, out) in enumerate(zip(self._sizes, outs)):
+                sums = np.asarray(out, dtype=np.float64).sum(axis=0)
+                fired[i] += sums[0]
                 if self.count_nonbinary:
-                    bad[i] += float(np.sum(np.asarray(outs[j], dtype=np.float64)))
-                    j += 1
-                if size is None:
-                    total[i] += float(np.sum(np.asarray(outs[j], dtype=np.float64)))
-                    j += 1
-                else:
-                    total[i] += size * b
+                    bad[i] += sums[1]
+                total[i] += sums[-1] if size is None else size * b
         if n == 0:
             raise ValueError("got an empty data set (no example to measure)")
         return SpikeCounts(n, fired, total, bad if self.count_nonbinary else None)

@@ -1,0 +1,56 @@
+"""Quiet TensorFlow start-up for the export command-line tools.
+
+TF 2.21 prints start-up INFO lines ("oneDNN custom operations are on",
+"Could not find cuda drivers") on the C-level stderr before absl logging
+is initialised, whatever ``TF_CPP_MIN_LOG_LEVEL`` says; a CLI whose bad
+input must end with exactly one stderr line imports TensorFlow through
+:func:`import_tensorflow_quietly`.
+
+    from export.quiet import import_tensorflow_quietly
+    import_tensorflow_quietly()   # keras and tensorflow are now imported
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["import_tensorflow_quietly"]
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports Keras and TensorFlow with fd 2 silenced when
+    ``TF_CPP_MIN_LOG_LEVEL`` >= 1 (defaulted to 2 here). Call it before
+    anything imports Keras (with the TensorFlow backend, ``import keras``
+    imports TensorFlow).
+
+    Python exceptions still propagate (printed after stderr is restored);
+    without TensorFlow installed this raises ``ImportError`` naming the
+    ``tf`` extra.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
+    try:
+        level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        level = 0
+    saved = devnull = None
+    if level >= 1:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    except ImportError as err:
+        if "tensorflow" in str(err):
+            raise ImportError("this needs TensorFlow: pip install 's2nn_keras[tf]'") from None
+        raise
+    finally:
+        if saved is not None:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)

@@ -1,0 +1,163 @@
+"""export.energy_tflite finds the spike tensors from their values, whatever
+ops write them: a hand-built network whose neurons are convolutions with a
+large gain and a fused RELU6 (spikes {0, 6}, the edge formulation), with a
+neuron on a residual sum as a 1x1 DEPTHWISE_CONV_2D gain, converted with
+TensorFlow to float32 and int8, against the Keras S2Activation network it
+computes."""
+
+import contextlib
+import io
+
+import keras
+import numpy as np
+import pytest
+
+from export import flatbuffer
+from export.energy_tflite import _Levels, compare_rates, tflite_energy_report
+from s2nn_keras import S2Activation
+from s2nn_keras.energy import energy_report
+
+tf = pytest.importorskip("tensorflow")
+L = keras.layers
+GAIN = 1e6
+TH = (0.3, 0.2, 0.5)  # thresholds of the three neurons
+
+
+def _weights():
+    rng = np.random.default_rng(7)
+    return {
+        "conv1": [rng.normal(0.15, 0.3, (3, 3, 1, 4)).astype(np.float32), rng.normal(0, 0.1, 4).astype(np.float32)],
+        "conv2": [rng.normal(0, 0.3, (3, 3, 4, 4)).astype(np.float32), rng.normal(0, 0.1, 4).astype(np.float32)],
+        "logits": [rng.normal(0, 1.0, (4, 3)).astype(np.float32), rng.normal(0, 0.1, 3).astype(np.float32)],
+    }
+
+
+def _spiking(w):
+    """The reference: conv -> S2Activation neurons, a neuron on a residual sum."""
+    inp = keras.Input((8, 8, 1), batch_size=1, name="image")
+    s1 = S2Activation("ste_s", threshold=TH[0], name="n1")(L.Conv2D(4, 3, padding="same", name="conv1")(inp))
+    s2 = S2Activation("ste_s", threshold=TH[1], name="n2")(L.Conv2D(4, 3, padding="same", name="conv2")(s1))
+    s3 = S2Activation("ste_s", threshold=TH[2], name="n3")(L.Add(name="sum")([s1, s2]))
+    model = keras.Model(inp, L.Dense(3, name="logits")(L.GlobalAveragePooling2D(name="gap")(s3)))
+    for name, values in w.items():
+        model.get_layer(name).set_weights(values)
+    return model
+
+
+def _saturating(w):
+    """The same function with spikes of amplitude 6: each neuron is the
+    preceding conv with kernel*G and (bias - u_th)*G and a RELU6; the neuron
+    on the sum is a 1x1 depthwise gain; consumers divide by 6."""
+    inp = keras.Input((8, 8, 1), batch_size=1, name="image")
+    c1 = L.Conv2D(4, 3, padding="same", name="conv1")
+    s1 = L.ReLU(max_value=6.0, name="n1")(c1(inp))
+    c2 = L.Conv2D(4, 3, padding="same", activation="relu6", name="conv2")
+    s2 = c2(s1)
+    gain = L.DepthwiseConv2D(1, activation="relu6", name="n3_gain")
+    s3 = gain(L.Add(name="sum")([s1, s2]))
+    dense = L.Dense(3, name="logits")
+    model = keras.Model(inp, dense(L.GlobalAveragePooling2D(name="gap")(s3)))
+    (k1, b1), (k2, b2), (kl, bl) = w["conv1"], w["conv2"], w["logits"]
+    c1.set_weights([k1 * GAIN, (b1 - TH[0]) * GAIN])
+    c2.set_weights([k2 / 6.0 * GAIN, (b2 - TH[1]) * GAIN])
+    gain.set_weights([np.full((1, 1, 4, 1), GAIN / 6.0, np.float32), np.full(4, -TH[2] * GAIN, np.float32)])
+    dense.set_weights([kl / 6.0, bl])
+    return model
+
+
+def _convert(model, x, int8):
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if int8:
+        def rep():
+            for i in range(64):
+                yield [x[i:i + 1]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = rep
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    with contextlib.redirect_stdout(io.StringIO()):
+        return converter.convert()
+
+
+@pytest.fixture(scope="module")
+def nets():
+    w = _weights()
+    x = np.random.default_rng(1).random((96, 8, 8, 1), dtype=np.float32)
+    spiking, saturating = _spiking(w), _saturating(w)
+    # the two Keras models compute the same spikes (up to potentials within 6/GAIN of a threshold)
+    a = keras.Model(spiking.inputs, spiking.get_layer("n1").output).predict(x, verbose=0)
+    b = keras.Model(saturating.inputs, saturating.get_layer("n1").output).predict(x, verbose=0)
+    assert np.mean(a == b / 6.0) >= 0.999
+    return spiking, x, energy_report(spiking, x), _convert(saturating, x, False), _convert(saturating, x, True)
+
+
+def test_edge_formulation_has_no_comparison_ops(nets):
+    for content in nets[3:]:
+        counts = flatbuffer.op_counts(content)
+        assert not {"GREATER_EQUAL", "LESS_EQUAL", "SELECT_V2", "SELECT"} & set(counts)
+        g = flatbuffer.read_model(content).main
+        acts = [op.fused_activation for op in g.operators if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+        assert acts[1:] == ["RELU6", "RELU6"]  # conv2 and the 1x1 gain; conv1's RELU6 may be its own op
+
+
+@pytest.mark.parametrize("which,bound", [(3, 1e-3), (4, 0.02)], ids=["float32", "int8"])
+def test_rates_match_the_spiking_keras_model(nets, which, bound):
+    spiking, x, keras_rep, *flats = nets
+    rep = tflite_energy_report(flats[which - 3], x, keras_model=spiking)
+    assert [r["name"] for r in rep["layers"]] == ["conv1", "conv2", "logits"]
+    assert [r["input_kind"] for r in rep["layers"]] == ["image", "spikes", "pooled_spikes"]
+    cmp = compare_rates(keras_rep, rep)
+    assert cmp["unmatched"] == [] and len(cmp["per_layer"]) == 2
+    assert cmp["max_abs_diff"] <= bound, cmp
+    assert all(0.05 < r["firing_rate"] < 0.95 for r in rep["layers"][1:])
+    row = rep["layers"][1]
+    assert row["spike_levels"][0] == 0.0 and row["spike_levels"][1] == pytest.approx(6.0, rel=1e-6)
+    assert "RELU6" in row["spike_producer"] or row["spike_producer"] == "RELU6"
+    assert any("n3_gain" in n and "not counted" in n for n in rep["notes"])
+    assert rep["quantization"] == ("float32" if which == 3 else "int8")
+
+
+def test_without_the_keras_model_the_gain_op_is_found_from_its_output(nets):
+    spiking, x, keras_rep, f32, int8 = nets
+    for content in (f32, int8):
+        rep = tflite_energy_report(content, x)
+        assert [r["input_kind"] for r in rep["layers"]] == ["image", "spikes", "pooled_spikes"]
+        assert any("1x1" in n and "not counted" in n for n in rep["notes"])
+        assert rep["total_flops"] == keras_rep["total_flops"]
+
+
+def _tensor(dtype, scale=None, zp=None):
+    q = None if scale is None else flatbuffer.Quantization(np.array([scale], np.float32), np.array([zp]), 0)
+    return flatbuffer.Tensor(0, "t", (4,), (4,), "X", np.dtype(dtype), q, 0, None)
+
+
+def test_levels_classifier():
+    h = _Levels(_tensor("float32"))
+    h.add(np.array([0, 6, 0, 0], np.float32))
+    h.add(np.array([6, 6, 0, 0], np.float32))
+    s = h.summary()
+    assert (s["kind"], s["lo"], s["hi"], s["rate"]) == ("spikes", 0.0, 6.0, 3 / 8)
+    h = _Levels(_tensor("float32"))
+    h.add(np.array([-1, 1, 1, -1, -1, -1], np.float32))
+    assert h.summary()["kind"] == "signed_spikes" and h.summary()["rate"] == pytest.approx(2 / 6)
+    h = _Levels(_tensor("float32"))
+    h.add(np.array([0.2, 0.7, 0.2, 0.7], np.float32))  # two levels, neither 0 nor symmetric
+    assert h.summary() is None
+    h = _Levels(_tensor("float32"))
+    h.add(np.linspace(0, 1, 1000, dtype=np.float32))  # real values
+    assert h.summary() is None
+    # int8 {0, 6} with scale 6/255, zero point -128: q = -128 and 127; one ramp value in 2000
+    h = _Levels(_tensor("int8", 6 / 255, -128))
+    v = np.full(2000, -128, np.int8)
+    v[:500] = 127
+    v[1000] = 3
+    h.add(v)
+    s = h.summary()
+    assert s["kind"] == "spikes" and s["hi"] == pytest.approx(6.0) and s["rate"] == pytest.approx(501 / 2000)
+    assert s["offlevel"] == pytest.approx(1 / 2000)
+    v[1000:1010] = 3  # 10 of 2000 off the levels: above NEAR_BINARY_TOLERANCE
+    h = _Levels(_tensor("int8", 6 / 255, -128))
+    h.add(v)
+    assert h.summary() is None
