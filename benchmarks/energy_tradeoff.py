@@ -4,7 +4,7 @@ Trains a small PreActResNet S2NN on a Fashion-MNIST subset once per
 regularizer strength (``FiringRateRegularizer(l1=...)`` on every neuron,
 plus an optional ReLU baseline), then measures test accuracy, the mean
 neuron firing rate and the Appendix B energy efficiency (both accounting
-conventions, 45 nm fp32 energies) with :func:`export.energy.energy_report`.
+conventions, 45 nm fp32 energies) with :func:`s2nn_keras.energy.energy_report`.
 Prints a Markdown table and writes a JSON file.
 
     python -m benchmarks.energy_tradeoff            # defaults: ~4 min on 2 cores
@@ -45,7 +45,7 @@ def _args(argv):
 def _run_one(activation, l1, args, x_train, y_train, x_test, y_test):
     import keras
 
-    from export.energy import energy_report
+    from s2nn_keras.energy import energy_report
     from s2nn_keras.models import PreActResNet
     from s2nn_keras.regularizers import FiringRateRegularizer
 
@@ -107,13 +107,12 @@ def main(argv=None):
         sys.stderr.write(f"error: --strengths must be comma-separated numbers >= 0, got {args.strengths!r}\n")
         return 2
     import keras
-    import tensorflow as tf
 
-    from trainers import data as data_lib
+    from s2nn_keras import datasets
 
-    x_train, y_train = data_lib.load_arrays("fashion_mnist", "train", args.data_dir, args.train_examples)
-    x_test, y_test = data_lib.load_arrays("fashion_mnist", "test", args.data_dir, args.test_examples)
-    x_train, x_test = data_lib.to_float(x_train), data_lib.to_float(x_test)
+    x_train, y_train = datasets.load_arrays("fashion_mnist", "train", args.data_dir, args.train_examples)
+    x_test, y_test = datasets.load_arrays("fashion_mnist", "test", args.data_dir, args.test_examples)
+    x_train, x_test = datasets.to_float(x_train), datasets.to_float(x_test)
     runs = [("s2nn", s) for s in strengths] + ([("relu", 0.0)] if args.relu_baseline else [])
     rows = []
     start = time.time()
@@ -133,8 +132,9 @@ def main(argv=None):
         "energy": "45nm_fp32 preset: E_MAC 4.6 pJ, E_AC 0.9 pJ (Horowitz, ISSCC 2014)",
         "rows": rows,
         "total_seconds": total,
-        "environment": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
-                        "cpu_count": os.cpu_count()},
+        "environment": {"backend": keras.backend.backend(), "keras": keras.__version__,
+                        "tensorflow": getattr(sys.modules.get("tensorflow"), "__version__", None),
+                        "python": platform.python_version(), "cpu_count": os.cpu_count()},
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
