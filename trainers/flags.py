@@ -96,8 +96,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
         "tensorflow backend, device otherwise.", flag_values=fv)
     flags.DEFINE_boolean(
         "crop_flip", None,
-        "Random 4-pixel-padded crop and horizontal flip (default: on for CIFAR, off for Fashion-MNIST).",
+        "Random padded crop and horizontal flip (default: on for CIFAR, off for Fashion-MNIST).",
         flag_values=fv)
+    flags.DEFINE_integer("crop_padding", 4, "Zero padding (pixels per side) of the random crop.", flag_values=fv)
     # Model.
     flags.DEFINE_string("model", "preact_resnet18", f"One of {', '.join(MODELS)}.", flag_values=fv)
     flags.DEFINE_list("blocks", None, "Basic blocks per stage for --model custom, e.g. 1,1,1.",
@@ -304,6 +305,8 @@ def validate(fv: flags.FlagValues) -> Dict:
     for name in ("max_train_examples", "max_test_examples"):
         if getattr(f, name) is not None:
             _positive(name, getattr(f, name))
+    if f.crop_padding < 0:
+        raise UsageError(f"--crop_padding must be >= 0, got {f.crop_padding}")
     if f.randaugment_ops < 0:
         raise UsageError(f"--randaugment_ops must be >= 0, got {f.randaugment_ops}")
     _finite("randaugment_magnitude", f.randaugment_magnitude)

@@ -123,6 +123,8 @@ class RunInputs:
         1], one-hot labels) as a tf.data.Dataset or a PyDataset -- TTA, firing
         rates and the energy report use it.
       steps_per_epoch: optimizer steps per epoch.
+      examples_per_epoch: training examples per epoch (all of them, except
+        the remainder a data-parallel ``device`` pipeline drops).
       augmentation: the DeviceAugmentation layer (``device`` pipeline) or None.
     """
 
@@ -131,6 +133,7 @@ class RunInputs:
     validation: object
     test_float: object
     steps_per_epoch: int
+    examples_per_epoch: int
     augmentation: Optional[object] = None
 
 
@@ -144,10 +147,12 @@ def make_inputs(pipeline: str, train_x, train_y, test_x, test_y, num_classes: in
         shard = distribution.shard_tf_data
         train = tf_pipeline.train_dataset(
             train_x, train_y, num_classes, batch, seed=seed, crop_flip=crop_flip,
-            randaugment_ops=flags["randaugment_ops"], randaugment_magnitude=flags["randaugment_magnitude"],
+            crop_padding=flags.get("crop_padding", 4), randaugment_ops=flags["randaugment_ops"],
+            randaugment_magnitude=flags["randaugment_magnitude"],
             distributed=shard)
         test = tf_pipeline.eval_dataset(test_x, test_y, num_classes, batch, distributed=shard)
-        return RunInputs("tf_data", train, test, test, tf_pipeline.steps_per_epoch(len(train_x), batch))
+        return RunInputs("tf_data", train, test, test, tf_pipeline.steps_per_epoch(len(train_x), batch),
+                         len(train_x))
 
     from trainers.augment import DeviceAugmentation
 
@@ -157,10 +162,11 @@ def make_inputs(pipeline: str, train_x, train_y, test_x, test_y, num_classes: in
     validation = array_batches(test_x, test_hot, batch, shuffle=False, multiple=multiple)
     test_float = array_batches(test_x.astype(np.float32) / 255.0, test_hot, batch, shuffle=False,
                                multiple=multiple)
-    augmentation = DeviceAugmentation(crop_flip=crop_flip, randaugment_ops=flags["randaugment_ops"],
+    augmentation = DeviceAugmentation(crop_flip=crop_flip, padding=flags.get("crop_padding", 4),
+                                      randaugment_ops=flags["randaugment_ops"],
                                       randaugment_magnitude=flags["randaugment_magnitude"], seed=seed,
                                       name="device_augmentation")
-    return RunInputs("device", train, validation, test_float, len(train), augmentation)
+    return RunInputs("device", train, validation, test_float, len(train), int(sum(train.sizes)), augmentation)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

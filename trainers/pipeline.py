@@ -3,7 +3,7 @@
 Training pipeline (per epoch)::
 
     uint8 arrays -> cache -> shuffle (reshuffled each epoch, seeded)
-      -> [random 4-px-padded crop + horizontal flip, per image, parallel map]
+      -> [random padded crop (--crop_padding) + horizontal flip, per image, parallel map]
       -> batch -> [RandAugment, per batch, parallel map]
       -> float32 in [0, 1] + one-hot labels -> prefetch
 
@@ -98,6 +98,7 @@ def train_dataset(
     *,
     seed: int = 0,
     crop_flip: bool = False,
+    crop_padding: int = CROP_PADDING,
     randaugment_ops: int = 0,
     randaugment_magnitude: float = 0.3,
     distributed: bool = False,
@@ -108,7 +109,7 @@ def train_dataset(
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     if crop_flip:
-        ds = ds.map(lambda x, y: (random_crop_flip(x), y), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda x, y: (random_crop_flip(x, crop_padding), y), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size)
     if randaugment is not None:
         ds = ds.map(lambda x, y: (randaugment(x), y), num_parallel_calls=AUTOTUNE)

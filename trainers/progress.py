@@ -23,6 +23,34 @@ import time
 EPOCH_KEYS_FIRST = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "firing_rate/mean")
 
 
+def epoch_timer(batch_size: int, steps_per_epoch: int, num_examples: int):
+    """A Keras callback adding ``train_time_s`` (epoch start to the end of
+    its last training step, as the backend reports it -- with asynchronous
+    dispatch, that step's launch -- so validation is excluded) and
+    ``train_images_per_s`` to the epoch logs; put it first, so the history,
+    TensorBoard and the epoch line get them."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = self.t_last = time.perf_counter()
+            self.steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps = batch + 1
+            self.t_last = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is None or self.steps == 0:
+                return
+            images = num_examples if self.steps >= steps_per_epoch else self.steps * batch_size
+            seconds = self.t_last - self.t0
+            logs["train_time_s"] = seconds
+            logs["train_images_per_s"] = images / seconds if seconds > 0 else 0.0
+
+    return EpochTimer()
+
+
 def format_epoch_line(epoch: int, epochs: int, seconds: float, images_per_s: float, logs: dict) -> str:
     parts = [f"Epoch {epoch}/{epochs}", f"{seconds:.1f}s", f"{images_per_s:.0f} img/s"]
     for key in EPOCH_KEYS_FIRST:
@@ -88,12 +116,15 @@ def epoch_logger(epochs: int, steps_per_epoch: int, batch_size: int, *, num_exam
             if is_tty and self.last_line_len:
                 out.write("\r" + " " * self.last_line_len + "\r")
                 self.last_line_len = 0
-            images = self.steps * batch_size
-            if num_examples is not None and self.steps >= steps_per_epoch:
-                images = num_examples
-            train_s = self.t_last - self.t0
-            out.write(format_epoch_line(epoch + 1, epochs, seconds, images / train_s if train_s > 0 else 0.0,
-                                        dict(logs or {})) + "\n")
+            logs = dict(logs or {})
+            rate = logs.get("train_images_per_s")
+            if rate is None:
+                images = self.steps * batch_size
+                if num_examples is not None and self.steps >= steps_per_epoch:
+                    images = num_examples
+                train_s = self.t_last - self.t0
+                rate = images / train_s if train_s > 0 else 0.0
+            out.write(format_epoch_line(epoch + 1, epochs, seconds, float(rate), logs) + "\n")
             out.flush()
 
     return EpochLogger()

@@ -87,7 +87,8 @@ def train(config: Dict) -> Dict:
             print(f"resuming from epoch {initial_epoch}/{f['epochs']} (optimizer step {step})", flush=True)
 
     prior_wall = float(state["wall_time_s"]) if state else 0.0
-    cbs = [callbacks_lib.learning_rate_logger()]
+    cbs = [progress.epoch_timer(f["batch_size"], steps, run_inputs.examples_per_epoch),
+           callbacks_lib.learning_rate_logger()]
     if f["activation"] != "relu":
         cbs.append(callbacks_lib.network_firing_rates(network, run_inputs.test_float,
                                                       f["firing_rate_batches"] or None))
@@ -103,7 +104,8 @@ def train(config: Dict) -> Dict:
         print("warning: the tensorboard package is not installed; no TensorBoard logs "
               "(pip install tensorboard)", flush=True)
     if f["verbose"] == 2 and chief:
-        cbs.append(progress.epoch_logger(f["epochs"], steps, f["batch_size"], num_examples=len(train_x)))
+        cbs.append(progress.epoch_logger(f["epochs"], steps, f["batch_size"],
+                                          num_examples=run_inputs.examples_per_epoch))
     if chief:
         print(f"backend {backend}, input pipeline {pipeline}, {distribution.num_replicas} replica(s), "
               f"dtype policy {f['dtype_policy']}: {len(train_x)} training images, {steps} steps/epoch",
