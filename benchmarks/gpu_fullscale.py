@@ -8,8 +8,9 @@ trainer: the flags of ``python -m trainers.cifar`` (default flagfile
 width 64, SGD momentum 0.9, lr 0.05 cosine over 200 epochs, weight decay
 5e-4, RandAugment 2 ops / 0.3, label smoothing 0.1, dropout 0.1, batch 128,
 flip TTA) are parsed and validated by ``trainers.flags``, and the model,
-optimizer, loss and tf.data pipelines are built with ``trainers.cifar`` /
-``trainers.pipeline``. The learning-rate schedule is the full recipe's (the
+optimizer, loss and tf.data pipelines are built with ``trainers.recipe`` /
+``trainers.pipeline`` (TensorFlow; the TF-free GPU command is
+``benchmarks.gpu_table5``). The learning-rate schedule is the full recipe's (the
 budget cuts the run short; it does not compress the schedule).
 
 Training stops at the first batch end after ``--time_budget_s`` seconds of
@@ -75,7 +76,7 @@ def main(argv=None):
     import numpy as np
     import tensorflow as tf
 
-    from trainers import cifar, pipeline
+    from trainers import pipeline, recipe
     from trainers import data as data_lib
 
     f = config["flags"]
@@ -95,8 +96,8 @@ def main(argv=None):
     steps_per_epoch = pipeline.steps_per_epoch(len(train_x), f["batch_size"])
     total_steps = steps_per_epoch * f["epochs"]
 
-    model = cifar.build_model(config, train_x.shape[1:], num_classes)
-    cifar.compile_model(model, config, total_steps)
+    model = recipe.build_model(config, train_x.shape[1:], num_classes)
+    recipe.compile_model(model, config, total_steps)
 
     class Budget(keras.callbacks.Callback):
         def __init__(self):
@@ -135,7 +136,7 @@ def main(argv=None):
     else:
         steady, rate_kind = images_seen / train_s, "WARNING: budget ended within the warm-up steps; includes tracing"
     _, test_acc = model.evaluate(test_ds, verbose=0)
-    tta = cifar.tta_model(model)
+    tta = recipe.tta_model(model)
     tta.compile(loss=keras.losses.CategoricalCrossentropy(),
                 metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     tta_acc = tta.evaluate(test_ds, verbose=0)[1]
