@@ -20,7 +20,7 @@ without TensorFlow.
    training images/s (median over epochs 2..E), the per-layer firing rates
    and E_Full/E_Method (Appendix B).
 
-Everything goes to ``--out/gpu_table5.json`` (default ``$OUT``, else
+Everything goes to ``--out/gpu_table5_<parts>.json`` (default ``$OUT``, else
 ``benchmarks/results``) plus each run's ``metrics.json``, energy report and
 TensorBoard events under ``--out/runs/<activation>/``; the run folders
 themselves (models, checkpoints) stay in ``--run_dir``.
@@ -85,6 +85,7 @@ def parse_args(argv):
     p.add_argument("--epochs", type=_positive_int, default=None, help="override the configs' 110 epochs")
     p.add_argument("--bench_steps", type=_positive_int, default=50, help="training steps per timed block")
     p.add_argument("--bench_rounds", type=_positive_int, default=5, help="interleaved rounds")
+    p.add_argument("--skip_bench", action="store_true", help="skip parts 1-2 (pipeline, step ratio)")
     p.add_argument("--tiny", action="store_true", help="CPU check at tiny scale")
     args = p.parse_args(argv)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
@@ -324,20 +325,27 @@ def main(argv=None):
         return 2
     payload = {"benchmark": "gpu_table5", "command": " ".join(["python -m benchmarks.gpu_table5"] + sys.argv[1:]),
                "tiny": args.tiny, "machine": machine}
-    payload["pipeline_and_steps"] = measure_pipeline_and_steps(args, train_x, train_y)
-    _write(args, payload)
+    if not args.skip_bench:
+        payload["pipeline_and_steps"] = measure_pipeline_and_steps(args, train_x, train_y)
+        _write(args, payload)
     payload["runs"] = {}
     for act in args.runs:
         payload["runs"][act] = full_run(act, args)
         _write(args, payload)
     payload["total_s"] = time.perf_counter() - t_start
     _write(args, payload)
-    print(f"total {payload['total_s']:.0f}s -> {os.path.join(args.out, 'gpu_table5.json')}", flush=True)
+    print(f"total {payload['total_s']:.0f}s -> {_json_path(args)}", flush=True)
     return 0
 
 
+def _json_path(args):
+    """``gpu_table5[_bench][_s2nn][_relu].json``: calls that run different parts do not collide."""
+    parts = ([] if args.skip_bench else ["bench"]) + list(args.runs)
+    return os.path.join(args.out, "gpu_table5" + "".join("_" + p for p in parts) + ".json")
+
+
 def _write(args, payload):
-    path = os.path.join(args.out, "gpu_table5.json")
+    path = _json_path(args)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v))
