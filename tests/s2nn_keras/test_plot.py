@@ -11,6 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_plot_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")  # the 'plot' extra
     out = tmp_path / "s.png"
     plot_surrogates(str(out), ["s2nn", "ste_b"])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -18,6 +19,7 @@ def test_plot_writes_png(tmp_path):
 
 def test_plotted_curves_are_the_forward_and_the_backward(tmp_path, monkeypatch):
     """The panel's orange curve is the gradient autodiff gives through spike()."""
+    pytest.importorskip("matplotlib")
     import matplotlib.axes
 
     from tests.s2nn_keras.backend_utils import value_and_grad
