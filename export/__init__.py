@@ -5,8 +5,12 @@ TensorFlow Lite Micro.
     from export import fold_batchnorm, to_tflite, export_run
 
     folded = fold_batchnorm(model)                      # no BN left
-    tflite_bytes = to_tflite(folded, "int8", representative_data)
-    report = export_run("run/model.keras", "run/export", images, labels)
+    tflite_bytes = to_tflite(folded, "int8", representative_data)       # edge ops only
+    ablation = to_tflite(folded, "int8", representative_data, neuron="compare")
+    relu_bytes = to_tflite(relu_model, "int8", representative_data)     # same settings
+    conv = convert(folded, "int8", representative_data)  # bytes + how: plan, spike tensors
+    result = export_run("run/model.keras", "run/export", images, labels)
+    result.report["formats"]["int8"]["spikes"]["two_level"]
 
 CLI: ``python -m export --model RUN/model.keras --output_dir RUN/export``.
 See docs/EXPORT.md. Importing this package is cheap: the TensorFlow-heavy
@@ -14,7 +18,8 @@ modules load on first use of a name below.
 """
 
 __all__ = ["fold_batchnorm", "fold_batchnorm_with_report", "FoldError", "ThresholdNeuron",
-           "to_tflite", "export_run", "load_model"]
+           "to_tflite", "convert", "Conversion", "edge_model", "EdgeError", "export_run", "ExportResult",
+           "FormatReporter", "load_model", "replace_neurons"]
 
 _LAZY = {
     "fold_batchnorm": "export.fold",
@@ -22,7 +27,14 @@ _LAZY = {
     "FoldError": "export.fold",
     "ThresholdNeuron": "export.neurons",
     "to_tflite": "export.tflite",
+    "convert": "export.tflite",
+    "Conversion": "export.tflite",
+    "replace_neurons": "export.tflite",
+    "edge_model": "export.edge",
+    "EdgeError": "export.edge",
     "export_run": "export.pipeline",
+    "ExportResult": "export.pipeline",
+    "FormatReporter": "export.pipeline",
     "load_model": "export.pipeline",
 }
 

@@ -1,10 +1,12 @@
 """CLI: ``python -m export --model RUN/model.keras --output_dir RUN/export``.
 
-Folds the model's BatchNorms into firing thresholds, converts it to the
-requested TFLite formats (calibrating the integer ones on training images),
-runs every format in LiteRT and TFLite Micro on the test split, writes the
-artefacts and ``export_report.json`` and prints a summary. Bad input gives
-a one-line error on stderr and exit status 2.
+Folds the model's BatchNorms into firing thresholds (a ReLU model is
+converted as it is), converts it to the requested TFLite formats
+(calibrating the integer ones on training images; neurons as fused clamps
+by default, ``--neuron compare`` for the comparison-op ablation), runs
+every format in LiteRT and TFLite Micro on the test split, checks the spike
+tensors, writes the artefacts and ``export_report.json`` and prints a
+summary. Bad input gives a one-line error on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from export.formats import DEFAULT_NEURON, NEURON_FORMULATIONS, QUANTIZATIONS as _FORMATS  # noqa: E402
+
 _DATASETS = ("fashion_mnist", "cifar10", "cifar100")
-_FORMATS = ("float32", "int8", "int16x8")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,15 +54,20 @@ def build_parser():
     p.add_argument("--formats", type=_formats, default=list(_FORMATS),
                    help="comma-separated subset of float32,int8,int16x8 (default: all)")
     p.add_argument("--dataset", default="fashion_mnist", choices=_DATASETS)
-    p.add_argument("--data_dir", default=None, help="directory with the data set (see trainers.data)")
+    p.add_argument("--data_dir", default=None, help="directory with the data set (see s2nn_keras.datasets)")
     p.add_argument("--max_test_examples", type=_positive_int, default=None,
                    help="verification images from the test split (default: all)")
     p.add_argument("--num_calibration", type=_positive_int, default=500,
                    help="training images used to calibrate int8/int16x8 (default: 500)")
     p.add_argument("--max_tflm_examples", type=_positive_int, default=None,
                    help="cap on images run through TFLite Micro (default: all verification images)")
+    p.add_argument("--neuron", choices=NEURON_FORMULATIONS, default=DEFAULT_NEURON,
+                   help="how a neuron is written: saturate (default; edge ops only: a clamp fused into a "
+                        "conv) or compare (GREATER_EQUAL/SELECT_V2, int16x8 ramp; the ablation)")
     p.add_argument("--no_threshold_in_bias", action="store_true",
                    help="keep u_th in the neurons after a conv instead of its bias (ablation)")
+    p.add_argument("--no_spike_checks", action="store_true",
+                   help="skip the per-format spike checks (two levels, runtimes, agreement with the folded model)")
     p.add_argument("--no_c_array", action="store_true", help="do not write model_int8.cc/.h")
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
     return p
@@ -71,10 +79,10 @@ def main(argv=None):
         _fail(f"--model {args.model!r} does not exist")
     if not args.model.endswith(".keras"):
         _fail(f"--model must be a .keras file, got {args.model!r}")
-    from trainers.flags import import_tensorflow_quietly
+    from export.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()  # TF's C++ start-up lines would bury the one-line errors
-    from trainers.data import DatasetNotFoundError, load_arrays
+    from s2nn_keras.datasets import DatasetNotFoundError, load_arrays
 
     try:
         images, labels = load_arrays(args.dataset, "test", args.data_dir, args.max_test_examples)
@@ -95,6 +103,7 @@ def main(argv=None):
     expected = tuple(int(d) for d in model.inputs[0].shape[1:])
     if expected != tuple(images.shape[1:]):
         _fail(f"model input shape {expected} does not match {args.dataset} images {tuple(images.shape[1:])}")
+    from export.edge import EdgeError
     from export.fold import FoldError
 
     try:
@@ -102,8 +111,9 @@ def main(argv=None):
                    calibration_images=calibration, num_calibration=args.num_calibration,
                    max_tflm_examples=args.max_tflm_examples, c_array=not args.no_c_array,
                    verbose=not args.quiet, extra={"model_path": args.model, "dataset": args.dataset},
-                   threshold_in_bias=not args.no_threshold_in_bias)
-    except FoldError as err:
+                   threshold_in_bias=not args.no_threshold_in_bias, neuron=args.neuron,
+                   spike_checks=not args.no_spike_checks)
+    except (FoldError, EdgeError) as err:
         _fail(str(err))
     return 0
 

@@ -35,26 +35,26 @@ output feeds two layers and that cannot be merged into a conv, a BN feeding
 a ReLU, a shared layer, ...) raises :class:`FoldError` naming the layer:
 the fold never returns a silently different model.
 
-The graph is read from the public ``model.get_config()`` structure
-(each layer's ``inbound_nodes`` with their ``keras_history`` references)
-and rebuilt with fresh layers; no private Keras API is used.
+The graph is read and rebuilt with the project's one layer-graph walker,
+:class:`s2nn_keras.graph.LayerGraph` (public ``get_config`` structure),
+with fresh layers; neurons are recognised with
+:func:`s2nn_keras.layers.is_spiking_neuron`. No private Keras API is used.
 """
 
 from __future__ import annotations
 
-import collections
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import keras
 import numpy as np
 
 from export.neurons import ThresholdNeuron
+from s2nn_keras.graph import GraphError, LayerGraph
+from s2nn_keras.layers import is_spiking_neuron
 
 __all__ = ["FoldError", "fold_batchnorm", "fold_batchnorm_with_report", "bn_affine"]
 
 _LINEAR = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "DepthwiseConv1D", "Dense")
-_NEURON = ("S2Activation",)
-_MODEL_OUTPUT = "<model output>"
 
 
 class FoldError(ValueError):
@@ -72,86 +72,51 @@ def bn_affine(bn: keras.layers.Layer) -> Tuple[np.ndarray, np.ndarray]:
     return g, beta - g * mean
 
 
-def _is_history(obj):
-    return isinstance(obj, dict) and obj.get("class_name") == "__keras_tensor__"
-
-
-def _histories(obj) -> List[Tuple[str, int, int]]:
-    """All ``(layer, node, tensor)`` references inside a serialized node."""
-    found = []
-    if _is_history(obj):
-        name, node, index = obj["config"]["keras_history"]
-        found.append((name, int(node), int(index)))
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            found += _histories(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            found += _histories(value)
-    return found
-
-
-def _substitute(obj, lookup):
-    """Replaces serialized tensor references by rebuilt tensors."""
-    if _is_history(obj):
-        name, node, index = obj["config"]["keras_history"]
-        return lookup(name, int(node), int(index))
-    if isinstance(obj, dict):
-        return {k: _substitute(v, lookup) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_substitute(v, lookup) for v in obj)
-    return obj
+def _is_neuron(node):
+    """An unfolded spiking neuron (S2Activation or any ``is_spiking_neuron``
+    layer with a ``threshold``; an already folded ThresholdNeuron is not)."""
+    return (not node.is_input and is_spiking_neuron(node.layer)
+            and not isinstance(node.layer, ThresholdNeuron))
 
 
 class _Graph:
-    """Producer/consumer view of a functional model built from get_config()."""
+    """The fold's view of a :class:`LayerGraph`: one call per layer."""
 
     def __init__(self, model):
-        if not isinstance(model, keras.Model) or not hasattr(model, "get_config"):
+        if not isinstance(model, keras.Model):
             raise FoldError(f"fold_batchnorm needs a keras.Model, got {type(model).__name__}")
         try:
-            config = model.get_config()
-        except NotImplementedError:
-            config = None
-        if not config or "layers" not in config or "input_layers" not in config:
-            raise FoldError(
-                f"model {model.name!r} is not a functional/Sequential Keras model; "
-                "fold_batchnorm needs a layer graph")
+            self.graph = LayerGraph(model)
+        except GraphError as err:
+            raise FoldError(f"fold_batchnorm needs a layer graph: {err}") from None
         self.model = model
-        self.config = config
-        self.order = [lc["name"] for lc in config["layers"]]
-        self.cls = {lc["name"]: lc["class_name"] for lc in config["layers"]}
-        self.node = {}
-        self.inputs = {}
-        self.consumers = collections.defaultdict(list)
-        for lc in config["layers"]:
-            name, nodes = lc["name"], lc.get("inbound_nodes") or []
-            if len(nodes) > 1:
+        for node in self.graph.nodes:
+            if not node.is_input and len(self.graph.calls(node.name)) > 1:
                 raise FoldError(
-                    f"layer {name!r} ({lc['class_name']}) is called {len(nodes)} times; "
-                    "fold_batchnorm does not handle shared layers")
-            self.node[name] = nodes[0] if nodes else None
-            self.inputs[name] = _histories(nodes[0]) if nodes else []
-            for src, _, _ in self.inputs[name]:
-                self.consumers[src].append(name)
-        outputs = config["output_layers"]
-        if outputs and not isinstance(outputs[0], (list, tuple)):
-            outputs = [outputs]
-        self.output_refs = [tuple(o) for o in outputs]
-        for src, _, _ in self.output_refs:
-            self.consumers[src].append(_MODEL_OUTPUT)
+                    f"layer {node.name!r} ({node.class_name}) is called {len(self.graph.calls(node.name))} "
+                    "times; fold_batchnorm does not handle shared layers")
+        self.nodes = [n for n in self.graph.nodes if not n.is_input]
+        self.cls = {n.name: n.class_name for n in self.graph.nodes}
+
+    def node(self, name):
+        return self.graph.calls(name)[0]
 
     def layer(self, name):
-        return self.model.get_layer(name)
+        return self.graph.layer(name)
+
+    def consumers(self, name):
+        """Names of the layers reading ``name``, plus ``"<model output>"`` per output use."""
+        node = self.node(name)
+        return [c.name for c in self.graph.consumers(node)] + ["<model output>"] * self.graph.output_uses(node)
 
     def single_input(self, name):
-        refs = self.inputs[name]
+        refs = self.node(name).inputs
         if len(refs) != 1:
             raise FoldError(f"layer {name!r} ({self.cls[name]}) must have exactly one input, has {len(refs)}")
-        return refs[0][0]
+        return refs[0].layer
 
     def describe(self, name):
-        return f"{name!r} ({self.cls.get(name, 'model output')})" if name != _MODEL_OUTPUT else "the model output"
+        return f"{name!r} ({self.cls.get(name, 'model output')})" if name != "<model output>" else "the model output"
 
 
 def _linear_foldable(graph, name):
@@ -163,25 +128,26 @@ def _linear_foldable(graph, name):
     act = getattr(layer, "activation", None)
     if act is not None and getattr(act, "__name__", "linear") != "linear":
         return False
-    return len(graph.consumers[name]) == 1
+    return len(graph.consumers(name)) == 1
 
 
 def _plan(graph, threshold_in_bias=True):
     """Decides, for every BN and neuron, how it is folded (or raises)."""
     bn_mode = {}
-    for name in graph.order:
-        if graph.cls[name] != "BatchNormalization":
+    for node in graph.nodes:
+        name = node.name
+        if node.class_name != "BatchNormalization":
             continue
         bn = graph.layer(name)
         axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
-        rank = len(bn.input.shape)
+        rank = len(graph.graph.shape(node.inputs[0]))
         if axis is None or axis not in (-1, rank - 1):
             raise FoldError(f"BatchNormalization {name!r} normalizes axis {bn.axis}; only the last (channel) axis can be folded")
         src = graph.single_input(name)
-        consumers = graph.consumers[name]
+        consumers = graph.consumers(name)
         if _linear_foldable(graph, src):
             bn_mode[name] = ("linear", src)
-        elif len(consumers) == 1 and graph.cls.get(consumers[0]) in _NEURON:
+        elif len(consumers) == 1 and consumers[0] != "<model output>" and _is_neuron(graph.node(consumers[0])):
             bn_mode[name] = ("threshold", consumers[0])
         elif len(consumers) != 1:
             raise FoldError(
@@ -193,9 +159,13 @@ def _plan(graph, threshold_in_bias=True):
                 f"cannot fold BatchNormalization {name!r}: it feeds {graph.describe(consumers[0])}, "
                 f"not a spiking neuron, and its input {graph.describe(src)} is not a Conv/Dense used only by it")
     neuron_mode = {}
-    for name in graph.order:
-        if graph.cls[name] not in _NEURON:
+    for node in graph.nodes:
+        if not _is_neuron(node):
             continue
+        name = node.name
+        for attr in ("threshold", "off_value"):
+            if not hasattr(node.layer, attr):
+                raise FoldError(f"spiking neuron {name!r} ({node.class_name}) has no {attr!r}; cannot fold it")
         src = graph.single_input(name)
         if bn_mode.get(src, (None,))[0] == "threshold":
             neuron_mode[name] = ("bn", src)
@@ -204,7 +174,7 @@ def _plan(graph, threshold_in_bias=True):
         # each the only consumer of the previous one: u_th moves into the bias.
         linear = bn_mode[src][1] if bn_mode.get(src, (None,))[0] == "linear" else src
         chain_ok = (threshold_in_bias and _linear_foldable(graph, linear)
-                    and len(graph.consumers[src]) == 1)
+                    and len(graph.consumers(src)) == 1)
         neuron_mode[name] = ("bias", linear) if chain_ok else ("plain", None)
     return bn_mode, neuron_mode
 
@@ -242,7 +212,6 @@ def fold_batchnorm_with_report(model: keras.Model, formulation: str = "compare",
     graph = _Graph(model)
     bn_mode, neuron_mode = _plan(graph, threshold_in_bias)
     report = {"batchnorm": {}, "neurons": {}}
-    built: Dict[str, list] = {}
     pending_linear = {}  # linear layer name -> (g, b, shift) to apply
 
     # Pre-compute what goes into each linear layer.
@@ -259,29 +228,14 @@ def fold_batchnorm_with_report(model: keras.Model, formulation: str = "compare",
             entry = pending_linear.setdefault(target, [None, None, 0.0])
             entry[2] = th
 
-    def lookup(name, node, index):
-        outs = built[name]
-        return outs[index]
-
-    inputs = []
-    for name in graph.order:
-        cls = graph.cls[name]
-        layer = graph.layer(name)
-        if graph.node[name] is None:  # InputLayer
-            tensor = keras.Input(batch_shape=layer.batch_shape, dtype=layer.dtype, name=name)
-            built[name] = [tensor]
-            inputs.append(tensor)
-            continue
-        args = _substitute(graph.node[name].get("args", []), lookup)
-        kwargs = _substitute(graph.node[name].get("kwargs", {}), lookup)
-        kwargs = {k: v for k, v in kwargs.items() if not (k == "mask" and v is None)}
+    def call(node, args, kwargs):
+        name, cls, layer = node.name, node.class_name, node.layer
         if cls == "BatchNormalization":
-            built[name] = [args[0]]  # folded away: pass the input through
-            continue
-        if cls in _NEURON:
+            return args[0]  # folded away: pass the input through
+        if _is_neuron(node):
             th, off, surrogate = _neuron_params(layer)
             mode, src = neuron_mode[name]
-            channels = int(layer.input.shape[-1])
+            channels = int(args[0].shape[-1])
             if mode == "bn":
                 g, b = bn_affine(graph.layer(src))
                 pol = np.sign(g).astype(np.int64)
@@ -307,27 +261,24 @@ def fold_batchnorm_with_report(model: keras.Model, formulation: str = "compare",
                     "channels": channels, "positive_scale": channels,
                     "negative_scale": 0, "zero_scale": 0, "zero_scale_always_fires": 0,
                 }
-            out = new(*args, **kwargs)
-        elif name in pending_linear:
+            return new(*args, **kwargs)
+        if name in pending_linear:
             g, b, shift = pending_linear[name]
             config, kernel, bias = _fold_linear(layer, g, b, shift)
             new = type(layer).from_config(config)
             out = new(*args, **kwargs)
             new.set_weights([kernel, bias])
-        else:
-            config = layer.get_config()
-            if "dtype" in config:
-                config["dtype"] = "float32"
-            new = type(layer).from_config(config)
-            out = new(*args, **kwargs)
-            if layer.get_weights():
-                new.set_weights(layer.get_weights())
-        built[name] = list(out) if isinstance(out, (list, tuple)) else [out]
+            return out
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float32"
+        new = type(layer).from_config(config)
+        out = new(*args, **kwargs)
+        if layer.get_weights():
+            new.set_weights(layer.get_weights())
+        return out
 
-    outputs = [lookup(*ref) for ref in graph.output_refs]
-    folded = keras.Model(inputs if len(inputs) > 1 else inputs[0],
-                         outputs if len(outputs) > 1 else outputs[0],
-                         name=f"{model.name}_folded")
+    folded = graph.graph.replay(call).model(name=f"{model.name}_folded")
     left = [l.name for l in folded.layers if isinstance(l, keras.layers.BatchNormalization)]
     if left:  # defensive: the plan above must have removed every BN
         raise FoldError(f"BatchNormalization layers left after folding: {left}")

@@ -1,43 +1,105 @@
-"""End-to-end export of a trained model: fold, verify, convert, run, report.
+"""End-to-end export of a trained model: fold -> verify -> convert -> run -> report.
 
 :func:`export_run` is what ``python -m export`` and the trainer's
 ``--export`` call. It writes into ``output_dir``:
 
-* ``model_folded.keras``: the BN-free inference model (ThresholdNeuron layers);
+* ``model_folded.keras``: the BN-free inference model (ThresholdNeuron
+  layers; a ReLU model is not folded: its BatchNorms are the converter's);
 * ``model_<format>.tflite`` for each requested format;
 * ``model_int8.cc`` / ``model_int8.h``: the int8 flatbuffer as a C array for
   TFLite Micro firmware (with the measured tensor-arena size);
-* ``export_report.json``: every figure below, and returns the same dict.
+* ``export_report.json``: every figure below,
+
+and returns an :class:`ExportResult` (``result.report`` is the JSON dict;
+``result["formats"]`` reads it too).
 
 Figures: fold verification (prediction agreement, largest logit difference,
-spike-map mismatches per neuron layer), and per format: file size, op list,
-leftover BN arithmetic, and in LiteRT and TFLite Micro: accuracy, agreement
-with the Keras model's predictions, largest logit difference, host latency per
-image, and the TFLM tensor-arena size.
+spike-map mismatches per neuron layer), and per format: file size, op list
+and whether it is edge-only (:data:`export.formats.EDGE_OPS`), leftover BN
+arithmetic, in LiteRT and TFLite Micro accuracy, agreement with the Keras
+model's predictions, largest logit difference, host latency per image, the
+TFLM tensor-arena size, and for spiking models the spike checks of
+:func:`export.verify.verify_spikes` (two levels, runtimes bit for bit,
+agreement with the folded float model end to end and locally, tie
+distances). Extra per-format figures (Ethos-U / Vela) come from
+:class:`FormatReporter` objects passed as ``reporters``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
 import time
-from typing import Callable, Dict, Iterable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
+from export.formats import (COMPARE_OPS, DEFAULT_FORMATS, DEFAULT_NEURON, EDGE_OPS, FORBIDDEN_EDGE_OPS,
+                            NEURON_FORMULATIONS, QUANTIZATIONS)
 
-def _single(tensors):
-    """A lone input as itself (Keras warns when a one-input model gets a list)."""
-    return tensors[0] if len(tensors) == 1 else tensors
+__all__ = ["export_run", "ExportResult", "FormatReporter", "load_model", "verify_fold", "write_c_array",
+           "format_summary", "DEFAULT_FORMATS"]
 
 
-__all__ = ["export_run", "load_model", "verify_fold", "write_c_array", "format_summary"]
+def verify_fold(*args, **kwargs):
+    """:func:`export.verify.verify_fold` (kept importable from here)."""
+    from export.verify import verify_fold as _verify_fold
 
-DEFAULT_FORMATS = ("float32", "int8", "int16x8")
-# Neuron ops of the "compare" formulation; anything else that is not a
-# Conv/Dense/pool/residual op would be leftover BN arithmetic.
-COMPARE_OPS = ("GREATER_EQUAL", "LESS_EQUAL", "LOGICAL_AND", "LOGICAL_OR", "SELECT_V2")
+    return _verify_fold(*args, **kwargs)
+
+
+def write_c_array(*args, **kwargs):
+    """:func:`export.c_array.write_c_array` (kept importable from here)."""
+    from export.c_array import write_c_array as _write
+
+    return _write(*args, **kwargs)
+
+
+@dataclasses.dataclass
+class FormatReporter:
+    """An extra per-format figure for the export report.
+
+    Attributes:
+      name: its key in ``report["formats"][fmt]`` (e.g. ``"vela"``).
+      formats: the formats it applies to (e.g. ``("int8",)``).
+      run: ``run(fmt, conversion) -> dict`` (JSON-friendly) given the
+        :class:`export.tflite.Conversion` of that format.
+      summary: optional ``summary(fmt, figures) -> str``: lines appended to
+        the printed summary.
+    """
+
+    name: str
+    formats: Sequence[str]
+    run: Callable
+    summary: Optional[Callable] = None
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What :func:`export_run` produced.
+
+    Attributes:
+      report: the dict written to ``export_report.json``.
+      output_dir: where the files are.
+      folded: the folded Keras model (the model itself for a ReLU model).
+      conversions: ``{format: export.tflite.Conversion}``.
+    """
+
+    report: Dict
+    output_dir: str
+    folded: object
+    conversions: Dict
+
+    def __getitem__(self, key):
+        return self.report[key]
+
+    def __contains__(self, key):
+        return key in self.report
+
+    def get(self, key, default=None):
+        return self.report.get(key, default)
 
 
 def load_model(path: str):
@@ -46,6 +108,7 @@ def load_model(path: str):
     import keras
 
     import s2nn_keras  # noqa: F401  (registers S2Activation)
+    import export.edge  # noqa: F401  (registers GridQuantize)
     import export.neurons  # noqa: F401  (registers ThresholdNeuron)
 
     if not isinstance(path, str) or not os.path.isfile(path):
@@ -67,93 +130,51 @@ def _batches(n, size):
         yield slice(start, min(n, start + size))
 
 
-def verify_fold(model, folded, images, batch_size=256) -> Dict:
-    """Compares ``model`` (inference mode) and its fold on ``images``.
-
-    Returns prediction agreement, the largest absolute logit difference and,
-    per neuron layer (matched by name), the number of spike-map elements
-    that differ. Only float ties at a threshold can make spikes differ:
-    ``g*u + b`` and ``u`` vs ``(u_th - b)/g`` round differently.
-    """
-    import keras
-    from s2nn_keras.firing import neuron_layers
-
-    orig_neurons = {l.name: l for l in neuron_layers(model)}
-    fold_neurons = {l.name: l for l in neuron_layers(folded)}
-    names = [n for n in orig_neurons if n in fold_neurons]
-    probe_a = keras.Model(_single(model.inputs), [model.outputs[0]] + [orig_neurons[n].output for n in names])
-    probe_b = keras.Model(_single(folded.inputs), [folded.outputs[0]] + [fold_neurons[n].output for n in names])
-    mismatch = {n: 0 for n in names}
-    elements = {n: 0 for n in names}
-    logits_a, logits_b = [], []
-    for sl in _batches(len(images), batch_size):
-        x = images[sl]
-        outs_a = probe_a(x, training=False)
-        outs_b = probe_b(x, training=False)
-        logits_a.append(np.asarray(outs_a[0], np.float32))
-        logits_b.append(np.asarray(outs_b[0], np.float32))
-        for n, sa, sb in zip(names, outs_a[1:], outs_b[1:]):
-            sa, sb = np.asarray(sa), np.asarray(sb)
-            mismatch[n] += int(np.sum(sa != sb))
-            elements[n] += int(sa.size)
-    la, lb = np.concatenate(logits_a), np.concatenate(logits_b)
-    pa, pb = la.argmax(1), lb.argmax(1)
-    return {
-        "logits_original": la,
-        "logits_folded": lb,
-        "prediction_agreement": float(np.mean(pa == pb)),
-        "predictions_equal": bool(np.all(pa == pb)),
-        "max_logit_abs_diff": float(np.max(np.abs(la - lb))) if la.size else 0.0,
-        "spike_mismatches": {n: {"count": mismatch[n], "elements": elements[n]} for n in names},
-        "total_spike_mismatches": int(sum(mismatch.values())),
-        "neurons_compared": len(names),
-    }
-
-
-def write_c_array(tflite_model: bytes, source_path: str, header_path: str, name: str,
-                  arena_size: Optional[int] = None) -> None:
-    """Writes the flatbuffer as a 16-byte-aligned C array, the layout TFLite
-    Micro examples use (``xxd -i`` style, ``alignas(16)``)."""
-    guard = os.path.basename(header_path).upper().replace(".", "_").replace("-", "_")
-    header = [
-        f"// Generated by s2nn_keras export: {len(tflite_model)}-byte TFLite flatbuffer.",
-        f"#ifndef {guard}", f"#define {guard}", "",
-        "#include <cstddef>", "",
-        f"extern const unsigned char {name}[];",
-        f"extern const unsigned int {name}_len;",
-    ]
-    if arena_size is not None:
-        header += ["", "// Smallest tensor arena with which the TFLM interpreter ran this model",
-                   "// (measured on the host; add headroom for your target's alignment).",
-                   f"constexpr size_t {name}_arena_size = {int(arena_size)};"]
-    header += ["", f"#endif  // {guard}", ""]
-    with open(header_path, "w") as f:
-        f.write("\n".join(header))
-    lines = [f'#include "{os.path.basename(header_path)}"', "",
-             f"alignas(16) const unsigned char {name}[] = {{"]
-    data = bytes(tflite_model)
-    for start in range(0, len(data), 12):
-        chunk = data[start:start + 12]
-        lines.append("  " + ", ".join(f"0x{b:02x}" for b in chunk) + ",")
-    lines += ["};", f"const unsigned int {name}_len = {len(data)};", ""]
-    with open(source_path, "w") as f:
-        f.write("\n".join(lines))
-
-
 def _residual_adds(model):
     return sum(1 for l in model.layers if type(l).__name__ == "Add")
 
 
-def _bn_residue(ops, folded, quantization):
+def _bn_residue(ops, folded, conversion):
     """Arithmetic ops beyond what the folded graph needs, i.e. per-channel
     BN-style affine maps left in the flatbuffer: any MUL/SUB/DIV, ADDs beyond
-    the residual Add layers and DEPTHWISE_CONV_2Ds beyond the model's own
-    (the int16x8 ramp neuron's threshold affine is counted here)."""
+    the residual Add layers, and DEPTHWISE_CONV_2Ds beyond the model's own
+    and the neurons' (the saturate neuron's depthwise ops and the compare
+    int16x8 ramp's are the neurons, not BN residue)."""
     extra_add = max(0, ops.get("ADD", 0) - _residual_adds(folded))
     own_dw = sum(1 for l in folded.layers if type(l).__name__ == "DepthwiseConv2D")
-    extra_dw = max(0, ops.get("DEPTHWISE_CONV_2D", 0) - own_dw)
-    residue = ops.get("MUL", 0) + ops.get("SUB", 0) + ops.get("DIV", 0) + extra_add + extra_dw
-    return int(residue)
+    neuron_dw = 0
+    if conversion.plan is not None:
+        for n in conversion.plan.neurons.values():
+            neuron_dw += (1 if n.kind == "tensor" else 0) + (1 if n.level_multiplier else 0)
+    elif conversion.neuron == "compare" and conversion.quantization == "int16x8":
+        neuron_dw = sum(1 for l in conversion.model.layers
+                        if getattr(l, "formulation", None) == "ramp" and not (
+                            np.all(l.thresholds == 0.0) and np.all(l.polarity == 1)))
+    extra_dw = max(0, ops.get("DEPTHWISE_CONV_2D", 0) - own_dw - neuron_dw)
+    return int(ops.get("MUL", 0) + ops.get("SUB", 0) + ops.get("DIV", 0) + extra_add + extra_dw)
+
+
+def boundary_ops(tflite_model) -> Dict[str, int]:
+    """QUANTIZE/DEQUANTIZE ops that are not at the model boundary (reading a
+    model input or writing a model output): ``{op name: count}``."""
+    from export.flatbuffer import read_model
+
+    graph = read_model(tflite_model).main
+    inner = {}
+    for op in graph.operators:
+        if op.name in ("QUANTIZE", "DEQUANTIZE"):
+            if not (set(op.inputs) & set(graph.inputs) or set(op.outputs) & set(graph.outputs)):
+                inner[op.name] = inner.get(op.name, 0) + 1
+    return inner
+
+
+def _op_check(ops, tflite_model):
+    return {
+        "edge_only": not (set(ops) - EDGE_OPS) and not boundary_ops(tflite_model),
+        "non_edge_ops": sorted(set(ops) - EDGE_OPS),
+        "forbidden_ops": sorted(set(ops) & FORBIDDEN_EDGE_OPS),
+        "inner_quantize_ops": boundary_ops(tflite_model),
+    }
 
 
 def _score(outputs, labels, ref_pred, ref_logits):
@@ -166,16 +187,45 @@ def _score(outputs, labels, ref_pred, ref_logits):
     }
 
 
+def _fold(model):
+    """fold: the folded model and its report (a ReLU model is not folded)."""
+    from export.fold import fold_batchnorm_with_report
+    from export.tflite import is_spiking_model
+
+    if not is_spiking_model(model):
+        return model, {"skipped": "no spiking neurons: the BatchNorms are left to the TFLite converter"}
+    return fold_batchnorm_with_report(model)
+
+
+def _run_format(conversion, x, y, ref_pred, ref_logits, max_tflm_examples):
+    """run: accuracy, agreement and latency in LiteRT and TFLite Micro."""
+    from export.runtimes import run_litert, run_tflm, tflm_arena_size
+
+    flat = conversion.flatbuffer
+    lite = run_litert(flat, x)
+    out = {"litert": {**_score(lite["outputs"], y, ref_pred, ref_logits),
+                      "latency_ms_per_image": lite["latency_ms"]}}
+    n_micro = len(x) if max_tflm_examples is None else min(len(x), int(max_tflm_examples))
+    arena = tflm_arena_size(flat, x[0])
+    micro = run_tflm(flat, x[:n_micro], arena)
+    out["tflm"] = {**_score(micro["outputs"], y[:n_micro], ref_pred, ref_logits),
+                   "agreement_with_litert": float(np.mean(
+                       micro["outputs"].argmax(1) == lite["outputs"][:n_micro].argmax(1))),
+                   "latency_ms_per_image": micro["latency_ms"], "arena_bytes": int(arena)}
+    return out
+
+
 def export_run(model_or_path, output_dir: str, images, labels,
                formats: Sequence[str] = DEFAULT_FORMATS,
                calibration_images=None, num_calibration: int = 500,
                max_tflm_examples: Optional[int] = None, c_array: bool = True,
                verbose: bool = True, extra: Optional[Dict] = None,
-               threshold_in_bias: bool = True) -> Dict:
+               threshold_in_bias: bool = True, neuron: str = DEFAULT_NEURON,
+               reporters: Sequence[FormatReporter] = (), spike_checks: bool = True) -> ExportResult:
     """Folds, verifies, converts, runs and reports; see the module docstring.
 
     Args:
-      model_or_path: a trained Keras model or a ``.keras`` path.
+      model_or_path: a trained Keras model (S2NN or ReLU) or a ``.keras`` path.
       output_dir: where the artefacts and ``export_report.json`` go.
       images, labels: the verification set (uint8 NHWC images or float32 in
         [0, 1]; integer labels).
@@ -186,23 +236,30 @@ def export_run(model_or_path, output_dir: str, images, labels,
       max_tflm_examples: cap on images run through TFLite Micro (its
         reference kernels are slow); ``None`` runs all.
       c_array: write ``model_int8.cc``/``.h`` when int8 is exported.
-      verbose: print the summary table at the end.
+      verbose: print the summary at the end.
       extra: additional fields stored under ``"run"`` in the report.
       threshold_in_bias: move ``u_th`` of neurons that follow a Conv/Dense
         into its bias (default; see :func:`export.fold_batchnorm`). False is
-        for measuring what that buys.
+        for measuring what that buys (compare formulation).
+      neuron: ``"saturate"`` (default) or ``"compare"`` (the ablation).
+      reporters: extra per-format figures (:class:`FormatReporter`).
+      spike_checks: run :func:`export.verify.verify_spikes` per format
+        (spiking models).
 
     Returns:
-      The report dict (also written to ``output_dir/export_report.json``).
+      An :class:`ExportResult`; its ``report`` is also written to
+      ``output_dir/export_report.json``.
     """
     from export.fold import fold_batchnorm_with_report
-    from export.runtimes import run_litert, run_tflm, tflm_arena_size
-    from export.tflite import QUANTIZATIONS, op_names, to_tflite
+    from export.tflite import convert, op_names
+    from export.verify import verify_spikes
 
     formats = list(formats)
     bad = [f for f in formats if f not in QUANTIZATIONS]
     if bad or not formats:
         raise ValueError(f"formats must be a non-empty subset of {', '.join(QUANTIZATIONS)}; got {formats}")
+    if neuron not in NEURON_FORMULATIONS:
+        raise ValueError(f"neuron must be one of {', '.join(NEURON_FORMULATIONS)}; got {neuron!r}")
     model_path = model_or_path if isinstance(model_or_path, str) else None
     model = load_model(model_or_path) if model_path else model_or_path
     x = _as_float(images)
@@ -214,17 +271,31 @@ def export_run(model_or_path, output_dir: str, images, labels,
     else:
         calib, calib_source = _as_float(calibration_images)[:num_calibration], "calibration images"
     os.makedirs(output_dir, exist_ok=True)
-
     t0 = time.perf_counter()
-    folded, fold_report = fold_batchnorm_with_report(model, threshold_in_bias=threshold_in_bias)
-    folded.save(os.path.join(output_dir, "model_folded.keras"))
-    check = verify_fold(model, folded, x)
-    ref_logits, ref_pred = check.pop("logits_original"), None
-    fold_logits = check.pop("logits_folded")
+
+    # 1. fold
+    if threshold_in_bias:
+        folded, fold_report = _fold(model)
+    else:
+        folded, fold_report = fold_batchnorm_with_report(model, threshold_in_bias=False)
+    spiking = "skipped" not in fold_report
+    if spiking:
+        folded.save(os.path.join(output_dir, "model_folded.keras"))
+
+    # 2. verify the fold
+    if spiking:
+        check = verify_fold(model, folded, x)
+        ref_logits, fold_logits = check.pop("logits_original"), check.pop("logits_folded")
+    else:
+        ref_logits = np.concatenate([np.asarray(model(x[sl], training=False), np.float32)
+                                     for sl in _batches(len(x), 256)])
+        check, fold_logits = {}, ref_logits
     ref_pred = ref_logits.argmax(1)
     report = {
         "model": model_path or (extra or {}).get("model_path") or model.name,
         "output_dir": output_dir,
+        "spiking": spiking,
+        "neuron": neuron if spiking else None,
         "num_verification": int(len(x)),
         "num_calibration": int(len(calib)),
         "calibration_source": calib_source,
@@ -235,7 +306,7 @@ def export_run(model_or_path, output_dir: str, images, labels,
                   "params": int(model.count_params()),
                   "batchnorm_layers": sum(1 for l in model.layers if type(l).__name__ == "BatchNormalization")},
         "fold": {**fold_report, **check, "accuracy": float(np.mean(fold_logits.argmax(1) == y)),
-                 "file": "model_folded.keras"},
+                 **({"file": "model_folded.keras"} if spiking else {})},
         "formats": {},
     }
     if extra:
@@ -245,62 +316,104 @@ def export_run(model_or_path, output_dir: str, images, labels,
         for sl in _batches(len(calib), 50):
             yield [calib[sl]]
 
+    conversions = {}
     for fmt in formats:
-        tflite_model = to_tflite(folded, fmt, representative if fmt != "float32" else None)
+        # 3. convert
+        conv = convert(folded, fmt, representative if fmt != "float32" else None, neuron=neuron)
+        conversions[fmt] = conv
         fname = f"model_{fmt}.tflite"
         with open(os.path.join(output_dir, fname), "wb") as f:
-            f.write(tflite_model)
-        ops = op_names(tflite_model)
-        entry = {"file": fname, "size_bytes": len(tflite_model), "ops": ops,
-                 "bn_residue_ops": _bn_residue(ops, folded, fmt),
-                 "neuron_ops": {k: v for k, v in ops.items()
-                                if k in COMPARE_OPS + ("MINIMUM", "DEPTHWISE_CONV_2D", "QUANTIZE")}}
-        lite = run_litert(tflite_model, x)
-        entry["litert"] = {**_score(lite["outputs"], y, ref_pred, ref_logits),
-                           "latency_ms_per_image": lite["latency_ms"]}
-        n_micro = len(x) if max_tflm_examples is None else min(len(x), int(max_tflm_examples))
-        arena = tflm_arena_size(tflite_model, x[0])
-        micro = run_tflm(tflite_model, x[:n_micro], arena)
-        entry["tflm"] = {**_score(micro["outputs"], y[:n_micro], ref_pred, ref_logits),
-                         "agreement_with_litert": float(np.mean(
-                             micro["outputs"].argmax(1) == lite["outputs"][:n_micro].argmax(1))),
-                         "latency_ms_per_image": micro["latency_ms"], "arena_bytes": int(arena)}
+            f.write(conv.flatbuffer)
+        ops = op_names(conv.flatbuffer)
+        entry = {"file": fname, "size_bytes": len(conv.flatbuffer), "ops": ops,
+                 "neuron": conv.neuron, "conversions": conv.conversions, **_op_check(ops, conv.flatbuffer),
+                 "bn_residue_ops": _bn_residue(ops, folded, conv) if spiking else None,
+                 "neuron_ops": {k: v for k, v in ops.items() if k in COMPARE_OPS | {"MINIMUM", "DEPTHWISE_CONV_2D"}}}
+        if conv.plan is not None:
+            entry["neurons"] = {n: p.summary() for n, p in conv.plan.neurons.items()}
+            entry["grids"] = conv.grids
+        # 4. run
+        entry.update(_run_format(conv, x, y, ref_pred, ref_logits, max_tflm_examples))
         entry["accuracy_drop_pp_vs_keras"] = 100.0 * (report["keras"]["accuracy"] - entry["litert"]["accuracy"])
+        if spiking and spike_checks:
+            entry["spikes"] = verify_spikes(conv, folded, x, max_tflm_examples=max_tflm_examples)
         if fmt == "int8" and c_array:
-            write_c_array(tflite_model, os.path.join(output_dir, "model_int8.cc"),
+            arena = entry["tflm"]["arena_bytes"]
+            write_c_array(conv.flatbuffer, os.path.join(output_dir, "model_int8.cc"),
                           os.path.join(output_dir, "model_int8.h"), "g_s2nn_model_int8", arena)
             entry["c_source"] = {"source": "model_int8.cc", "header": "model_int8.h",
                                  "array": "g_s2nn_model_int8", "arena_constant": "g_s2nn_model_int8_arena_size"}
+        for rep in reporters:
+            if fmt in rep.formats:
+                entry[rep.name] = rep.run(fmt, conv)
         report["formats"][fmt] = entry
+
+    # 5. report
     report["seconds"] = time.perf_counter() - t0
     with open(os.path.join(output_dir, "export_report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+        json.dump(_json_safe(report), f, indent=2)
     if verbose:
-        print(format_summary(report))
-    return report
+        print(format_summary(report, reporters))
+    return ExportResult(report, output_dir, folded, conversions)
 
 
-def format_summary(report: Dict) -> str:
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def format_summary(report: Dict, reporters: Sequence[FormatReporter] = ()) -> str:
     """A short human-readable summary of an export report."""
-    fold = report["fold"]
     lines = [
         f"export: {report['model']} -> {report['output_dir']}",
         f"  verification images: {report['num_verification']}, calibration: "
         f"{report['num_calibration']} ({report['calibration_source']})",
-        f"  keras accuracy {100 * report['keras']['accuracy']:.2f}%, "
-        f"{report['keras']['batchnorm_layers']} BN layers folded",
-        f"  fold: predictions equal on {100 * fold['prediction_agreement']:.2f}% of images, "
-        f"max |logit diff| {fold['max_logit_abs_diff']:.3g}, spike mismatches "
-        f"{fold['total_spike_mismatches']} (float ties only)",
-        "  format    size[KiB]  LiteRT acc  agree   TFLM acc  agree   arena[KiB]  LiteRT ms  TFLM ms  BN ops left",
     ]
+    fold = report["fold"]
+    if report.get("spiking", True):
+        lines += [
+            f"  keras accuracy {100 * report['keras']['accuracy']:.2f}%, "
+            f"{report['keras']['batchnorm_layers']} BN layers folded; neuron formulation: {report.get('neuron')}",
+            f"  fold: predictions equal on {100 * fold['prediction_agreement']:.2f}% of images, "
+            f"max |logit diff| {fold['max_logit_abs_diff']:.3g}, spike mismatches "
+            f"{fold['total_spike_mismatches']} (float ties only)",
+        ]
+    else:
+        lines.append(f"  keras accuracy {100 * report['keras']['accuracy']:.2f}%, no spiking neurons: "
+                     f"{report['keras']['batchnorm_layers']} BN layers left to the converter")
+    lines.append("  format    size[KiB]  LiteRT acc  agree   TFLM acc  agree   arena[KiB]  LiteRT ms  TFLM ms  edge ops")
     for fmt, e in report["formats"].items():
         lt, mc = e["litert"], e["tflm"]
+        edge = "yes" if e["edge_only"] else "no: " + ",".join(e["non_edge_ops"] or sorted(e["inner_quantize_ops"]))
         lines.append(
             f"  {fmt:<8} {e['size_bytes'] / 1024:>9.1f}  {100 * lt['accuracy']:>9.2f}% {100 * lt['agreement_with_keras']:>6.2f}%"
             f"  {100 * mc['accuracy']:>8.2f}% {100 * mc['agreement_with_keras']:>6.2f}%  {mc['arena_bytes'] / 1024:>10.1f}"
-            f"  {lt['latency_ms_per_image']:>9.3f}  {mc['latency_ms_per_image']:>7.2f}  {e['bn_residue_ops']:>11d}")
+            f"  {lt['latency_ms_per_image']:>9.3f}  {mc['latency_ms_per_image']:>7.2f}  {edge}")
     tflm_n = {e["tflm"]["num_examples"] for e in report["formats"].values()}
     if tflm_n and tflm_n != {report["num_verification"]}:
         lines.append(f"  (TFLM figures over the first {sorted(tflm_n)[0]} images)")
+    spikes = {fmt: e["spikes"] for fmt, e in report["formats"].items() if "spikes" in e}
+    if spikes:
+        lines.append("  spikes    two-level  runtimes bit-equal  vs folded float: end-to-end  local    "
+                     "local mismatches (<=1 step)  max |u-theta| [steps]")
+        for fmt, s in spikes.items():
+            diffs = sum(p["spike_differences"] for p in s["runtime_agreement"].values())
+            lines.append(
+                f"  {fmt:<8} {'yes' if s['two_level'] else 'NO':>9}  {'yes' if s['runtimes_bit_equal'] else f'no ({diffs} diff)':>18}"
+                f"  {100 * s['end_to_end_agreement']:>25.3f}%  {100 * s['local_agreement']:.3f}%"
+                f"  {s['local_mismatches']:>10d} ({s['local_mismatches_within_one_step']})"
+                f"  {s['local_max_distance_steps']:>10.2f}")
+    for rep in reporters:
+        if rep.summary is None:
+            continue
+        for fmt, e in report["formats"].items():
+            if rep.name in e:
+                lines.append(rep.summary(fmt, e[rep.name]))
     return "\n".join(lines)

@@ -1,42 +1,51 @@
-"""TFLite conversion of folded spiking models: float32, int8, int16x8.
+"""TFLite conversion of spiking (and ReLU) Keras models: float32, int8, int16x8.
 
-All three go through the public ``tf.lite.TFLiteConverter`` API with a
-batch-1 input signature (what TFLite Micro runs).
+All formats go through the public ``tf.lite.TFLiteConverter`` API with a
+batch-1 input signature (what TFLite Micro runs):
 
 * ``"float32"``: no quantization.
 * ``"int8"``: full-integer post-training quantization (int8 weights per
   channel, int8 activations per tensor, int8 input/output tensors),
-  calibrated on ``representative_data``. The neurons are
-  ``GREATER_EQUAL``/``LESS_EQUAL`` (+ logical ops) on integers, followed by
-  one ``SELECT_V2`` writing the spike values (exact in int8: 0 and 1 are both
-  representable at the output scale). Nonzero thresholds are first moved to
-  the middle of an int8 step of their input (:func:`int8_threshold_model`),
-  so quantizing the threshold constant cannot flip a decision.
+  calibrated on ``representative_data``.
 * ``"int16x8"``: 16-bit activations, 8-bit weights
-  (``EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8``). This
-  quantizer does not support comparison ops ("Quantization to 16x8-bit not
-  yet supported for op: 'GREATER_EQUAL'"), so the neurons are rebuilt in the
-  ``"ramp"`` formulation ``s = min(relu(gain * z), 1)``, with ``z`` the
-  neuron's input measured from its threshold (``z = p_c (u_c - theta_c)``).
-  ``gain = 32767 / max|z|`` (max over the calibration data) makes the int16
-  scale of ``gain * z`` exactly 1, so the quantized ramp outputs 1 for every
-  positive integer level of ``z`` and 0 otherwise: a step at int16
-  resolution, with spike values 0 and 1 represented exactly.
+  (``EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8``).
+
+How a neuron is written (``neuron=``, see :mod:`export.formats`):
+
+* ``"saturate"`` (default): :func:`export.edge.edge_model` -- a clamp fused
+  into a convolution, with gains and thresholds placed for the format's
+  integer grid, so the flatbuffer holds only
+  :data:`export.formats.EDGE_OPS` and every spike tensor has exactly two
+  levels. After converting, :func:`convert` reads the quantization the
+  converter actually gave every grid the placement assumed back from the
+  flatbuffer and, if one differs, rebuilds and converts again.
+* ``"compare"`` (ablation): float32/int8 ``GREATER_EQUAL``/``LESS_EQUAL``/
+  ``SELECT_V2`` with thresholds moved half an int8 step off the grid
+  (:func:`int8_threshold_model`); int16x8, whose quantizer has no
+  comparison ops, the ``ramp`` neuron (:func:`ramp_model`).
+
+A model with no spiking neuron (the ReLU baseline) is converted as it is,
+its BatchNorms left to the converter (it merges conv+BN and writes the
+pre-activation BNs as MUL + ADD), with the same converter settings.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import dataclasses
 import io
 import logging
-from typing import Callable, Iterable, Optional
+import os
+import warnings
+from typing import Callable, Dict, Iterable, Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from export.formats import DEFAULT_NEURON, NEURON_FORMULATIONS, QUANTIZATIONS
 from export.neurons import ThresholdNeuron
+from s2nn_keras.layers import is_spiking_neuron
 
 
 def _single(tensors):
@@ -44,29 +53,32 @@ def _single(tensors):
     return tensors[0] if len(tensors) == 1 else tensors
 
 
-__all__ = ["QUANTIZATIONS", "to_tflite", "ensure_folded", "ramp_model", "int8_threshold_model", "op_names"]
+__all__ = ["QUANTIZATIONS", "Conversion", "convert", "to_tflite", "ensure_folded", "is_spiking_model",
+           "replace_neurons", "ramp_model", "int8_threshold_model", "spike_tensors", "level_codes", "op_names"]
 
-QUANTIZATIONS = ("float32", "int8", "int16x8")
 INT16_MAX = 32767.0
+MAX_CONVERSIONS = 3
 
 
-def _has_unfolded(model):
-    return any(
-        isinstance(l, keras.layers.BatchNormalization) or type(l).__name__ == "S2Activation"
-        for l in model.layers
-    )
+def is_spiking_model(model: keras.Model) -> bool:
+    """True if ``model`` has a spiking-neuron layer (``s2nn_keras.layers.is_spiking_neuron``)."""
+    return any(is_spiking_neuron(l) for l in model.layers)
 
 
 def ensure_folded(model: keras.Model, formulation: str = "compare") -> keras.Model:
-    """``model`` itself if it holds no BN and no S2Activation, else its fold."""
+    """``model`` itself if it holds no BN and no unfolded neuron, else its
+    fold (:func:`export.fold_batchnorm`). A model without spiking neurons
+    (ReLU) is returned as it is: its BatchNorms are the converter's."""
     from export.fold import fold_batchnorm
 
-    if _has_unfolded(model):
-        return fold_batchnorm(model, formulation=formulation)
-    return model
+    if not is_spiking_model(model):
+        return model
+    unfolded = any(isinstance(l, keras.layers.BatchNormalization) or
+                   (is_spiking_neuron(l) and not isinstance(l, ThresholdNeuron)) for l in model.layers)
+    return fold_batchnorm(model, formulation=formulation) if unfolded else model
 
 
-def _with_neurons(model, make):
+def replace_neurons(model: keras.Model, make: Callable[[ThresholdNeuron], keras.layers.Layer]) -> keras.Model:
     """Clone of a folded model where each ThresholdNeuron is replaced by
     ``make(layer)``; other layers keep their weights."""
 
@@ -78,6 +90,9 @@ def _with_neurons(model, make):
     new = keras.models.clone_model(model, clone_function=clone)
     new.set_weights(model.get_weights())
     return new
+
+
+_with_neurons = replace_neurons  # old private name, kept until benchmarks/ switch to replace_neurons
 
 
 def _iter_batches(representative_data, limit=None):
@@ -111,7 +126,7 @@ def ramp_model(model: keras.Model, representative_data: Callable[[], Iterable]) 
         config.update(formulation="ramp", gain=gains[layer.name])
         return ThresholdNeuron.from_config(config)
 
-    return _with_neurons(model, make)
+    return replace_neurons(model, make)
 
 
 def _neuron_input_ranges(model, neurons, representative_data):
@@ -175,7 +190,7 @@ def int8_threshold_model(model: keras.Model, representative_data: Callable[[], I
             config["thresholds"] = [float(v) for v in placed[layer.name]]
         return ThresholdNeuron.from_config(config)
 
-    return _with_neurons(model, make)
+    return replace_neurons(model, make)
 
 
 def _batch1_model(model):
@@ -186,35 +201,19 @@ def _batch1_model(model):
     return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=model.name)
 
 
-def to_tflite(model: keras.Model, quantization: str = "float32",
-              representative_data: Optional[Callable[[], Iterable]] = None) -> bytes:
-    """Converts a (folded or foldable) Keras model to a TFLite flatbuffer.
-
-    Args:
-      model: a Keras model; one still holding BatchNormalization or
-        S2Activation layers is folded first with :func:`export.fold_batchnorm`.
-      quantization: ``"float32"``, ``"int8"`` (full integer, int8 I/O) or
-        ``"int16x8"`` (int16 activations and I/O, int8 weights).
-      representative_data: for the integer formats, a callable returning an
-        iterable of input lists ``[batch]`` (float32 images in the model's
-        input convention), as ``TFLiteConverter.representative_dataset``
-        takes. Real data, a few hundred images, is what calibration needs.
-
-    Returns:
-      The ``.tflite`` flatbuffer bytes.
-    """
+def _check_args(quantization, representative_data, neuron):
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
+    if neuron not in NEURON_FORMULATIONS:
+        raise ValueError(f"neuron must be one of {', '.join(NEURON_FORMULATIONS)}; got {neuron!r}")
     if quantization != "float32" and representative_data is None:
         raise ValueError(f"{quantization} quantization needs representative_data (a callable yielding [input_batch] lists)")
     if representative_data is not None and not callable(representative_data):
         raise ValueError("representative_data must be a callable returning an iterable of [input_batch] lists")
-    model = ensure_folded(model)
-    if quantization == "int16x8":
-        model = ramp_model(model, representative_data)
-    elif quantization == "int8":
-        model = int8_threshold_model(model, representative_data)
 
+
+def _convert_keras(model, quantization, representative_data) -> bytes:
+    """One ``TFLiteConverter`` run with the export's settings."""
     converter = tf.lite.TFLiteConverter.from_keras_model(_batch1_model(model))
     if quantization != "float32":
         def rep():
@@ -236,12 +235,221 @@ def to_tflite(model: keras.Model, quantization: str = "float32",
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
             converter.inference_input_type = tf.int16
             converter.inference_output_type = tf.int16
-    # The Keras exporter prints "Saved artifact at ..." and its signature to
-    # stdout on every conversion, and the converter logs a dozen INFO lines
-    # through the "tensorflow"/"absl" loggers; keep callers' output to their
-    # summaries (warnings and errors still show).
-    with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers("tensorflow", "absl"):
+    with quiet_conversion():
         return converter.convert()
+
+
+@dataclasses.dataclass
+class Conversion:
+    """What :func:`convert` made.
+
+    Attributes:
+      flatbuffer: the ``.tflite`` bytes.
+      quantization: ``"float32"``, ``"int8"`` or ``"int16x8"``.
+      neuron: ``"saturate"`` or ``"compare"`` (``None`` for a model without
+        spiking neurons).
+      model: the Keras model that was converted (the saturate edge model,
+        the placed compare model, or the ReLU model itself).
+      plan: the :class:`export.edge.EdgePlan` (saturate only), else ``None``.
+      spike_tensors: ``{neuron name: tensor index}`` of every spike tensor
+        in the flatbuffer's main subgraph.
+      conversions: how many converter runs it took (the saturate export
+        converts again when a grid it assumed differs from the converter's).
+      grids: per neuron with an integer input grid, ``{"assumed": [scale,
+        zero point], "actual": [...]}`` read back from the flatbuffer.
+    """
+
+    flatbuffer: bytes
+    quantization: str
+    neuron: Optional[str]
+    model: keras.Model
+    plan: object = None
+    spike_tensors: Dict[str, int] = dataclasses.field(default_factory=dict)
+    conversions: int = 1
+    grids: Dict[str, Dict] = dataclasses.field(default_factory=dict)
+
+
+def spike_tensors(tflite_model, neuron_names) -> Dict[str, int]:
+    """``{neuron name: tensor index}``: the tensor each neuron layer writes
+    in the main subgraph -- the output of the last operator (in execution
+    order) whose output tensor name carries the layer's name scope in its
+    first ``;``-separated part (the converter names a fused op after its
+    activation, so a conv with the neuron's clamp fused into it is found by
+    the neuron's name). Raises ``ValueError`` for a neuron it cannot find."""
+    from export.flatbuffer import read_model
+
+    graph = read_model(tflite_model).main if not hasattr(tflite_model, "main") else tflite_model.main
+    found = {}
+    for name in neuron_names:
+        for op in graph.operators:
+            for t in op.outputs:
+                if t >= 0 and _scope_in(graph.tensors[t].name.split(";")[0], name):
+                    found[name] = t
+        if name not in found:
+            raise ValueError(f"no tensor of neuron layer {name!r} in the flatbuffer")
+    return found
+
+
+def _scope_in(tensor_name, layer_name):
+    import re
+
+    return re.search(r"(^|/)" + re.escape(layer_name) + r"(_\d+)?(/|:|$)", tensor_name) is not None
+
+
+def _first_op_of(graph, name):
+    for op in graph.operators:
+        if any(t >= 0 and _scope_in(graph.tensors[t].name.split(";")[0], name) for t in op.outputs):
+            return op
+    return None
+
+
+def _read_grids(flatbuffer, plan) -> Dict[str, Dict]:
+    """The quantization the converter gave each integer input the plan
+    assumed (the data input of the neuron's first op), and whether that op's
+    int32/int64 bias is at the scale ``s_in * s_w`` its kernel assumes."""
+    from export.flatbuffer import read_model
+
+    graph = read_model(flatbuffer).main
+    out = {}
+    for name, assumed in plan.assumed_inputs.items():
+        op = _first_op_of(graph, name)
+        if op is None:
+            raise RuntimeError(f"saturate export: no operator of neuron {name!r} in the flatbuffer")
+        q = graph.tensors[op.inputs[0]].quantization
+        actual = (float(q.scales[0]), int(q.zero_points[0])) if q is not None else None
+        bias_ok = True
+        if q is not None and len(op.inputs) > 2 and op.inputs[2] >= 0:
+            w, b = graph.tensors[op.inputs[1]].quantization, graph.tensors[op.inputs[2]].quantization
+            if w is not None and b is not None:
+                expect = float(q.scales[0]) * np.asarray(w.scales, np.float64)
+                bias_ok = bool(np.all(np.abs(np.asarray(b.scales, np.float64) - expect) <= 1e-5 * expect))
+        out[name] = {"assumed": [float(assumed[0]), int(assumed[1])],
+                     "actual": None if actual is None else list(actual),
+                     "bias_scale_consistent": bias_ok,
+                     "equal": actual is not None and actual[1] == assumed[1]
+                     and abs(actual[0] - assumed[0]) <= 1e-6 * assumed[0] and bias_ok}
+    return out
+
+
+def _check_levels(flatbuffer, plan, tensors):
+    """Every spike tensor must give its two levels two distinct codes at the
+    ends of its integer range, each within half a step of the level. (int8
+    {0, 6} and int16 levels are exact; int8 +-1 (ste_b) reads as
+    ``+-1 + 1/255``: 255 steps cannot put 0 half-way.) A layer that never
+    fired on the calibration data has no room for its on level."""
+    from export.flatbuffer import read_model
+
+    graph = read_model(flatbuffer).main
+    bad = []
+    for name, t in tensors.items():
+        tensor = graph.tensors[t]
+        q = tensor.quantization
+        if q is None:  # float32
+            continue
+        codes = level_codes(q, tensor.dtype, plan.neurons[name].levels)
+        scale, zp = float(q.scales[0]), int(q.zero_points[0])
+        info = np.iinfo(tensor.dtype)
+        reals = [(c - zp) * scale for c in codes]
+        if (codes[0] == codes[1] or any(abs(r - l) > 0.5001 * scale for r, l in zip(reals, plan.neurons[name].levels))
+                or codes[1] < info.max - 1 - (0 if info.bits == 8 else 1)):
+            bad.append(f"{name} (scale {scale:.6g}, zero point {zp}; levels {plan.neurons[name].levels} -> codes "
+                       f"{codes}: did the neuron ever fire on the calibration data?)")
+    if bad:
+        from export.edge import EdgeError
+
+        raise EdgeError("spike tensors without two exact levels: " + "; ".join(bad))
+
+
+def level_codes(quantization, dtype, levels):
+    """``(code_off, code_on)``: the integer codes of the two spike levels in
+    a tensor with this quantization (clipped to the dtype's range)."""
+    info = np.iinfo(dtype)
+    scale, zp = float(quantization.scales[0]), int(quantization.zero_points[0])
+    return tuple(int(np.clip(np.round(level / scale) + zp, info.min, info.max)) for level in levels)
+
+
+def convert(model: keras.Model, quantization: str = "float32",
+            representative_data: Optional[Callable[[], Iterable]] = None,
+            neuron: str = DEFAULT_NEURON) -> Conversion:
+    """Converts a Keras model to TFLite and says how (see :class:`Conversion`).
+
+    Args:
+      model: a trained Keras model: with BatchNormalization/S2Activation it is
+        folded first (:func:`export.fold_batchnorm`); a folded model is used as
+        it is; a model without spiking neurons (ReLU) is converted unchanged.
+      quantization: ``"float32"``, ``"int8"`` (full integer, int8 I/O) or
+        ``"int16x8"`` (int16 activations and I/O, int8 weights).
+      representative_data: for the integer formats, a callable returning an
+        iterable of input lists ``[batch]`` (float32 images in the model's
+        input convention), as ``TFLiteConverter.representative_dataset``
+        takes. Real data, a few hundred images, is what calibration needs.
+      neuron: ``"saturate"`` (default, edge ops only) or ``"compare"``.
+
+    Raises:
+      ValueError: bad arguments; :class:`export.FoldError` /
+      :class:`export.edge.EdgeError` for a model that cannot be exported
+      exactly (the message names the layer).
+    """
+    _check_args(quantization, representative_data, neuron)
+    model = ensure_folded(model)
+    if not is_spiking_model(model):
+        return Conversion(_convert_keras(model, quantization, representative_data), quantization, None, model)
+    names = [l.name for l in model.layers if is_spiking_neuron(l)]
+    if neuron == "compare":
+        if quantization == "int16x8":
+            model = ramp_model(model, representative_data)
+        elif quantization == "int8":
+            model = int8_threshold_model(model, representative_data)
+        flat = _convert_keras(model, quantization, representative_data)
+        return Conversion(flat, quantization, neuron, model, spike_tensors=spike_tensors(flat, names))
+
+    from export.edge import edge_model
+
+    overrides: Dict = {}
+    grids: Dict[str, Dict] = {}
+    for attempt in range(1, MAX_CONVERSIONS + 1):
+        plan = edge_model(model, quantization, representative_data, input_quantization=overrides)
+        flat = _convert_keras(plan.model, quantization, representative_data)
+        grids = _read_grids(flat, plan) if plan.assumed_inputs else {}
+        wrong = {n: g for n, g in grids.items() if not g["equal"] and g["actual"] is not None}
+        if not wrong:
+            break
+        overrides.update({n: tuple(g["actual"]) for n, g in wrong.items()})
+    else:
+        raise RuntimeError(f"saturate {quantization} export: the converter's grids of {sorted(wrong)} still differ "
+                           f"from the placement after {MAX_CONVERSIONS} conversions")
+    tensors = spike_tensors(flat, names)
+    _check_levels(flat, plan, tensors)
+    return Conversion(flat, quantization, neuron, plan.model, plan, tensors, attempt, grids)
+
+
+def to_tflite(model: keras.Model, quantization: str = "float32",
+              representative_data: Optional[Callable[[], Iterable]] = None,
+              neuron: str = DEFAULT_NEURON) -> bytes:
+    """The ``.tflite`` flatbuffer bytes of :func:`convert` (same arguments).
+
+    Example::
+
+        flat = to_tflite(model, "int8", lambda: ([x[i:i + 50]] for i in range(0, 500, 50)))
+        flat_relu = to_tflite(relu_model, "int8", same_data)          # same converter settings
+        flat_ablation = to_tflite(model, "int8", same_data, neuron="compare")
+    """
+    return convert(model, quantization, representative_data, neuron).flatbuffer
+
+
+@contextlib.contextmanager
+def quiet_conversion():
+    """Keeps a conversion's chatter off the console: the Keras exporter
+    prints "Saved artifact at ..." and the signature to stdout, TensorFlow's
+    SavedModel code logs INFO lines (``signature_serialization.py``,
+    ``functional_saver.py``, ...) through the ``tensorflow``/``absl``
+    loggers and absl's C++ logging, and the converter warns "Statistics for
+    quantized inputs were expected". Warnings and errors of the loggers
+    still show."""
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers("tensorflow", "absl"), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        yield
 
 
 @contextlib.contextmanager
@@ -257,18 +465,8 @@ def _quiet_loggers(*names):
             logger.setLevel(level)
 
 
-def op_names(tflite_model: bytes):
-    """Sorted distinct builtin op names of a flatbuffer, read with the TFLite
-    schema that ships with the ``tflite-micro`` package."""
-    from tflite_micro.python.tflite_micro import runtime
+def op_names(tflite_model: bytes) -> Dict[str, int]:
+    """``{op name: count}`` of a flatbuffer (:func:`export.flatbuffer.op_counts`)."""
+    from export.flatbuffer import op_counts
 
-    schema = runtime.schema_fb
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    obj = runtime.convert_bytearray_to_object(bytearray(tflite_model))
-    found = collections.Counter()
-    for sub in obj.subgraphs:
-        for op in sub.operators or []:
-            code = runtime.get_builtin_code_from_operator_code(obj.operatorCodes[op.opcodeIndex])
-            found[names.get(code, f"BUILTIN_{code}")] += 1
-    return dict(sorted(found.items()))
-
+    return op_counts(tflite_model)

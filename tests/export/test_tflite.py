@@ -1,5 +1,6 @@
 """TFLite float32 / int8 / int16x8 conversion of a folded, trained
-PreActResNet, run in LiteRT and TFLite Micro; the export pipeline and CLI."""
+PreActResNet (saturate neurons by default, the compare ablation), run in
+LiteRT and TFLite Micro; the ReLU baseline; the export pipeline and CLI."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from export.formats import EDGE_OPS, FORBIDDEN_EDGE_OPS
 from export.runtimes import run_litert, run_tflm, tflm_arena_size
 from export.tflite import op_names, to_tflite
 
@@ -31,19 +33,63 @@ def keras_ref(trained_model, fmnist):
     return x, fmnist[3][:N_RUN], logits
 
 
-def test_neurons_are_comparison_ops_only(converted, folded):
+@pytest.fixture(scope="module")
+def converted_compare(folded, calibration):
+    model = folded[0]
+    return {q: to_tflite(model, q, calibration if q != "float32" else None, neuron="compare")
+            for q in ("float32", "int8", "int16x8")}
+
+
+def test_default_export_uses_only_edge_ops(converted, folded):
+    """Default (saturate) int8 and int16x8 (and float32): only the ops
+    XNNPACK, CMSIS-NN and Ethos-U55 all run; no comparison/select/logical/
+    cast/gather op, no MUL/SUB (no BN arithmetic), ADD only for the residual
+    Adds, QUANTIZE/DEQUANTIZE only at the boundary; the neurons are one
+    depthwise conv per BN-threshold neuron (two stages in int16x8)."""
+    from export.pipeline import boundary_ops
+
+    model = folded[0]
+    residual_adds = sum(1 for l in model.layers if type(l).__name__ == "Add")
+    for q, flat in converted.items():
+        ops = op_names(flat)
+        assert set(ops) <= EDGE_OPS, (q, ops)
+        assert not set(ops) & FORBIDDEN_EDGE_OPS and "MUL" not in ops and "SUB" not in ops, (q, ops)
+        assert ops.get("ADD", 0) == residual_adds, (q, ops)
+        assert not boundary_ops(flat), (q, boundary_ops(flat))
+    # 3 BN-threshold neurons (depthwise), 2 neurons inside conv1 of each block
+    assert op_names(converted["int8"]).get("DEPTHWISE_CONV_2D") == 3
+    assert op_names(converted["float32"]).get("DEPTHWISE_CONV_2D") == 3
+    assert op_names(converted["int16x8"]).get("DEPTHWISE_CONV_2D") == 3 * 2 + 2  # sign + level stages
+
+
+def test_compare_option_keeps_the_comparison_ops(converted_compare, folded):
     model = folded[0]
     residual_adds = sum(1 for l in model.layers if type(l).__name__ == "Add")
     for q in ("float32", "int8"):
-        ops = op_names(converted[q])
+        ops = op_names(converted_compare[q])
         assert "MUL" not in ops and "SUB" not in ops, (q, ops)
         assert ops.get("ADD", 0) == residual_adds, (q, ops)  # only the residual Adds
-        assert {"GREATER_EQUAL", "LESS_EQUAL", "LOGICAL_OR"} <= set(ops), (q, ops)
+        assert {"GREATER_EQUAL", "LESS_EQUAL", "LOGICAL_OR", "SELECT_V2"} <= set(ops), (q, ops)
         assert "BATCH_MATMUL" not in ops
-    ops16 = op_names(converted["int16x8"])
-    assert not COMPARE & set(ops16), ops16  # the 16x8 quantizer has no compare ops
-    # one DEPTHWISE_CONV_2D per BN-threshold neuron (3 in this model), no MUL
-    assert ops16.get("DEPTHWISE_CONV_2D") == 3 and "MUL" not in ops16, ops16
+    ops16 = op_names(converted_compare["int16x8"])
+    assert not COMPARE & set(ops16), ops16  # the 16x8 quantizer has no compare ops: the ramp
+    # one DEPTHWISE_CONV_2D per BN-threshold neuron (3 in this model), MINIMUM per neuron, no MUL
+    assert ops16.get("DEPTHWISE_CONV_2D") == 3 and ops16.get("MINIMUM") == 5 and "MUL" not in ops16, ops16
+
+
+def test_every_spike_tensor_has_two_levels(converted, folded, calibration, fmnist):
+    """Spike tensors of every default format, in LiteRT (XNNPACK and builtin)
+    and TFLite Micro: only the two codes of the neuron's levels."""
+    from export.tflite import convert
+    from export.verify import verify_spikes
+
+    x = fmnist[2][:12].astype("float32") / 255.0
+    for q in ("float32", "int8", "int16x8"):
+        conv = convert(folded[0], q, calibration if q != "float32" else None)
+        check = verify_spikes(conv, folded[0], x, max_tflm_examples=4)
+        assert check["two_level"], (q, check["nonbinary_values"])
+        assert check["neurons_bit_equal_given_equal_inputs"], (q, check["runtime_agreement"])
+        assert check["local_agreement"] > 0.99, (q, check["local_agreement"])
 
 
 def test_integer_models_have_integer_io(converted):
@@ -100,9 +146,15 @@ def test_export_run_writes_report_and_c_array(trained_model, fmnist, tmp_path):
         on_disk = json.load(f)
     assert on_disk["fold"]["predictions_equal"] and report["fold"]["predictions_equal"]
     assert set(on_disk["formats"]) == {"float32", "int8"}
+    assert report.report is not None and report["formats"] is report.report["formats"]
     for q, entry in on_disk["formats"].items():
         assert os.path.getsize(os.path.join(out, entry["file"])) == entry["size_bytes"]
         assert entry["bn_residue_ops"] == 0
+        assert entry["edge_only"] and entry["spikes"]["two_level"], (q, entry["ops"])
+        # Runtimes round non-neuron ops differently (XNNPACK in fp32, builtin and
+        # TFLM by 1 LSB at times), which moves later spikes; the neurons
+        # themselves agree bit for bit wherever their inputs do.
+        assert entry["spikes"]["neurons_bit_equal_given_equal_inputs"], entry["spikes"]["runtime_agreement"]
         for runtime in ("litert", "tflm"):
             for key in ("accuracy", "agreement_with_keras", "latency_ms_per_image"):
                 assert key in entry[runtime]
@@ -134,6 +186,7 @@ def _cli(*args):
     (["--model", "m.keras", "--output_dir", "x", "--formats", "int4"], "--formats"),
     (["--model", "m.keras", "--output_dir", "x", "--max_test_examples", "0"], "positive"),
     (["--model", "m.keras", "--output_dir", "x", "--dataset", "mnist"], "dataset"),
+    (["--model", "m.keras", "--output_dir", "x", "--neuron", "ramp"], "--neuron"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, message):
     result = _cli(*args)
@@ -145,12 +198,13 @@ def test_cli_bad_input_is_one_line_exit_2(args, message):
 
 def test_cli_unfoldable_model_is_one_line_exit_2(tmp_path):
     import keras
+    from s2nn_keras import S2Activation
 
     inputs = keras.Input((28, 28, 1))
     h = keras.layers.Conv2D(4, 3, name="c")(inputs)
     s = keras.layers.Add(name="add")([h, h])
-    h = keras.layers.BatchNormalization(name="bad_bn")(s)
-    h = keras.layers.ReLU(name="relu")(h)
+    h = keras.layers.BatchNormalization(name="bad_bn")(s)  # feeds a neuron and a conv: not foldable
+    h = keras.layers.Add(name="join")([S2Activation(name="act")(h), keras.layers.Conv2D(4, 1, name="side")(h)])
     out = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h))
     path = str(tmp_path / "bad.keras")
     keras.Model(inputs, out).save(path)
@@ -160,6 +214,29 @@ def test_cli_unfoldable_model_is_one_line_exit_2(tmp_path):
     lines = [l for l in result.stderr.splitlines() if l.strip()]
     assert len(lines) == 1, result.stderr  # TF start-up logs are silenced too
     assert lines[0].startswith("python -m export: error") and "bad_bn" in lines[0]
+
+
+def test_relu_baseline_goes_through_the_same_path(fmnist, tmp_path):
+    """A model without spiking neurons: to_tflite converts it as it is (the
+    converter folds conv+BN and writes the pre-activation BNs as MUL+ADD)
+    and export_run reports it without fold or spike checks."""
+    import keras
+    from export import export_run
+    from s2nn_keras.models import PreActResNet
+
+    keras.utils.set_random_seed(2)
+    relu = PreActResNet([1, 1], (28, 28, 1), 10, activation="relu", width=4, dropout=0.0)
+    x_train, _, x_test, y_test = fmnist
+    calib = x_train[-40:].astype("float32") / 255.0
+    flat = to_tflite(relu, "int8", lambda: ([calib[i:i + 20]] for i in range(0, 40, 20)))
+    ops = op_names(flat)
+    assert not COMPARE & set(ops) and "CONV_2D" in ops, ops
+    result = export_run(relu, str(tmp_path / "relu"), x_test[:20], y_test[:20], formats=("int8",),
+                        calibration_images=x_train[-40:], num_calibration=40, max_tflm_examples=5,
+                        c_array=False, verbose=False)
+    assert not result["spiking"] and "spikes" not in result["formats"]["int8"]
+    assert result["formats"]["int8"]["litert"]["agreement_with_keras"] >= 0.8
+    assert not os.path.exists(str(tmp_path / "relu" / "model_folded.keras"))
 
 
 @pytest.mark.slow

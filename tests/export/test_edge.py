@@ -1,0 +1,198 @@
+"""The edge-native (saturate) neuron: exact integer decisions, two levels,
+edge-only ops, overflow guards, and what cannot be expressed."""
+
+import numpy as np
+import pytest
+
+import keras
+
+from export.edge import EdgeError, edge_model, fake_quantize_kernel, quantization_params
+from export.flatbuffer import read_model
+from export.fold import fold_batchnorm
+from export.formats import EDGE_OPS, FORBIDDEN_EDGE_OPS
+from export.spikes import add_outputs, run_spikes
+from export.tflite import convert, op_names
+from s2nn_keras import S2Activation
+
+RNG = np.random.default_rng(7)
+
+
+def _set_bn(bn, channels, rng, negative=0, zero_fire=None, zero_silent=None, u_th=1.0):
+    gamma = rng.uniform(0.5, 2.0, channels)
+    beta = rng.normal(0.0, 0.5, channels)
+    if negative is not None:
+        gamma[negative] = -gamma[negative]
+    if zero_fire is not None:
+        gamma[zero_fire], beta[zero_fire] = 0.0, u_th + 0.5
+    if zero_silent is not None:
+        gamma[zero_silent], beta[zero_silent] = 0.0, u_th - 0.7
+    bn.set_weights([gamma, beta, rng.normal(0.0, 0.3, channels), rng.uniform(0.5, 2.0, channels)])
+
+
+def _two_neuron_model(surrogate="s2nn", channels=6, rng=RNG):
+    """image -> BN -> neuron (depthwise kind) -> conv3x3 -> BN -> neuron (conv
+    kind) -> GAP -> Dense, BN statistics set by hand (negative and zero scales)."""
+    inputs = keras.Input((10, 10, 3), name="x")
+    h = keras.layers.Conv2D(channels, 3, padding="same", name="stem")(inputs)
+    s = keras.layers.Add(name="add")([h, keras.layers.Conv2D(channels, 1, name="side")(inputs)])
+    a = S2Activation(surrogate, name="act1")(keras.layers.BatchNormalization(name="bn1")(s))
+    h = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name="conv1")(a)
+    a2 = S2Activation(surrogate, name="act2")(keras.layers.BatchNormalization(name="bn2")(h))
+    out = keras.layers.Dense(4, name="logits")(keras.layers.GlobalAveragePooling2D(name="gap")(a2))
+    model = keras.Model(inputs, out)
+    u_th = model.get_layer("act1").threshold
+    _set_bn(model.get_layer("bn1"), channels, rng, negative=0, zero_fire=1, zero_silent=2, u_th=u_th)
+    _set_bn(model.get_layer("bn2"), channels, rng, negative=0, zero_fire=1, zero_silent=2, u_th=u_th)
+    return model
+
+
+def _data(n, rng=RNG):
+    return rng.normal(0.0, 1.0, (n, 10, 10, 3)).astype(np.float32)
+
+
+def _rep(x):
+    return lambda: ([x[i:i + 20]] for i in range(0, len(x), 20))
+
+
+@pytest.fixture(scope="module")
+def two_neuron():
+    model = _two_neuron_model()
+    return model, fold_batchnorm(model), _data(120), _data(40, np.random.default_rng(8))
+
+
+def _tensor(flat, index):
+    return read_model(flat).main.tensors[index]
+
+
+def test_int8_conv_neuron_is_the_exact_decision_on_the_int8_weight_lattice(two_neuron):
+    """acc = 255 K + b_q with b_q = 127 (mod 255): the int8 spike of the conv
+    neuron equals, element for element, the decision of the float conv with
+    the flatbuffer's own int8 weights on the flatbuffer's own input spikes
+    and the folded (unplaced) bias: no ties, no exceptions."""
+    model, folded, calib, x = two_neuron
+    conv = convert(folded, "int8", _rep(calib))
+    plan = conv.plan.neurons
+    assert plan["act1"].kind == "tensor" and plan["act2"].kind == "conv"
+    assert plan["act2"].input_kind == "spikes01" and plan["act2"].min_abs_accumulator == 127.0
+    _, spikes = run_spikes(conv.flatbuffer, conv.spike_tensors, x, "litert_builtin")
+    s1 = (spikes["act1"] == 127).astype(np.float64)          # {0, 1}
+    graph = read_model(conv.flatbuffer).main
+    op = next(o for o in graph.operators if o.outputs[0] == conv.spike_tensors["act2"])
+    w = graph.tensors[op.inputs[1]]
+    q_w = w.data.astype(np.float64)                           # [out, kh, kw, in] int8 codes
+    k = folded.get_layer("conv1").get_weights()
+    W, b = k[0].astype(np.float64), k[1].astype(np.float64)  # folded: fires iff W s + b >= 0
+    step = np.max(np.abs(W.reshape(-1, W.shape[-1])), axis=0) / 127.0
+    # conv with the int8 weights (in weight steps) on zero-padded spikes
+    padded = np.pad(s1, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    K = np.zeros(spikes["act2"].shape)
+    for dy in range(3):
+        for dx in range(3):
+            K += np.einsum("nhwi,oi->nhwo", padded[:, dy:dy + 10, dx:dx + 10, :], q_w[:, dy, dx, :])
+    fire = K * step + b >= 0
+    const = np.max(np.abs(W.reshape(-1, W.shape[-1])), axis=0) == 0
+    fire[..., const] = (b[const] >= 0)
+    assert np.array_equal(spikes["act2"] == 127, fire)
+    assert set(np.unique(spikes["act2"])) <= {-128, 127}
+
+
+def test_int8_depthwise_neuron_is_the_exact_decision_on_its_input_grid(two_neuron):
+    """The depthwise neuron fires iff p (x - theta) >= 0 on the int8 grid of
+    its input, with the original threshold: read x from the flatbuffer."""
+    model, folded, calib, x = two_neuron
+    conv = convert(folded, "int8", _rep(calib))
+    graph = read_model(conv.flatbuffer).main
+    op = next(o for o in graph.operators if o.outputs[0] == conv.spike_tensors["act1"])
+    probe = dict(conv.spike_tensors, x_in=op.inputs[0])
+    _, out = run_spikes(conv.flatbuffer, probe, x, "tflm")
+    q = graph.tensors[op.inputs[0]].quantization
+    xv = (out["x_in"].astype(np.float64) - q.zero_points[0]) * q.scales[0]
+    neuron = folded.get_layer("act1")
+    th, pol = neuron.thresholds.astype(np.float64), neuron.polarity
+    fire = np.where(pol > 0, xv >= th, np.where(pol < 0, xv <= th, th == 1.0))
+    assert conv.grids["act1"]["equal"], conv.grids
+    assert np.array_equal(out["act1"] == 127, fire)
+    assert set(np.unique(out["act1"])) <= {-128, 127}
+
+
+@pytest.mark.parametrize("quantization", ["float32", "int8", "int16x8"])
+@pytest.mark.parametrize("surrogate", ["s2nn", "ste_b"])
+def test_every_format_is_edge_only_and_two_level(quantization, surrogate):
+    model = _two_neuron_model(surrogate, rng=np.random.default_rng(3))
+    folded = fold_batchnorm(model)
+    calib, x = _data(80), _data(16, np.random.default_rng(4))
+    conv = convert(folded, quantization, _rep(calib) if quantization != "float32" else None)
+    ops = op_names(conv.flatbuffer)
+    assert set(ops) <= EDGE_OPS and not set(ops) & FORBIDDEN_EDGE_OPS, ops
+    levels = {n: conv.plan.neurons[n].levels for n in conv.spike_tensors}
+    outs = {rt: run_spikes(conv.flatbuffer, conv.spike_tensors, x, rt) for rt in ("litert_builtin", "tflm")}
+    for name, t in conv.spike_tensors.items():
+        from export.tflite import level_codes
+
+        tensor = _tensor(conv.flatbuffer, t)
+        q = tensor.quantization
+        codes = set(levels[name]) if q is None else set(level_codes(q, tensor.dtype, levels[name]))
+        assert len(codes) == 2
+        for rt, (_, spikes) in outs.items():
+            assert set(np.unique(spikes[name]).tolist()) <= codes, (rt, name, np.unique(spikes[name]), codes)
+        # builtin kernels and TFLite Micro: bit for bit
+        assert np.array_equal(outs["litert_builtin"][1][name], outs["tflm"][1][name])
+    # the ste_b levels are +-1, the {0, 1} neuron's {0, 6}
+    assert levels["act1"] == ((-1.0, 1.0) if surrogate == "ste_b" else (0.0, 6.0))
+
+
+def test_float_edge_model_matches_the_folded_model(two_neuron):
+    model, folded, _, x = two_neuron
+    plan = edge_model(folded, "float32")
+    a, b = folded.predict(x, verbose=0), plan.model.predict(x, verbose=0)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_quantization_params_follow_tflite():
+    assert quantization_params(-1.0, 3.0, "int8") == pytest.approx((4.0 / 255, -64))
+    assert quantization_params(0.5, 2.0, "int8")[1] == -128      # range extended to include 0
+    assert quantization_params(-2.0, 1.0, "int16x8") == pytest.approx((2.0 / 32767, 0))
+
+
+def test_fake_quantized_kernel_is_what_the_converter_stores(two_neuron):
+    _, folded, calib, _ = two_neuron
+    conv = convert(folded, "int8", _rep(calib))
+    graph = read_model(conv.flatbuffer).main
+    stem = next(o for o in graph.operators if o.name == "CONV_2D" and "stem" in graph.tensors[o.outputs[0]].name)
+    w = graph.tensors[stem.inputs[1]]
+    kernel = folded.get_layer("stem").get_weights()[0]
+    fq = fake_quantize_kernel(kernel)
+    np.testing.assert_allclose(np.transpose(w.dequantized(), (1, 2, 3, 0)), fq, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(fake_quantize_kernel(fq), fq)  # idempotent
+
+
+def test_spikes_that_reach_an_add_cannot_absorb_the_levels():
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(2, 1, name="c")(inputs)
+    a = S2Activation(name="act")(keras.layers.BatchNormalization(name="bn")(h))
+    out = keras.layers.Add(name="join")([a, inputs])
+    folded = fold_batchnorm(keras.Model(inputs, out))
+    with pytest.raises(EdgeError, match="act.*join"):
+        edge_model(folded, "float32")
+    # the comparison formulation exports it
+    assert "GREATER_EQUAL" in op_names(convert(folded, "float32", neuron="compare").flatbuffer)
+
+
+def test_overflow_guard_names_the_neuron():
+    from export.edge import _check_overflow
+
+    _check_overflow("ok", 2 ** 28, 3.0, "int8")          # 2^28 * 2^2 < 2^31
+    with pytest.raises(EdgeError, match="big.*overflows"):
+        _check_overflow("big", 2 ** 29 + 1, 3.0, "int8")
+
+
+def test_add_outputs_keeps_the_model():
+    inputs = keras.Input(batch_shape=(1, 4, 4, 2))
+    h = keras.layers.Conv2D(3, 1, activation="relu6", name="c")(inputs)
+    out = keras.layers.Dense(2)(keras.layers.Flatten()(h))
+    conv = convert(keras.Model(inputs, out), "float32")
+    graph = read_model(conv.flatbuffer).main
+    t = next(o.outputs[0] for o in graph.operators if o.name == "CONV_2D")
+    probe = add_outputs(conv.flatbuffer, [t])
+    assert read_model(probe).main.outputs == graph.outputs + (t,)
+    assert op_names(probe) == op_names(conv.flatbuffer)
