@@ -172,7 +172,6 @@ def measure_pipeline_and_steps(args, train_x, train_y):
     """Host loader, augmentation and whole train steps (images/s), and the
     interleaved S²NN/ReLU step-time ratio."""
     import keras
-    import numpy as np
 
     from trainers import inputs, recipe
     from trainers.augment import DeviceAugmentation

@@ -7,7 +7,7 @@ arrays and labels ``int64``; the models consume ``float32`` images in
 benchmarks and tests) stays where it was.
 """
 
-from s2nn_keras.datasets import (  # noqa: F401
+from s2nn_keras.datasets import (  # noqa: F401  (re-exports)
     DATASETS,
     DEBIAN_FASHION_MNIST_DIR,
     IMAGE_SHAPES,

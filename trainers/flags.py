@@ -15,7 +15,6 @@ parse argument lists into a fresh one (:func:`new_flag_values`).
 from __future__ import annotations
 
 import math
-import os
 import sys
 from typing import Dict, List, Optional
 

@@ -50,17 +50,15 @@ def _energy_writer():
     return write_energy_report
 
 
-def _summarise_export(report, export_dir) -> Dict:
-    get = (lambda obj, key: obj[key] if isinstance(obj, dict) else getattr(obj, key))
-    formats = get(report, "formats")
+def _summarise_export(report: Dict, export_dir: str) -> Dict:
     return {
         "dir": export_dir,
-        "num_verification": get(report, "num_verification"),
-        "fold_prediction_agreement": get(get(report, "fold"), "prediction_agreement"),
-        "formats": {fmt: {"size_bytes": get(e, "size_bytes"), "accuracy": get(get(e, "litert"), "accuracy"),
-                          "agreement_with_keras": get(get(e, "litert"), "agreement_with_keras"),
-                          "tflm_arena_bytes": get(get(e, "tflm"), "arena_bytes")}
-                    for fmt, e in formats.items()},
+        "num_verification": report["num_verification"],
+        "fold_prediction_agreement": report["fold"]["prediction_agreement"],
+        "formats": {fmt: {"size_bytes": e["size_bytes"], "accuracy": e["litert"]["accuracy"],
+                          "agreement_with_keras": e["litert"]["agreement_with_keras"],
+                          "tflm_arena_bytes": e["tflm"]["arena_bytes"]}
+                    for fmt, e in report["formats"].items()},
     }
 
 
@@ -89,18 +87,19 @@ def post_training_reports(network, flags: Dict, data: Dict, output_dir: str, met
         n = flags["export_max_examples"] or len(data["test_images"])
         images, labels = data["test_images"][:n], data["test_labels"][:n]
         export_dir = os.path.join(output_dir, "export")
-        report = export.export_run(
+        result = export.export_run(
             network, export_dir, images, labels, formats=flags["export_formats"],
             calibration_images=data["train_images"][-500:],
             max_tflm_examples=flags["export_tflm_examples"] or None,
             extra={"model_path": os.path.join(output_dir, "final.keras")})
+        report = getattr(result, "report", result)  # export.ExportResult, or the report dict itself
         metrics["export"] = _summarise_export(report, export_dir)
-        formats = report["formats"] if isinstance(report, dict) else report.formats
         energy_data = images.astype(np.float32) / 255.0
-        tflite_models = {fmt: os.path.join(export_dir, (formats[fmt]["file"] if isinstance(formats[fmt], dict)
-                                                        else formats[fmt].file))
-                         for fmt in ("float32", "int8") if fmt in formats}
-        folded = keras.saving.load_model(os.path.join(export_dir, "model_folded.keras"))
+        tflite_models = {fmt: os.path.join(export_dir, report["formats"][fmt]["file"])
+                         for fmt in ("float32", "int8") if fmt in report["formats"]}
+        folded = getattr(result, "folded", None)
+        if folded is None:
+            folded = keras.saving.load_model(os.path.join(export_dir, "model_folded.keras"))
     writer = _energy_writer()
     if writer is None:
         print("energy report skipped: export.energy_report is not available", file=sys.stderr, flush=True)

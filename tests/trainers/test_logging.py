@@ -2,8 +2,6 @@
 terminal, and TensorBoard scalars written without TensorFlow."""
 
 import io
-import os
-import sys
 
 import numpy as np
 import pytest
