@@ -67,7 +67,8 @@ import tempfile
 from typing import Dict, List, Optional, Sequence
 
 __all__ = ["compile_for_ethos_u", "compile_for_accelerators", "ACCELERATORS", "REPORT_ACCELERATORS",
-           "DEFAULT_SYSTEMS", "VelaError", "VelaNotInstalledError", "vela_version", "format_table"]
+           "DEFAULT_SYSTEMS", "VelaError", "VelaNotInstalledError", "available", "vela_version", "format_table",
+           "reporter"]
 
 # Vela 5.2's --accelerator-config choices.
 ACCELERATORS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256",
@@ -98,6 +99,15 @@ def _require_vela():
         raise VelaNotInstalledError(
             f"Ethos-U compilation needs Arm's Vela compiler (package ethos-u-vela), which is not installed: "
             f"{INSTALL_HINT}")
+
+
+def available() -> bool:
+    """True if ``ethos-u-vela`` is installed."""
+    try:
+        _require_vela()
+        return True
+    except VelaNotInstalledError:
+        return False
 
 
 def vela_version() -> str:
@@ -280,3 +290,33 @@ def format_table(results: Dict[str, Dict], indent: str = "  ") -> str:
                      f"{r['estimated_inference_ms']:8.3f} {r['estimated_cycles'] / 1e6:8.3f} "
                      f"{r['sram_bytes'] / 1024:9.1f} {r['flash_bytes'] / 1024:9.1f}  {cpu}")
     return "\n".join(lines)
+
+
+def reporter(accelerators: Sequence[str] = REPORT_ACCELERATORS, formats: Sequence[str] = ("int8",), **kwargs):
+    """The export pipeline's hook (:class:`export.pipeline.FormatReporter`)
+    that adds ``report["formats"][fmt]["vela"] = {accelerator: result}`` for
+    each format in ``formats`` and its table to the printed summary.
+    ``kwargs`` go to :func:`compile_for_ethos_u` (``system_config``, ...).
+
+    Example::
+
+        from export import export_run, vela
+        export_run(model, out_dir, images, labels,
+                   reporters=[vela.reporter()] if vela.available() else [])
+    """
+    from export.pipeline import FormatReporter
+
+    for acc in accelerators:
+        if acc not in ACCELERATORS:
+            raise ValueError(f"unknown Ethos-U accelerator {acc!r}; valid: {', '.join(ACCELERATORS)}")
+
+    def run(fmt, conversion):
+        return compile_for_accelerators(conversion.flatbuffer, accelerators, **kwargs)
+
+    def summary(fmt, results):
+        first = next(iter(results.values()))
+        systems = "; ".join(f"{acc}: {r['system_config']}/{r['memory_mode']}" for acc, r in results.items())
+        return (f"  Ethos-U ({fmt}, Vela {first['vela_version']}; {systems}; estimate = NPU operators only)\n"
+                + format_table(results, indent="    "))
+
+    return FormatReporter(name="vela", formats=tuple(formats), run=run, summary=summary)

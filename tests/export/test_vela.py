@@ -16,15 +16,7 @@ from export import vela
 U55, U85 = "ethos-u55-128", "ethos-u85-256"
 
 
-def _has_vela():
-    try:
-        vela.vela_version()
-        return True
-    except vela.VelaNotInstalledError:
-        return False
-
-
-needs_vela = pytest.mark.skipif(not _has_vela(), reason="ethos-u-vela not installed (pip install 's2nn_keras[edge]')")
+needs_vela = pytest.mark.skipif(not vela.available(), reason="ethos-u-vela not installed (pip install 's2nn_keras[edge]')")
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +128,22 @@ def test_float_model_stays_on_the_cpu():
 
 
 @needs_vela
+def test_pipeline_reporter(int8_default):
+    """The FormatReporter export_run takes: figures per accelerator, summary lines."""
+    import types
+
+    rep = vela.reporter()
+    assert rep.name == "vela" and tuple(rep.formats) == ("int8",)
+    figures = rep.run("int8", types.SimpleNamespace(flatbuffer=int8_default))
+    assert list(figures) == list(vela.REPORT_ACCELERATORS)
+    assert all(f["npu_op_fraction"] == 1.0 for f in figures.values())
+    text = rep.summary("int8", figures)
+    assert all(acc in text for acc in vela.REPORT_ACCELERATORS) and "Ethos_U55_High_End_Embedded" in text
+    with pytest.raises(ValueError, match="unknown Ethos-U accelerator"):
+        vela.reporter(["ethos-u99"])
+
+
+@needs_vela
 def test_vela_failure_is_one_clear_error(int8_default):
     with pytest.raises(vela.VelaError, match="ethos-u55-128.*No_Such_System"):
         vela.compile_for_ethos_u(int8_default, U55, system_config="No_Such_System")
@@ -163,3 +171,4 @@ def test_missing_vela_names_the_extra(monkeypatch):
     assert isinstance(e.value, ImportError)
     with pytest.raises(vela.VelaNotInstalledError):
         vela.vela_version()
+    assert not vela.available()
