@@ -1,38 +1,49 @@
-"""Inference cost of the folded S2NN against the same architecture with ReLU.
+"""Inference cost of the int8 S2NN against the int8 ReLU network of the same architecture.
 
-Both models are the same PreActResNet on Fashion-MNIST (28x28x1), either
-trained here briefly (default) or loaded from ``--s2nn_model`` /
-``--relu_model`` (``.keras`` files, e.g. ``runs/table2/s2nn_seed0/final.keras``).
+For each architecture (28x28x1 Fashion-MNIST input, 10 classes):
 
-* S2NN: ``export.fold_batchnorm`` (every BN becomes a conv kernel/bias or a
-  per-channel firing threshold, Eq. 27) then ``export.to_tflite``.
-* ReLU: BN "folded as usual", i.e. by the TFLite converter itself (it merges
-  what it can into the convs and leaves per-channel MUL/ADD for the
-  pre-activation BNs), with the same converter settings as
-  ``export.to_tflite`` (batch-1 signature; int8: full-integer, int8 I/O,
-  the same representative images).
+* ``quickstart``: PreActResNet, blocks [1, 1, 1], width 24 (the quickstart model);
+* ``resnet18_w16`` / ``resnet18_w64``: PreActResNet18, width 16 / 64;
 
-Measured for float32 and int8: flatbuffer size, per-image latency in LiteRT
-(``ai_edge_litert``, one thread, invoke only; ``litert`` with its default
-XNNPACK delegate, ``litert_noxnn`` with the builtin kernels only) and in the TFLite Micro
-interpreter (reference kernels, smallest working arena found by bisection),
-and top-1 accuracy on the test images. Latencies are timed **interleaved**:
-each round runs ``--images_per_round`` images through every model in turn
-(rotating the start), so other load on the machine hits all models alike;
-reported are the median per-image latency and the median per-round ratio
-S2NN/ReLU.
+each model variant is exported to a full-integer int8 flatbuffer through
+``export.to_tflite`` with the same converter settings and calibration
+images:
 
-Prototype variant ``s2nn_ramp`` (int8 only, measured unless
-``--no_ramp_int8``): the export package's ``"ramp"`` neuron
-(``z = gain * p_c * (u - theta_c)`` as a 1x1 depthwise conv, then
-``min(relu(z), 1)``) with the gain set for int8 (``127 / max|z|`` on the
-calibration images instead of int16's ``32767 / max|z|``, which XNNPACK
-refuses to prepare). It replaces GREATER_EQUAL/SELECT_V2, which the XNNPACK
-delegate does not take, by ops it does; it is a measurement of a proposed
-export change, not what ``export.to_tflite`` produces.
+* ``s2nn``: the default export (``neuron="saturate"``: the step as a clamp
+  fused into the convolutions; only ops XNNPACK, CMSIS-NN and Ethos-U55 run);
+* ``s2nn_compare``: the ablation ``neuron="compare"`` (GREATER_EQUAL /
+  SELECT_V2 neurons, the export before issue 10);
+* ``relu``: the same architecture with ReLU (BN folded by the converter).
+
+Measured per flatbuffer: file size, op histogram (``export.flatbuffer``), the
+smallest TFLite Micro tensor arena (bisection), Vela's compilation for
+Ethos-U55-128 and Ethos-U85-256 (``export.vela``: NPU op fraction, NPU
+partitions, estimated time, SRAM, flash), top-1 agreement with the Keras
+model in LiteRT; and the per-image ``invoke()`` latency in three runtimes,
+one thread: ``litert`` (``ai_edge_litert`` with its default XNNPACK
+delegate), ``litert_noxnn`` (builtin kernels only) and ``tflm`` (TFLite Micro
+Python interpreter, reference kernels). Latencies are timed **interleaved**:
+every image goes through all variants of an architecture back to back (the
+order rotating from image to image), so load on the shared machine hits all
+alike. Each invoke is timed in process CPU time (what the targets use: on
+the shared, oversubscribed machine it leaves out the waits for a core) and in
+wall time; reported are the median over rounds of the per-round median and
+the **median per-round ratio** variant/ReLU. The images per round are sized from a warm-up so each variant
+gets about ``--round_ms`` per round (at least one image).
+
+Models: architectures in ``--train_archs`` (default: quickstart) are trained
+briefly here (``--train_examples`` images, ``--epochs``); the others keep
+their seeded random initialisation with BatchNorm statistics measured on
+``--bn_calibration_examples`` training images (forward passes in training
+mode, no weight update). Latency, size and arena do not depend on the
+weights; accuracy figures need trained models and are not a target here.
+
+Targets (issue 10): int8 S2NN latency <= 1.0x ReLU in each runtime, file size
+<= 1.0x, TFLM arena <= 1.0x.
 
 Example (the figures in docs/RESULTS.md):
-  python -m benchmarks.inference --rounds 15
+  python -m benchmarks.inference
+  python -m benchmarks.inference --archs quickstart --rounds 5   # quick look
 """
 
 from __future__ import annotations
@@ -45,253 +56,334 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import _common as C  # noqa: E402
 
-FORMATS = ("float32", "int8")
+ARCHS = {
+    "quickstart": {"blocks": [1, 1, 1], "width": 24},
+    "resnet18_w16": {"blocks": [2, 2, 2, 2], "width": 16},
+    "resnet18_w64": {"blocks": [2, 2, 2, 2], "width": 64},
+}
+VARIANTS = ("s2nn", "s2nn_compare", "relu")
 RUNTIMES = ("litert", "litert_noxnn", "tflm")
+ACCELERATORS = ("ethos-u55-128", "ethos-u85-256")
+INPUT_SHAPE = (28, 28, 1)
 
 
 def parse_args(argv=None):
     p = C.OneLineParser(prog="benchmarks.inference", description=__doc__.split("\n")[0])
-    p.add_argument("--s2nn_model", default=None, help=".keras S2NN model (default: train one here)")
-    p.add_argument("--relu_model", default=None, help=".keras ReLU model (default: train one here)")
-    p.add_argument("--blocks", type=C.csv_list(C.positive_int, name="block count"), default=[1, 1, 1])
-    p.add_argument("--width", type=C.positive_int, default=16)
-    p.add_argument("--train_examples", type=C.positive_int, default=10000)
-    p.add_argument("--epochs", type=C.positive_int, default=1)
-    p.add_argument("--calibration_examples", type=C.positive_int, default=200)
-    p.add_argument("--accuracy_examples", type=C.positive_int, default=1000)
-    p.add_argument("--rounds", type=C.positive_int, default=15)
-    p.add_argument("--images_per_round", type=C.positive_int, default=20, help="LiteRT images per model per round")
-    p.add_argument("--tflm_images_per_round", type=C.positive_int, default=3)
-    p.add_argument("--formats", type=C.csv_list(allowed=FORMATS, name="format"), default=list(FORMATS))
+    p.add_argument("--archs", type=C.csv_list(allowed=tuple(ARCHS), name="architecture"), default=list(ARCHS))
+    p.add_argument("--variants", type=C.csv_list(allowed=VARIANTS, name="variant"), default=list(VARIANTS),
+                   help="relu is always measured (the baseline)")
     p.add_argument("--runtimes", type=C.csv_list(allowed=RUNTIMES, name="runtime"), default=list(RUNTIMES))
-    p.add_argument("--no_ramp_int8", action="store_true",
-                   help="skip the prototype 's2nn_ramp' int8 variant (see module docstring)")
+    p.add_argument("--accelerators", type=C.csv_list(name="accelerator"), default=list(ACCELERATORS),
+                   help="Ethos-U configurations for Vela (export.vela.ACCELERATORS)")
+    p.add_argument("--no_vela", action="store_true", help="skip the Vela compilations")
+    p.add_argument("--s2nn_model", default=None, help=".keras S2NN model for the one architecture in --archs")
+    p.add_argument("--relu_model", default=None, help=".keras ReLU model for the one architecture in --archs")
+    p.add_argument("--train_archs", type=C.csv_list(allowed=tuple(ARCHS) + ("none",), name="architecture"),
+                   default=["quickstart"], help="architectures trained briefly here ('none': all random init)")
+    p.add_argument("--train_examples", type=C.positive_int, default=5000)
+    p.add_argument("--epochs", type=C.positive_int, default=1)
+    p.add_argument("--bn_calibration_examples", type=C.positive_int, default=256)
+    p.add_argument("--calibration_examples", type=C.positive_int, default=200,
+                   help="int8 representative images (the last test images, disjoint from the accuracy images)")
+    p.add_argument("--accuracy_examples", type=C.positive_int, default=300,
+                   help="test images for LiteRT top-1 / agreement with Keras")
+    p.add_argument("--rounds", type=C.positive_int, default=15)
+    p.add_argument("--round_ms", type=C.positive_float, default=250.0,
+                   help="target time per variant per round (images per round sized from a warm-up)")
+    p.add_argument("--max_images_per_round", type=C.positive_int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=os.path.join(C.RESULTS_DIR, "inference.json"))
     args = p.parse_args(argv)
+    if "relu" not in args.variants:
+        args.variants.append("relu")
+    if "none" in args.train_archs:
+        args.train_archs = []
     for flag in ("s2nn_model", "relu_model"):
         path = getattr(args, flag)
-        if path is not None and not os.path.isfile(path):
+        if path is None:
+            continue
+        if len(args.archs) != 1:
+            p.error(f"--{flag} needs exactly one architecture in --archs, got {','.join(args.archs)}")
+        if not os.path.isfile(path):
             p.error(f"--{flag}: no such file {path!r}")
+    if not args.no_vela:
+        from export import vela
+
+        bad = [a for a in args.accelerators if a not in vela.ACCELERATORS]
+        if bad:
+            p.error(f"unknown accelerator {bad[0]!r}; valid: {', '.join(vela.ACCELERATORS)}")
+        if not vela.available():
+            p.error(f"the Vela figures need ethos-u-vela ({vela.INSTALL_HINT}); or pass --no_vela")
     return args
 
 
-def train_briefly(args, activation, x, y):
+# -- models -------------------------------------------------------------------
+
+def build(arch, activation, seed):
     import keras
 
     from s2nn_keras.models import PreActResNet
 
-    keras.utils.set_random_seed(args.seed)
-    model = PreActResNet(list(args.blocks), (28, 28, 1), 10, activation=activation, width=args.width)
-    steps = args.epochs * -(-len(x) // 128)
+    keras.utils.set_random_seed(seed)
+    spec = ARCHS[arch]
+    return PreActResNet(spec["blocks"], INPUT_SHAPE, 10, activation=activation, width=spec["width"])
+
+
+def train_briefly(model, x, y, epochs):
+    import keras
+
+    steps = epochs * -(-len(x) // 128)
     model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-3, steps)),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1))
-    model.fit(x, keras.utils.to_categorical(y, 10), batch_size=128, epochs=args.epochs, verbose=2,
-              shuffle=True)
-    return model
+    model.fit(x, keras.utils.to_categorical(y, 10), batch_size=128, epochs=epochs, verbose=0, shuffle=True)
 
 
-def relu_to_tflite(model, quantization, representative_data):
-    """The ReLU baseline through the TFLite converter, settings as export.to_tflite."""
+def calibrate_batchnorm(model, x):
+    """Sets every BN's moving mean/variance to the statistics of ``x``
+    (one training-mode forward pass with momentum 0; weights unchanged)."""
     import keras
+
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    saved = [l.momentum for l in bns]
+    for l in bns:
+        l.momentum = 0.0
+    model(x, training=True)
+    for l, m in zip(bns, saved):
+        l.momentum = m
+
+
+def export_int8(model, variant, representative_data):
+    """The variant's int8 flatbuffer, always through ``export.to_tflite``."""
+    from export import to_tflite
+
+    if variant == "relu":
+        return to_tflite(model, "int8", representative_data)
+    return to_tflite(model, "int8", representative_data,
+                     neuron="compare" if variant == "s2nn_compare" else "saturate")
+
+
+def size_breakdown(blob):
+    """Where a flatbuffer's bytes go (``export.flatbuffer``): constant data,
+    quantization parameters (float32 scales + int64 zero points), tensor
+    names, and the rest (operators, shapes, tables, alignment)."""
+    from export.flatbuffer import read_model
+
+    tensors = [t for sg in read_model(blob).subgraphs for t in sg.tensors]
+    data = sum(int(t.data.nbytes) for t in tensors if t.data is not None)
+    quant = sum(4 * t.quantization.scales.size + 8 * t.quantization.zero_points.size
+                for t in tensors if t.quantization is not None)
+    names = sum(len(t.name.encode()) for t in tensors)
+    return {"tensors": len(tensors), "constant_data": data, "quantization_params": quant, "tensor_names": names,
+            "other": len(blob) - data - quant - names}
+
+
+def tflm_arena_breakdown(blob, arena_bytes):
+    """TFLite Micro's own record of the arena (``print_allocations``): the
+    head (activation buffers, planned), the tail (persistent: per-op
+    buffers such as per-channel requantization parameters, tensor and node
+    structs) and the tail's parts, in bytes."""
+    import ctypes
+    import re
+    import tempfile
+
+    from tflite_micro.python.tflite_micro import runtime as tflm
+
+    libc = ctypes.CDLL(None)
+    interp = tflm.Interpreter.from_bytes(bytes(blob), arena_size=int(arena_bytes))
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as f:
+        try:
+            os.dup2(f.fileno(), 2)
+            interp.print_allocations()  # TFLM's MicroPrintf: vfprintf(stderr, ...)
+            libc.fflush(None)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        text = f.read()
+    out = {}
+    for m in re.finditer(r"Arena allocation (total|head|tail) (\d+) bytes", text):
+        out[m.group(1)] = int(m.group(2))
+    for m in re.finditer(r"'([^']+)' used (\d+) bytes", text):
+        out[m.group(1).lower().replace(" ", "_")] = int(m.group(2))
+    return out
+
+
+# -- measurement --------------------------------------------------------------
+
+def interleaved_latency(runners, images, rounds, round_ms, max_per_round, seed, label):
+    """Per runner, the per-round medians of the invoke time per image in ms,
+    ``{"cpu": {name: [...]}, "wall": {name: [...]}}``, and the images per round.
+
+    Interleaved at the finest grain: every image of a round goes through
+    every runner back to back (the order rotating from image to image), so a
+    burst of load from other processes hits all runners alike."""
     import numpy as np
-    import tensorflow as tf
 
-    inp = keras.Input(batch_shape=(1,) + tuple(model.inputs[0].shape[1:]), dtype="float32")
-    batch1 = keras.Model(inp, model(inp, training=False))
-    converter = tf.lite.TFLiteConverter.from_keras_model(batch1)
-    if quantization == "int8":
-        def rep():
-            for batch in representative_data():
-                for i in range(batch[0].shape[0]):
-                    yield [np.asarray(batch[0][i:i + 1], np.float32)]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = rep
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    return converter.convert()
-
-
-class _Runner:
-    """One flatbuffer in one runtime, timing invoke() per image."""
-
-    def __init__(self, name, model_bytes, runtime, arena=None):
-        from export import runtimes as R
-
-        self.name, self.runtime, self.R = name, runtime, R
-        if runtime.startswith("litert"):
-            from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-            resolver = (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if runtime == "litert_noxnn"
-                        else OpResolverType.AUTO)
-            self.interp = Interpreter(model_content=model_bytes, num_threads=1,
-                                      experimental_op_resolver_type=resolver)
-            self.interp.allocate_tensors()
-            self.inp = self.interp.get_input_details()[0]
-            self.out = self.interp.get_output_details()[0]
-        else:
-            self.interp = R._tflm(model_bytes, arena)
-            self.inp = self.interp.get_input_details(0)
-            self.out = self.interp.get_output_details(0)
-        self.times = []
-
-    def predict(self, image):
-        R = self.R
-        if self.runtime.startswith("litert"):
-            self.interp.set_tensor(self.inp["index"], R.quantize(image[None], self.inp))
-            t0 = time.perf_counter()
-            self.interp.invoke()
-            dt = time.perf_counter() - t0
-            out = R.dequantize(self.interp.get_tensor(self.out["index"]), self.out)[0]
-        else:
-            self.interp.set_input(R.quantize(image[None], self.inp), 0)
-            t0 = time.perf_counter()
-            self.interp.invoke()
-            dt = time.perf_counter() - t0
-            out = R.dequantize(self.interp.get_output(0), self.out)[0]
-        return out, dt
+    rng = np.random.default_rng(seed)
+    warm = {r.name: C.median([r.predict(images[i])[1] for i in range(3)]) for r in runners}
+    per_round = int(min(max_per_round, max(1, round(round_ms / 1e3 / max(max(warm.values()), 1e-6)))))
+    ms = {"cpu": {r.name: [] for r in runners}, "wall": {r.name: [] for r in runners}}
+    k = 0
+    for _ in range(rounds):
+        times = {r.name: ([], []) for r in runners}
+        for img in images[rng.integers(0, len(images), per_round)]:
+            for i in range(len(runners)):
+                r = runners[(k + i) % len(runners)]
+                _, wall, cpu = r.predict(img)
+                times[r.name][0].append(wall)
+                times[r.name][1].append(cpu)
+            k += 1
+        for name, (wall, cpu) in times.items():
+            ms["wall"][name].append(1e3 * C.median(wall))
+            ms["cpu"][name].append(1e3 * C.median(cpu))
+    print(f"  {label}: {rounds} rounds x {per_round} images, load {C.load()}", flush=True)
+    return ms, per_round
 
 
 def main(argv=None):
     args = parse_args(argv)
+    t_start = time.time()
     import keras
     import numpy as np
 
     import s2nn_keras  # noqa: F401 - custom layers for load_model
-    from export import fold_batchnorm, to_tflite
+    from export.flatbuffer import op_counts
     from export.runtimes import tflm_arena_size
-    from trainers.data import load_arrays
+    from s2nn_keras.datasets import load_arrays
 
     machine = C.machine_info()
     test_x, test_y = load_arrays("fashion_mnist", "test")
     test_x = test_x.astype(np.float32) / 255.0
-    calib = test_x[-args.calibration_examples:]  # calibration images disjoint from the accuracy images
+    calib = test_x[-args.calibration_examples:]
     acc_x, acc_y = test_x[:args.accuracy_examples], test_y[:args.accuracy_examples]
-
-    models, provenance = {}, {}
-    for act, path in (("s2nn", args.s2nn_model), ("relu", args.relu_model)):
-        if path:
-            models[act] = keras.models.load_model(path, compile=False)
-            provenance[act] = f"loaded {path}"
-        else:
-            if "train_x" not in locals():
-                train_x, train_y = load_arrays("fashion_mnist", "train", max_examples=args.train_examples)
-                train_x = train_x.astype(np.float32) / 255.0
-            print(f"training {act} briefly ({args.train_examples} images x {args.epochs} epoch)", flush=True)
-            models[act] = train_briefly(args, act, train_x, train_y)
-            provenance[act] = (f"trained here: PreActResNet blocks={args.blocks} width={args.width}, Adam 3e-3 cosine, "
-                               f"label smoothing 0.1, {args.train_examples} images x {args.epochs} epoch, seed {args.seed}")
+    n_train = max(args.train_examples if args.train_archs else 0, args.bn_calibration_examples)
+    train_x, train_y = load_arrays("fashion_mnist", "train", max_examples=n_train)
+    train_x = train_x.astype(np.float32) / 255.0
 
     def rep():
         for i in range(0, len(calib), 50):
             yield [calib[i:i + 50]]
 
-    folded = fold_batchnorm(models["s2nn"])
-    keras_acc = {act: float(np.mean(np.argmax(m.predict(acc_x, verbose=0), 1) == acc_y)) for act, m in models.items()}
-    flat = {}
-    for fmt in args.formats:
-        flat[("s2nn", fmt)] = to_tflite(folded, fmt, rep if fmt != "float32" else None)
-        flat[("relu", fmt)] = relu_to_tflite(models["relu"], fmt, rep)
-
-    if "int8" in args.formats and not args.no_ramp_int8:
-        from export.neurons import ThresholdNeuron
-        from export.tflite import _with_neurons, ramp_model
-
-        ramp16 = ramp_model(folded, rep)  # gain = 32767 / max|z| per neuron
-        int16_max = 32767.0
-
-        def make(layer):
-            config = layer.get_config()
-            config.update(gain=float(config["gain"]) * 127.0 / int16_max)
-            return ThresholdNeuron.from_config(config)
-
-        flat[("s2nn_ramp", "int8")] = to_tflite(_with_neurons(ramp16, make), "int8", rep)
-
-    from export.tflite import op_names
-
-    info = {}
-    for (act, fmt), blob in flat.items():
-        info[(act, fmt)] = {"size_bytes": len(blob), "ops": op_names(blob)}
-        if "tflm" in args.runtimes:
-            info[(act, fmt)]["tflm_arena_bytes"] = tflm_arena_size(blob, acc_x[0])
-        print(f"{act:9s} {fmt:8s} size {len(blob):8d} B  ops {info[(act, fmt)]['ops']}"
-              + (f"  TFLM arena {info[(act, fmt)]['tflm_arena_bytes']} B" if "tflm" in args.runtimes else ""),
-              flush=True)
-
-    # LiteRT execution plan: what the default XNNPACK delegate takes and what stays on the builtin kernels.
-    from ai_edge_litert.interpreter import Interpreter
-
-    for key, blob in flat.items():
-        interp = Interpreter(model_content=blob, num_threads=1)
-        interp.allocate_tensors()
-        names = [d["op_name"] for d in interp._get_ops_details()]
-        k = names.count("DELEGATE")
-        info[key]["litert_plan"] = {"model_ops": len(names) - k, "xnnpack_partitions": k}
-        print(f"{key[0]:9s} {key[1]:8s} LiteRT default plan: {len(names) - k} ops in {k} XNNPACK partitions",
-              flush=True)
-
-    results = []
-    for runtime in args.runtimes:
-        runners = [_Runner(f"{act}/{fmt}", blob, runtime, info[(act, fmt)].get("tflm_arena_bytes"))
-                   for (act, fmt), blob in flat.items()]
-        # Accuracy (also warms every interpreter up).
-        n_acc = len(acc_x) if runtime.startswith("litert") else min(len(acc_x), 200)
-        accuracy = {}
-        for r in runners:
-            preds = [np.argmax(r.predict(img)[0]) for img in acc_x[:n_acc]]
-            accuracy[r.name] = float(np.mean(np.asarray(preds) == acc_y[:n_acc]))
-        per_round = args.images_per_round if runtime.startswith("litert") else args.tflm_images_per_round
-        round_ms = {r.name: [] for r in runners}
-        rng = np.random.default_rng(args.seed)
-        for rnd in range(args.rounds):
-            imgs = acc_x[rng.integers(0, len(acc_x), per_round)]
-            order = [runners[(rnd + i) % len(runners)] for i in range(len(runners))]
-            for r in order:
-                times = [r.predict(img)[1] for img in imgs]
-                round_ms[r.name].append(1e3 * float(np.median(times)))
-            print(f"{runtime} round {rnd + 1}/{args.rounds} load {C.load()}", flush=True)
-        for act, fmt in flat:
-            if act == "relu":
+    models_info, flat_info, latency, summary = {}, {}, [], []
+    for arch in args.archs:
+        print(f"== {arch}", flush=True)
+        keras_models, provenance = {}, {}
+        for act in ("s2nn", "relu"):
+            path = getattr(args, f"{act}_model")
+            if path:
+                keras_models[act] = keras.models.load_model(path, compile=False)
+                provenance[act] = f"loaded {path}"
                 continue
-            s, rl = f"{act}/{fmt}", f"relu/{fmt}"
-            ratios = [a / b for a, b in zip(round_ms[s], round_ms[rl])]
-            results.append({
-                "runtime": runtime, "format": fmt, "spiking_variant": act,
-                "s2nn_latency_ms": round(C.median(round_ms[s]), 4),
-                "relu_latency_ms": round(C.median(round_ms[rl]), 4),
-                "latency_ratio_s2nn_over_relu": round(C.median(ratios), 4),
-                "latency_ratio_per_round": [round(q, 4) for q in ratios],
-                "s2nn_size_bytes": info[(act, fmt)]["size_bytes"],
-                "relu_size_bytes": info[("relu", fmt)]["size_bytes"],
-                "size_ratio_s2nn_over_relu": round(info[(act, fmt)]["size_bytes"]
-                                                   / info[("relu", fmt)]["size_bytes"], 4),
-                "s2nn_tflm_arena_bytes": info[(act, fmt)].get("tflm_arena_bytes"),
-                "relu_tflm_arena_bytes": info[("relu", fmt)].get("tflm_arena_bytes"),
-                "s2nn_accuracy": accuracy[s], "relu_accuracy": accuracy[rl], "accuracy_examples": n_acc,
-                "s2nn_litert_plan": info[(act, fmt)]["litert_plan"],
-                "relu_litert_plan": info[("relu", fmt)]["litert_plan"],
-            })
+            m = build(arch, act, args.seed)
+            if arch in args.train_archs:
+                t0 = time.time()
+                train_briefly(m, train_x[:args.train_examples], train_y[:args.train_examples], args.epochs)
+                provenance[act] = (f"trained here: {args.train_examples} images x {args.epochs} epoch, Adam 3e-3 "
+                                   f"cosine, label smoothing 0.1, seed {args.seed} ({time.time() - t0:.0f} s)")
+            else:
+                calibrate_batchnorm(m, train_x[:args.bn_calibration_examples])
+                provenance[act] = (f"random init (seed {args.seed}), BN statistics from "
+                                   f"{args.bn_calibration_examples} training images")
+            keras_models[act] = m
+        keras_pred = {act: np.argmax(m.predict(acc_x, verbose=0, batch_size=100), 1)
+                      for act, m in keras_models.items()}
+        models_info[arch] = {
+            "architecture": dict(ARCHS[arch], input_shape=list(INPUT_SHAPE)),
+            "provenance": provenance,
+            "keras_accuracy": {act: float(np.mean(p == acc_y)) for act, p in keras_pred.items()},
+            "params": {act: int(m.count_params()) for act, m in keras_models.items()},
+        }
+
+        blobs = {}
+        for variant in args.variants:
+            t0 = time.time()
+            model = keras_models["relu" if variant == "relu" else "s2nn"]
+            blobs[variant] = export_int8(model, variant, rep)
+            info = {"size_bytes": len(blobs[variant]), "ops": op_counts(blobs[variant]),
+                    "size_breakdown": size_breakdown(blobs[variant]), "convert_s": round(time.time() - t0, 1)}
+            if "tflm" in args.runtimes:
+                info["tflm_arena_bytes"] = tflm_arena_size(blobs[variant], acc_x[0])
+                info["tflm_arena_breakdown"] = tflm_arena_breakdown(blobs[variant], info["tflm_arena_bytes"])
+            if not args.no_vela:
+                from export.vela import compile_for_accelerators
+
+                info["vela"] = compile_for_accelerators(blobs[variant], args.accelerators)
+            flat_info[f"{arch}/{variant}"] = info
+            print(f"  {variant:13s} {info['size_bytes']:9d} B  arena {info.get('tflm_arena_bytes')}  "
+                  f"ops {info['ops']}", flush=True)
+            for acc, v in info.get("vela", {}).items():
+                print(f"    {acc}: NPU {100 * v['npu_op_fraction']:.1f}% of ops, {v['npu_partitions']} partitions, "
+                      f"est {v['estimated_inference_ms']:.3f} ms, SRAM {v['sram_bytes']} B, "
+                      f"flash {v['flash_bytes']} B, CPU {v['cpu_op_types'] or 'none'}", flush=True)
+
+        for runtime in args.runtimes:
+            runners = [C.Runner(v, blobs[v], runtime, flat_info[f"{arch}/{v}"].get("tflm_arena_bytes"))
+                       for v in args.variants]
+            if runtime == "litert":  # top-1 and agreement with the variant's Keras model (also warms up)
+                for r in runners:
+                    pred = np.asarray([np.argmax(r.predict(img)[0]) for img in acc_x])
+                    ref = keras_pred["relu" if r.name == "relu" else "s2nn"]
+                    flat_info[f"{arch}/{r.name}"].update(
+                        litert_accuracy=float(np.mean(pred == acc_y)),
+                        agreement_with_keras=float(np.mean(pred == ref)), accuracy_examples=len(acc_x))
+            ms, per_round = interleaved_latency(runners, acc_x, args.rounds, args.round_ms,
+                                                args.max_images_per_round, args.seed, f"{runtime}")
+            for v in args.variants:
+                row = {"arch": arch, "runtime": runtime, "variant": v,
+                       "images_per_round": per_round, "rounds": args.rounds}
+                for kind, prefix in (("cpu", ""), ("wall", "wall_")):
+                    ratios = [a / b for a, b in zip(ms[kind][v], ms[kind]["relu"])]
+                    row.update({f"{prefix}latency_ms": round(C.median(ms[kind][v]), 4),
+                                f"{prefix}relu_latency_ms": round(C.median(ms[kind]["relu"]), 4),
+                                f"{prefix}ratio_to_relu": round(C.median(ratios), 4),
+                                f"{prefix}ratio_iqr": round(C.iqr(ratios), 4),
+                                f"{prefix}ratio_per_round": [round(q, 4) for q in ratios]})
+                latency.append(row)
+            del runners
+
+        relu = flat_info[f"{arch}/relu"]
+        for v in args.variants:
+            if v == "relu":
+                continue
+            f = flat_info[f"{arch}/{v}"]
+            row = {"arch": arch, "variant": v,
+                   "latency_ratio": {l["runtime"]: l["ratio_to_relu"] for l in latency
+                                     if l["arch"] == arch and l["variant"] == v},
+                   "size_ratio": round(f["size_bytes"] / relu["size_bytes"], 4)}
+            if "tflm_arena_bytes" in f:
+                row["arena_ratio"] = round(f["tflm_arena_bytes"] / relu["tflm_arena_bytes"], 4)
+            if "vela" in f:
+                row["vela"] = {acc: {k: (round(f["vela"][acc][k] / relu["vela"][acc][k], 4)
+                                         if relu["vela"][acc][k] else None)
+                                     for k in ("estimated_inference_ms", "sram_bytes", "flash_bytes")}
+                               for acc in f["vela"]}
+            checks = {f"latency_{rt}": q <= 1.0 for rt, q in row["latency_ratio"].items()}
+            checks["size"] = row["size_ratio"] <= 1.0
+            if "arena_ratio" in row:
+                checks["arena"] = row["arena_ratio"] <= 1.0
+            row["targets_met"] = checks
+            summary.append(row)
 
     print()
-    print("per-image latency (median of per-round medians), ratio = median per-round S2NN/ReLU")
-    print(f"{'runtime':12s} {'variant':10s} {'format':8s} {'S2NN ms':>9s} {'ReLU ms':>9s} {'ratio':>6s} {'S2NN B':>9s} {'ReLU B':>9s} "
-          f"{'size r':>6s} {'S2NN arena':>10s} {'ReLU arena':>10s} {'acc S2NN':>8s} {'acc ReLU':>8s}")
-    for r in results:
-        print(f"{r['runtime']:12s} {r['spiking_variant']:10s} {r['format']:8s} {r['s2nn_latency_ms']:9.3f} {r['relu_latency_ms']:9.3f} "
-              f"{r['latency_ratio_s2nn_over_relu']:6.3f} {r['s2nn_size_bytes']:9d} {r['relu_size_bytes']:9d} "
-              f"{r['size_ratio_s2nn_over_relu']:6.3f} {str(r['s2nn_tflm_arena_bytes']):>10s} "
-              f"{str(r['relu_tflm_arena_bytes']):>10s} {r['s2nn_accuracy']:8.3f} {r['relu_accuracy']:8.3f}")
-    print(f"Keras accuracy on {len(acc_x)} test images: {keras_acc}")
+    print("int8 ratios to ReLU (latency: CPU time, median of per-round ratios; target <= 1.0 each)")
+    print(f"{'arch':14s} {'variant':13s} " + " ".join(f"{rt:>12s}" for rt in args.runtimes)
+          + f" {'size':>6s} {'arena':>6s}  targets")
+    for row in summary:
+        lat = " ".join(f"{row['latency_ratio'].get(rt, float('nan')):12.3f}" for rt in args.runtimes)
+        missed = [k for k, ok in row["targets_met"].items() if not ok]
+        print(f"{row['arch']:14s} {row['variant']:13s} {lat} {row['size_ratio']:6.3f} "
+              f"{row.get('arena_ratio', float('nan')):6.3f}  {'all met' if not missed else 'missed: ' + ', '.join(missed)}")
     payload = {
         "benchmark": "inference",
         "command": C.command_line(),
         "config": {k: v for k, v in vars(args).items() if k != "output"},
-        "models": provenance,
-        "keras_accuracy": keras_acc,
-        "flatbuffers": {f"{a}/{f}": v for (a, f), v in info.items()},
-        "results": results,
+        "models": models_info,
+        "flatbuffers": flat_info,
+        "latency": latency,
+        "summary": summary,
+        "total_wall_s": round(time.time() - t_start, 1),
         "machine": machine,
     }
     C.write_json(args.output, payload)

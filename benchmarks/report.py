@@ -59,30 +59,100 @@ def surrogate_profile(d):
     return "\n".join(out)
 
 
+def _ops(ops):
+    return ", ".join(f"{o}×{n}" for o, n in ops.items())
+
+
 def inference(d):
-    out = [f"Command: `{d['command']}`  ", f"Machine: {_machine(d)}  ",
-           f"Models: S2NN {d['models']['s2nn']}; ReLU {d['models']['relu']}", "",
-           "| runtime | S2NN variant | format | S2NN ms/image | ReLU ms/image | latency × ReLU | S2NN bytes | "
-           "ReLU bytes | size × ReLU | TFLM arena S2NN / ReLU | top-1 S2NN / ReLU |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
-    for r in d["results"]:
-        out.append(f"| {r['runtime']} | {r.get('spiking_variant', 's2nn')} | {r['format']} | {r['s2nn_latency_ms']:.3f} | "
-                   f"{r['relu_latency_ms']:.3f} | {r['latency_ratio_s2nn_over_relu']:.3f} | {r['s2nn_size_bytes']} | "
-                   f"{r['relu_size_bytes']} | {r['size_ratio_s2nn_over_relu']:.3f} | {r['s2nn_tflm_arena_bytes']} / "
-                   f"{r['relu_tflm_arena_bytes']} | {r['s2nn_accuracy']:.3f} / {r['relu_accuracy']:.3f} |")
-    out += ["", "| flatbuffer | ops | LiteRT default plan |", "|---|---|---|"]
+    c = d["config"]
+    out = [f"Command: `{d['command']}` (total {d['total_wall_s'] / 60:.1f} min)  ", f"Machine: {_machine(d)}  ",
+           f"Rounds: {c['rounds']}, images per round sized for ~{c['round_ms']:g} ms per variant "
+           f"(at most {c['max_images_per_round']}); one thread."]
+    for arch, m in d["models"].items():
+        a = m["architecture"]
+        out.append(f"* {arch}: PreActResNet blocks {a['blocks']} width {a['width']}, input "
+                   f"{'×'.join(map(str, a['input_shape']))}; S2NN {m['provenance']['s2nn']}; "
+                   f"ReLU {m['provenance']['relu']}")
+    runtimes = c["runtimes"]
+    out += ["", "Ratios to the int8 ReLU model (latency: median of per-round ratios). Targets: each ≤ 1.0.", "",
+            "| arch | S2NN variant | " + " | ".join(f"latency × ReLU, {rt}" for rt in runtimes)
+            + " | size × ReLU | TFLM arena × ReLU | targets missed |",
+            "|---|---|" + "---:|" * (len(runtimes) + 2) + "---|"]
+    for r in d["summary"]:
+        missed = [k for k, ok in r["targets_met"].items() if not ok]
+        out.append(f"| {r['arch']} | {r['variant']} | "
+                   + " | ".join(f"{r['latency_ratio'][rt]:.3f}" for rt in runtimes)
+                   + f" | {r['size_ratio']:.3f} | {r.get('arena_ratio', float('nan')):.3f} | "
+                   + (", ".join(missed) if missed else "none") + " |")
+    out += ["", "Per image, invoke only: CPU time of the process (the ratios above) and wall time (which on "
+            "this oversubscribed machine includes the waits for a core; see the IQRs).", "",
+            "| arch | runtime | variant | CPU ms/image | ReLU CPU ms/image | × ReLU (IQR) | wall ms/image | "
+            "ReLU wall ms/image | wall × ReLU (IQR) | images/round |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in d["latency"]:
+        if r["variant"] == "relu":
+            continue
+        out.append(f"| {r['arch']} | {r['runtime']} | {r['variant']} | {r['latency_ms']:.3f} | "
+                   f"{r['relu_latency_ms']:.3f} | {r['ratio_to_relu']:.3f} ({r['ratio_iqr']:.3f}) | "
+                   f"{r['wall_latency_ms']:.3f} | {r['wall_relu_latency_ms']:.3f} | "
+                   f"{r['wall_ratio_to_relu']:.3f} ({r['wall_ratio_iqr']:.3f}) | {r['images_per_round']} |")
+    out += ["", "Flatbuffers (size breakdown from `export.flatbuffer`: constant data, quantization parameters, "
+            "tensor names, rest = operators, shapes, tables, alignment):", "",
+            "| flatbuffer | bytes | constants / quant. params / names / rest | tensors | TFLM arena bytes "
+            "(head: activations / tail: persistent, of it per-op buffers) | LiteRT top-1 | agreement with Keras | ops |",
+            "|---|---:|---|---:|---:|---:|---:|---|"]
     for k, v in d["flatbuffers"].items():
-        ops = ", ".join(f"{o}×{n}" for o, n in v["ops"].items())
-        plan = v.get("litert_plan", {})
-        out.append(f"| {k} | {ops} | {plan.get('model_ops')} ops, {plan.get('xnnpack_partitions')} XNNPACK partitions |")
+        acc = v.get("litert_accuracy")
+        agree = v.get("agreement_with_keras")
+        b = v.get("size_breakdown", {})
+        parts = " / ".join(str(b.get(x, "")) for x in ("constant_data", "quantization_params", "tensor_names", "other"))
+        a = v.get("tflm_arena_breakdown") or {}
+        arena = f"{v.get('tflm_arena_bytes')}" + (f" ({a['head']} / {a['tail']}, {a.get('persistent_buffer_data')})"
+                                                  if "head" in a else "")
+        out.append(f"| {k} | {v['size_bytes']} | {parts} | {b.get('tensors', '')} | {arena} | "
+                   f"{'' if acc is None else f'{acc:.3f}'} | {'' if agree is None else f'{agree:.3f}'} | "
+                   f"{_ops(v['ops'])} |")
+    vela_rows = [(k, acc, r) for k, v in d["flatbuffers"].items() for acc, r in v.get("vela", {}).items()]
+    if vela_rows:
+        first = vela_rows[0][2]
+        out += ["", f"Vela {first['vela_version']} (`export.vela`), `--optimise {first['optimise']}`; system config "
+                + "; ".join(sorted({f"{acc}: {r['system_config']} / {r['memory_mode']}, "
+                                    f"{r['core_clock_hz'] / 1e6:.0f} MHz" for _, acc, r in vela_rows}))
+                + ". Estimated time covers the NPU operators only (Vela does not model the CPU fallbacks).", "",
+                "| flatbuffer | Ethos-U | NPU ops | NPU partitions | CPU fallback | est. ms | est. × ReLU | "
+                "SRAM KiB | flash KiB | Vela model bytes |",
+                "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+        for k, acc, r in vela_rows:
+            relu = d["flatbuffers"].get(k.split("/")[0] + "/relu", {}).get("vela", {}).get(acc)
+            ratio = f"{r['estimated_inference_ms'] / relu['estimated_inference_ms']:.3f}" if relu else ""
+            out.append(f"| {k} | {acc} | {100 * r['npu_op_fraction']:.1f} % ({r['npu_ops']}/{r['input_ops']}) | "
+                       f"{r['npu_partitions']} | {_ops(r['cpu_op_types']) or 'none'} | "
+                       f"{r['estimated_inference_ms']:.3f} | {ratio} | {r['sram_bytes'] / 1024:.1f} | "
+                       f"{r['flash_bytes'] / 1024:.1f} | {r['optimized_model_bytes']} |")
     return "\n".join(out)
 
 
 def neuron_ops(d):
-    out = [f"Command: `{d['command']}`  ", f"Machine: {_machine(d)}", "",
-           "| runtime | format | variant | µs/invoke | × relu_bn |", "|---|---|---|---:|---:|"]
+    c = d["config"]
+    out = [f"Command: `{d['command']}`  ", f"Machine: {_machine(d)}  ",
+           f"Tensor 1×{c['height']}×{c['width']}×{c['channels']}, int8, {c['rounds']} rounds.",
+           "CPU time per invoke; `neuron µs` = variant minus `base` (the same model without BN and neuron), "
+           "per round.", "",
+           "| runtime | context | variant | µs/invoke | × relu (IQR) | neuron µs (IQR) |", "|---|---|---|---:|---:|---:|"]
     for r in d["results"]:
-        out.append(f"| {r['runtime']} | {r['format']} | {r['variant']} | {r['latency_us']:.2f} | {r['ratio_to_relu_bn']:.3f} |")
+        neuron = f"{r['neuron_us']:.2f} ({r['neuron_us_iqr']:.2f})" if "neuron_us" in r else ""
+        out.append(f"| {r['runtime']} | {r['context']} | {r['variant']} | {r['latency_us']:.2f} | "
+                   f"{r['ratio_to_relu']:.3f} ({r['ratio_iqr']:.3f}) | {neuron} |")
+    accs = sorted({acc for v in d["flatbuffers"].values() for acc in v.get("vela", {})})
+    out += ["", "| layer | ops | " + " | ".join(f"{acc} cycles (NPU ops, CPU fallback)" for acc in accs) + " |",
+            "|---|---|" + "---|" * len(accs)]
+    for k, v in d["flatbuffers"].items():
+        cells = []
+        for acc in accs:
+            r = v.get("vela", {}).get(acc)
+            cells.append("" if r is None else f"{r['estimated_cycles']} ({100 * r['npu_op_fraction']:.0f} %, "
+                                              f"{_ops(r['cpu_op_types']) or 'none'})")
+        out.append(f"| {k} | {_ops(v['ops'])} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
