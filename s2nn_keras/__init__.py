@@ -1,6 +1,15 @@
 """s2nn_keras: single-step spiking neural networks (S2NN) for Keras 3.
 
+Runs on the TensorFlow, JAX and PyTorch backends (``KERAS_BACKEND``); only
+Keras and NumPy are needed to import it.
+
     from s2nn_keras import S2Activation
+
+Modules: ``surrogates`` (spike function and surrogate catalogue), ``layers``
+(:class:`S2Activation`), ``models`` (PreActResNet builders), ``firing``
+(firing rates, Eq. B.2), ``regularizers``, ``graph`` (the layer-graph
+walker), ``flops`` (Eq. B.1), ``energy`` (Appendix B report), ``datasets``
+(offline Fashion-MNIST reader), ``plot``.
 """
 
 from s2nn_keras.surrogates import (
@@ -14,7 +23,10 @@ from s2nn_keras.surrogates import (
 from s2nn_keras.layers import S2Activation, is_spiking_neuron
 from s2nn_keras.firing import FiringRateCallback, firing_rates, neuron_layers
 from s2nn_keras.regularizers import FiringRateRegularizer
-from s2nn_keras import models, regularizers
+from s2nn_keras.graph import LayerGraph
+from s2nn_keras.flops import layer_flops
+from s2nn_keras.energy import energy_report
+from s2nn_keras import datasets, energy, flops, graph, models, regularizers
 
 __version__ = "0.1.0"
 
@@ -31,6 +43,13 @@ __all__ = [
     "FiringRateCallback",
     "neuron_layers",
     "FiringRateRegularizer",
+    "LayerGraph",
+    "layer_flops",
+    "energy_report",
+    "datasets",
+    "energy",
+    "flops",
+    "graph",
     "models",
     "regularizers",
 ]
