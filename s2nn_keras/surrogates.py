@@ -376,11 +376,14 @@ def _spike(u, entry, threshold, params):
     dtype = keras.backend.standardize_dtype(u.dtype)
     if not keras.backend.is_float_dtype(dtype):
         u, dtype = ops.cast(u, "float32"), "float32"
-    th = ops.convert_to_tensor(threshold, dtype=dtype)
 
     @ops.custom_gradient
     def _heaviside(x):
-        fire = ops.greater_equal(x, th)
+        # The native comparison with a Python float compares in x's dtype on
+        # every backend (TF converts the scalar to x's dtype, JAX treats it
+        # as weakly typed, torch as a wrapped number) and creates no tensor
+        # on the device; ops.greater_equal would promote float16 x to float32.
+        fire = x >= threshold
         if entry.off_value == 0.0:
             s = ops.cast(fire, dtype)
         else:

@@ -167,6 +167,19 @@ def test_low_precision_outputs_and_gradients_finite(name, dtype, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", sorted(LOW_PRECISION))
+def test_threshold_is_compared_in_the_dtype_of_u(dtype, mode):
+    # u_th = 0.2501 rounds to 0.25 in float16 and bfloat16: u = 0.25 is below
+    # u_th as real numbers but equal to the threshold in u's dtype, so it fires.
+    np_dtype = LOW_PRECISION[dtype][0]
+    assert float(np_dtype(0.2501)) == 0.25
+    r = _value_and_grad(np.array([0.25, 0.2], np.float32), "sibnn", mode, dtype=dtype, threshold=0.2501)
+    np.testing.assert_array_equal(r.value, [1.0, 0.0])
+    r32 = _value_and_grad(np.array([0.25, 0.2501]), "sibnn", mode, threshold=0.2501)
+    np.testing.assert_array_equal(r32.value, [0.0, 1.0])
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_float16_surrogate_is_clipped_to_stay_finite(mode):
     # slayer with alpha1 = 1e5 peaks at 1e5 > float16's 65504 at u = u_th.
     u = np.array([1.0, 1.5, -3.0], np.float32)
