@@ -5,8 +5,8 @@
 * ``--export`` -- ``output_dir/export`` through :func:`export.export_run`
   (BN-folded model, TFLite models, C array, ``export_report.json``),
   verified on the first ``--export_max_examples`` test images. Needs
-  TensorFlow; without it the run prints the one command that exports
-  ``final.keras`` on a machine that has it;
+  TensorFlow and the tensorflow Keras backend; otherwise the run prints the
+  one command that exports ``final.keras`` where they are;
 * always -- the Appendix B energy report in ``output_dir/energy`` over the
   whole test set (with ``--export``: over the verification images, with the
   exported float32/int8 TFLite models beside the Keras model).
@@ -76,11 +76,17 @@ def post_training_reports(network, flags: Dict, data: Dict, output_dir: str, met
 
     metrics["firing_rates"] = dict(firing_rates(network, data["test_float"]))
     energy_data, tflite_models, folded = data["test_float"], None, None
-    if flags["export"] and not backend_lib.tensorflow_installed():
+    backend = backend_lib.keras_backend()
+    if flags["export"] and (backend != "tensorflow" or not backend_lib.tensorflow_installed()):
+        # The TFLite converter needs TensorFlow and a model built on the
+        # tensorflow backend; final.keras loads there from any backend.
         command = export_command(output_dir, flags)
-        metrics["export"] = {"skipped": "TensorFlow is not installed", "command": command}
-        print("export skipped: TensorFlow is not installed here; on a machine with TensorFlow run:\n  "
-              + command, flush=True)
+        reason = ("TensorFlow is not installed" if not backend_lib.tensorflow_installed()
+                  else f"the export runs on the tensorflow Keras backend (this run: {backend})")
+        metrics["export"] = {"skipped": reason, "command": command}
+        where = ("on a machine with TensorFlow" if not backend_lib.tensorflow_installed()
+                 else "with the tensorflow backend")
+        print(f"export skipped: {reason}; {where} run:\n  KERAS_BACKEND=tensorflow " + command, flush=True)
     elif flags["export"]:
         import export
 
