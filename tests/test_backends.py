@@ -6,9 +6,11 @@ TensorFlow) starts real subprocesses:
 * the library test files (``tests/s2nn_keras``) under ``KERAS_BACKEND=jax``
   and ``KERAS_BACKEND=torch`` (each skipped when that framework is not
   installed; PyPI's torch wheels bring gigabytes of CUDA, so CI covers jax);
+  ``S2NN_<BACKEND>_PYTHON`` may name another interpreter for a backend (e.g.
+  a venv with CPU torch);
 * ``import s2nn_keras``, building, training (``model.fit``), firing rates and
-  a ``.keras`` round trip with TensorFlow's import blocked, as on a machine
-  where TensorFlow is not installed.
+  a ``.keras`` round trip with TensorFlow hidden from the import system, as
+  on a machine where TensorFlow is not installed.
 """
 
 import importlib.util
@@ -25,8 +27,13 @@ LIBRARY_TESTS = "tests/s2nn_keras"
 OTHER_BACKENDS = ("jax", "torch")
 
 
-def _installed(module):
-    return importlib.util.find_spec(module) is not None
+def _python_for(backend):
+    """The interpreter that runs ``backend``, or None when it cannot import it."""
+    python = os.environ.get(f"S2NN_{backend.upper()}_PYTHON", sys.executable)
+    if python == sys.executable:
+        return python if importlib.util.find_spec(backend) is not None else None
+    probe = subprocess.run([python, "-c", f"import {backend}"], capture_output=True, timeout=300)
+    return python if probe.returncode == 0 else None
 
 
 def _env(backend, **extra):
@@ -42,35 +49,45 @@ def _tail(result, chars=6000):
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_library_tests_pass_on_backend(backend):
-    if not _installed(backend):
-        pytest.skip(f"{backend} is not installed")
+    python = _python_for(backend)
+    if python is None:
+        pytest.skip(f"{backend} is not installed (set S2NN_{backend.upper()}_PYTHON to a venv that has it)")
     if keras.backend.backend() == backend:
         pytest.skip(f"this run already is the {backend} backend")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow", LIBRARY_TESTS],
+        [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow", LIBRARY_TESTS],
         cwd=REPO, env=_env(backend), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{LIBRARY_TESTS} failed under KERAS_BACKEND={backend}:\n" + _tail(result)
     assert " passed" in result.stdout.splitlines()[-1], _tail(result)
 
 
-# Runs in a fresh interpreter: the finder is installed before keras is imported.
+# Runs in a fresh interpreter: TensorFlow is hidden before keras is imported.
+# The path finder is wrapped (rather than a finder that raises put in front)
+# so that TensorFlow looks exactly as if it were not installed:
+# importlib.util.find_spec("tensorflow") is None (torch._dynamo probes it) and
+# "import tensorflow" raises ModuleNotFoundError.
 WITHOUT_TENSORFLOW = textwrap.dedent(
     """
+    import importlib.machinery
+    import importlib.util
     import sys
 
-    class BlockTensorFlow:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0].startswith("tensorflow"):
-                raise ImportError(f"{name} is blocked: this test runs as if TensorFlow were not installed")
-            return None
+    class HideTensorFlow(importlib.machinery.PathFinder):
+        @classmethod
+        def find_spec(cls, name, path=None, target=None):
+            if name.split(".")[0].startswith("tensorflow"):  # tensorflow, tensorflow_datasets, ...
+                return None
+            return super().find_spec(name, path, target)
 
-    sys.meta_path.insert(0, BlockTensorFlow())
+    sys.meta_path[:] = [HideTensorFlow if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+    assert HideTensorFlow in sys.meta_path
+    assert importlib.util.find_spec("tensorflow") is None
     try:
         import tensorflow  # noqa: F401
-    except ImportError:
+    except ModuleNotFoundError:
         pass
     else:
-        raise SystemExit("the TensorFlow block does not work")
+        raise SystemExit("hiding TensorFlow does not work")
 
     import os
     import numpy as np
@@ -112,9 +129,10 @@ WITHOUT_TENSORFLOW = textwrap.dedent(
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_import_build_train_save_with_tensorflow_blocked(backend, tmp_path):
-    if not _installed(backend):
-        pytest.skip(f"{backend} is not installed")
-    result = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, str(tmp_path)], cwd=tmp_path,
+    python = _python_for(backend)
+    if python is None:
+        pytest.skip(f"{backend} is not installed (set S2NN_{backend.upper()}_PYTHON to a venv that has it)")
+    result = subprocess.run([python, "-c", WITHOUT_TENSORFLOW, str(tmp_path)], cwd=tmp_path,
                             env=_env(backend), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, _tail(result)
     assert f"TRAINED_WITHOUT_TENSORFLOW {backend}" in result.stdout, _tail(result)
