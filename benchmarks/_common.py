@@ -123,7 +123,7 @@ def machine_info():
 
 
 def command_line():
-    return "python -m " + _module_name() + " " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return " ".join(["python -m", _module_name()] + [shlex.quote(a) for a in sys.argv[1:]])
 
 
 def _module_name():
