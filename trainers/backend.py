@@ -82,7 +82,11 @@ def configure_cpu_devices(n: int) -> None:
     elif backend == "jax":
         import jax
 
-        jax.config.update("jax_num_cpu_devices", int(n))
+        try:
+            jax.config.update("jax_num_cpu_devices", int(n))
+        except (AttributeError, KeyError, ValueError):  # JAX < 0.4.38: XLA reads its flags at start-up
+            flags = os.environ.get("XLA_FLAGS", "")
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(n)}".strip()
 
 
 def device_names():
