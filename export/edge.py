@@ -28,8 +28,11 @@ scale / 6) -- and ``{-1, +1}`` (RELU_N1_TO_1) for ``ste_b``.
 
 Per format (derivations and overflow bounds in docs/EXPORT.md)
 --------------------------------------------------------------
-* ``float32``: ``G`` so large that the clamp's ramp, ``|u'| < 6 / G``, is
-  at the float32 resolution of ``u'`` (``G_c = 6 * 2^24 / scale_c``).
+* ``float32``: ``G`` so large that the clamp's ramp, ``0 < u' < 6 / G``,
+  lies below the float32 resolution of ``u'`` (``G_c = 6 * 2^40 / scale_c``
+  with ``scale_c`` the channel's largest possible ``|u'|`` for spike inputs,
+  ``max(|theta_c|, 2^-10)`` for a depthwise neuron): only ``u' = 0``
+  exactly, a float tie, lands in it, and it gives the off level.
 * ``int8``: a {0, 6} spike tensor quantizes to scale 6/255, zero point
   -128, so a conv reading spikes accumulates ``acc = 255 K + b_q`` (``K``
   the sum of the int8 weights of the firing inputs). The bias is placed
@@ -81,7 +84,7 @@ INT8_DEPTHWISE_MULTIPLIER = 8.0       # |acc| >= 63 -> >= 504
 INT16_SPIKE_CONV_MULTIPLIER = 4.0 / 16383.0  # sign stage, |acc| >= 16383 -> |q| >= 4
 INT16_SIGN_MULTIPLIER = 3.0           # sign stage on any other integer: |acc| >= 1 -> |q| >= 3
 INT16_LEVEL_MULTIPLIER = 100.0        # level stage: 127 * 3 * 100 = 38100 >= 32767; shift 7
-FLOAT_RAMP_BITS = 24                  # float32: ramp width = scale * 2^-24
+FLOAT_RAMP_BITS = 40                  # float32: ramp width = scale * 2^-40 (below float32 resolution)
 INT32_MAX = 2 ** 31 - 1
 
 _PRODUCERS = ("Conv1D", "Conv2D", "Conv3D", "Dense")
@@ -152,9 +155,10 @@ class EdgeNeuron:
       min_abs_accumulator: smallest ``|acc|`` the placement leaves.
       max_abs_accumulator: largest ``|acc|`` possible for any input.
       constant_channels: channels whose decision does not depend on the input.
-      step: per channel, one quantization step of ``u'`` (the int8/int16
-        weight step for ``conv``, the input grid step for ``tensor``; float32:
-        the ramp width), in the units of the folded model's neuron input.
+      step: per channel, one quantization step of ``u'`` (the int8 weight
+        step ``max|W_c| / 127`` for ``conv``, the input grid step for
+        ``tensor``; ``None`` for float32), in the units of the folded model's
+        neuron input.
     """
 
     name: str
@@ -593,7 +597,7 @@ def edge_model(folded: keras.Model, quantization: str = "int8",
                     scale = np.where(scale > 0, scale, 1.0)
                     gain = (on - off) * 2.0 ** FLOAT_RAMP_BITS / scale
                     kernel, bias = k * amplitude * gain, b * gain
-                    info = dict(step=(on - off) / gain, constant_channels=int(np.sum(const)))
+                    info = dict(constant_channels=int(np.sum(const)))
                     ik_used = "float"
                 elif quantization == "int8" and ik == "spikes01":
                     kernel, bias, info = _conv_int8_spikes(n.name, k, b, const)
@@ -627,7 +631,7 @@ def edge_model(folded: keras.Model, quantization: str = "int8",
                 if quantization == "float32":
                     gain = (on - off) * 2.0 ** FLOAT_RAMP_BITS / np.maximum(np.abs(th), 2.0 ** -10)
                     new_neurons[n.name] = ThresholdNeuron(th, pol, gain=gain, **base)
-                    plans[n.name] = EdgeNeuron(n.name, "tensor", None, levels, "float", step=(on - off) / gain,
+                    plans[n.name] = EdgeNeuron(n.name, "tensor", None, levels, "float",
                                                constant_channels=int(np.sum(pol == 0)))
                     continue
                 s_x, z_x = grids[n.name]

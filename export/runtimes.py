@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
+import tempfile
 import time
 from typing import Dict
 
 import numpy as np
 
-__all__ = ["run_litert", "run_tflm", "tflm_arena_size", "quantize", "dequantize", "quiet_stderr"]
+__all__ = ["run_litert", "run_tflm", "tflm_arena_size", "quantize", "dequantize", "quiet_stderr",
+           "filtered_stderr", "CHATTER"]
+
+#: C-level stderr lines of the converter and LiteRT that are information,
+#: not warnings: dropped by :func:`filtered_stderr`.
+CHATTER = (re.compile(r"^fully_quantize: "), re.compile(r"^INFO: "), re.compile(r"^I\d{4} "),
+           re.compile(r"^WARNING: All log messages before absl::InitializeLog"))
 
 
 def _qparams(details):
@@ -56,8 +64,9 @@ def run_litert(tflite_model: bytes, images: np.ndarray, num_threads: int = 1) ->
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_content=tflite_model, num_threads=num_threads)
-    interp.allocate_tensors()
+    with filtered_stderr():
+        interp = Interpreter(model_content=tflite_model, num_threads=num_threads)
+        interp.allocate_tensors()
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     outputs, seconds = [], 0.0
     for image in images:
@@ -83,6 +92,29 @@ def quiet_stderr():
         sys.stderr.flush()
         os.dup2(fd, 2)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def filtered_stderr(drop=CHATTER):
+    """Captures C-level stderr (fd 2) inside the block and writes back every
+    line that matches none of ``drop`` (the converter's and LiteRT's INFO
+    lines), so warnings and errors still show, after the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not any(p.search(line) for p in drop)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def _tflm(tflite_model, arena_size):

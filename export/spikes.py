@@ -31,7 +31,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from export.runtimes import dequantize, quantize, quiet_stderr
+from export.runtimes import dequantize, filtered_stderr, quantize
 
 __all__ = ["RUNTIMES", "add_outputs", "run_spikes"]
 
@@ -67,7 +67,7 @@ def _interpreter(flat, runtime):
 
     kwargs = {} if runtime == "litert" else {
         "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-    with warnings.catch_warnings(), quiet_stderr():
+    with warnings.catch_warnings(), filtered_stderr():
         warnings.simplefilter("ignore")
         interp = Interpreter(model_content=flat, num_threads=1, **kwargs)
         interp.allocate_tensors()

@@ -444,25 +444,37 @@ def quiet_conversion():
     SavedModel code logs INFO lines (``signature_serialization.py``,
     ``functional_saver.py``, ...) through the ``tensorflow``/``absl``
     loggers and absl's C++ logging, and the converter warns "Statistics for
-    quantized inputs were expected". Warnings and errors of the loggers
-    still show."""
+    quantized inputs were expected", and its C++ code writes
+    "fully_quantize: ..." to stderr. Warnings and errors (of the loggers and
+    on stderr) still show."""
+    from export.runtimes import filtered_stderr
+
     with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers("tensorflow", "absl"), \
-            warnings.catch_warnings():
+            warnings.catch_warnings(), filtered_stderr():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
         yield
 
 
+class _WarningsAndAbove(logging.Filter):
+    def filter(self, record):
+        return record.levelno >= logging.WARNING
+
+
 @contextlib.contextmanager
 def _quiet_loggers(*names):
+    """Drops records below WARNING from the named loggers inside the block.
+    A filter, not a level: absl re-applies its ``--verbosity`` flag to the
+    ``absl`` logger's level whenever its flags are touched (TensorFlow's
+    SavedModel code does, mid-conversion), which undoes ``setLevel``."""
     loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
+    quiet = _WarningsAndAbove()
     try:
         for logger in loggers:
-            logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+            logger.addFilter(quiet)
         yield
     finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def op_names(tflite_model: bytes) -> Dict[str, int]:

@@ -250,6 +250,8 @@ def test_cli_end_to_end_all_formats(trained_model, tmp_path):
                   "--num_calibration", "300")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LiteRT acc" in result.stdout and "int16x8" in result.stdout
+    for chatter in ("signature_serialization", "functional_saver", "fully_quantize", "INFO: Created"):
+        assert chatter not in result.stdout + result.stderr, chatter
     with open(os.path.join(out, "export_report.json")) as f:
         report = json.load(f)
     assert report["fold"]["predictions_equal"]
@@ -300,3 +302,34 @@ def test_int8_threshold_placement_keeps_the_integer_decision(folded, calibration
     x = fmnist[2][:100].astype("float32") / 255.0
     agree = np.mean(model.predict(x, verbose=0).argmax(1) == placed.predict(x, verbose=0).argmax(1))
     assert agree >= 0.95  # float decisions change only within one int8 step
+
+
+def test_conversion_is_quiet_but_keeps_warnings(capfd):
+    """TF's SavedModel INFO lines go through the absl logger, whose level
+    absl resets from its --verbosity flag mid-conversion: the filter must
+    hold anyway; warnings still pass; C-level chatter lines are dropped."""
+    import logging
+    import os as _os
+
+    from absl import logging as absl_logging
+
+    from export.tflite import quiet_conversion
+
+    absl_logging.use_absl_handler()
+    old = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    try:
+        with quiet_conversion():
+            absl_logging.set_verbosity(absl_logging.INFO)  # what absl's flag update does mid-conversion
+            absl_logging.info("Sharding callback duration: 3 microseconds")
+            logging.getLogger("tensorflow").info("signature_serialization chatter")
+            absl_logging.warning("a real warning")
+            _os.write(2, b"fully_quantize: 0, inference_type: 6\n")
+            _os.write(2, b"C-level error line\n")
+            print("Saved artifact at /tmp/x")
+    finally:
+        absl_logging.set_verbosity(old)
+    out, err = capfd.readouterr()
+    assert "Sharding" not in err and "signature_serialization" not in err and "fully_quantize" not in err
+    assert "a real warning" in err and "C-level error line" in err
+    assert "Saved artifact" not in out
