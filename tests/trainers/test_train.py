@@ -148,8 +148,10 @@ def test_export_at_the_end_of_a_run(tmp_path):
     pytest.importorskip("tensorflow")
     data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=96, n_test=48)
     out = tmp_path / "run"
+    # A low threshold keeps every neuron of the tiny network firing on the
+    # calibration images (the int8 export needs both spike levels observed).
     result = run_trainer(*TINY, "--dataset=fashion_mnist", f"--data_dir={data_dir}", "--epochs=1",
-                         "--optimizer=adam", "--learning_rate=0.01", "--export",
+                         "--optimizer=adam", "--learning_rate=0.01", "--threshold=0.25", "--export",
                          "--export_formats=float32,int8", "--export_max_examples=40",
                          "--export_tflm_examples=10", f"--output_dir={out}", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
