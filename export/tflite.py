@@ -26,7 +26,10 @@ How a neuron is written (``neuron=``, see :mod:`export.formats`):
 
 A model with no spiking neuron (the ReLU baseline) is converted as it is,
 its BatchNorms left to the converter (it merges conv+BN and writes the
-pre-activation BNs as MUL + ADD), with the same converter settings.
+pre-activation BNs as MUL + ADD), with the same converter settings. Every
+model gets the same inference rewrite first: the builders' strided
+shortcut ``AveragePooling2D(1, s) -> Conv2D(1x1)`` becomes one strided 1x1
+conv (:func:`merge_strided_shortcuts`).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def _single(tensors):
 
 
 __all__ = ["QUANTIZATIONS", "Conversion", "convert", "to_tflite", "ensure_folded", "is_spiking_model",
-           "replace_neurons", "ramp_model", "int8_threshold_model", "spike_tensors", "level_codes", "op_names"]
+           "replace_neurons", "merge_strided_shortcuts", "ramp_model", "int8_threshold_model", "spike_tensors", "level_codes", "op_names"]
 
 INT16_MAX = 32767.0
 MAX_CONVERSIONS = 3
@@ -76,6 +79,51 @@ def ensure_folded(model: keras.Model, formulation: str = "compare") -> keras.Mod
     unfolded = any(isinstance(l, keras.layers.BatchNormalization) or
                    (is_spiking_neuron(l) and not isinstance(l, ThresholdNeuron)) for l in model.layers)
     return fold_batchnorm(model, formulation=formulation) if unfolded else model
+
+
+def merge_strided_shortcuts(model: keras.Model) -> keras.Model:
+    """``AveragePooling2D(pool 1, strides s) -> Conv2D(1x1, strides 1)``
+    rewritten as one ``Conv2D(1x1, strides s)`` (the same function:
+    subsampling then a 1x1 conv). The model builders use the pair only to
+    dodge a oneDNN training bug; at inference the 1x1 ``AVERAGE_POOL_2D`` is
+    one more op, and one XNNPACK does not delegate (it splits the graph).
+    Applied by :func:`convert` to every model, spiking or not, so S2NN-vs-ReLU
+    comparisons stay like for like. Returns ``model`` itself when there is
+    nothing to merge."""
+    from s2nn_keras.graph import LayerGraph
+
+    graph = LayerGraph(model)
+    merged = {}
+    for node in graph.nodes:
+        if node.is_input or node.class_name != "AveragePooling2D" or len(graph.calls(node.name)) > 1:
+            continue
+        pool = node.layer
+        if tuple(pool.pool_size) != (1, 1) or pool.padding != "valid" or graph.fanout(node) != 1:
+            continue
+        conv = graph.consumers(node)[0]
+        layer = conv.layer
+        if (conv.class_name == "Conv2D" and len(graph.calls(conv.name)) == 1 and tuple(layer.kernel_size) == (1, 1)
+                and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1)
+                and layer.groups == 1 and pool.data_format == layer.data_format):
+            merged[node.name] = conv.name
+    if not merged:
+        return model
+    strides = {c: tuple(graph.layer(p).strides) for p, c in merged.items()}
+
+    def call(node, args, kwargs):
+        if node.name in merged:
+            return args[0]
+        layer = node.layer
+        config = layer.get_config()
+        if node.name in strides:
+            config.update(strides=strides[node.name], padding="valid")
+        new = type(layer).from_config(config)
+        out = new(*args, **kwargs)
+        if layer.get_weights():
+            new.set_weights(layer.get_weights())
+        return out
+
+    return graph.replay(call).model(name=model.name)
 
 
 def replace_neurons(model: keras.Model, make: Callable[[ThresholdNeuron], keras.layers.Layer]) -> keras.Model:
@@ -391,7 +439,7 @@ def convert(model: keras.Model, quantization: str = "float32",
       exactly (the message names the layer).
     """
     _check_args(quantization, representative_data, neuron)
-    model = ensure_folded(model)
+    model = merge_strided_shortcuts(ensure_folded(model))
     if not is_spiking_model(model):
         return Conversion(_convert_keras(model, quantization, representative_data), quantization, None, model)
     names = [l.name for l in model.layers if is_spiking_neuron(l)]

@@ -333,3 +333,18 @@ def test_conversion_is_quiet_but_keeps_warnings(capfd):
     assert "Sharding" not in err and "signature_serialization" not in err and "fully_quantize" not in err
     assert "a real warning" in err and "C-level error line" in err
     assert "Saved artifact" not in out
+
+
+def test_strided_shortcut_becomes_one_strided_conv(folded, fmnist):
+    """AveragePooling2D(1, 2) -> 1x1 Conv2D (the builders' training
+    workaround) is exported as one strided 1x1 CONV_2D: same function, no
+    AVERAGE_POOL_2D (which XNNPACK does not delegate)."""
+    from export.tflite import convert, merge_strided_shortcuts
+
+    model = folded[0]
+    merged = merge_strided_shortcuts(model)
+    assert not any(type(l).__name__ == "AveragePooling2D" for l in merged.layers)
+    assert any(type(l).__name__ == "AveragePooling2D" for l in model.layers)
+    x = fmnist[2][:16].astype("float32") / 255.0
+    np.testing.assert_array_equal(model.predict(x, verbose=0), merged.predict(x, verbose=0))
+    assert "AVERAGE_POOL_2D" not in op_names(convert(model, "float32").flatbuffer)
