@@ -141,3 +141,23 @@ def test_saved_model_loads_in_fresh_process_without_custom_objects(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"LOADED_OK {BACKEND}" in result.stdout
+
+
+def test_file_saved_by_the_tensorflow_only_release_still_loads():
+    """``data/preact_s2nn_v0.1.0.keras`` was trained and saved by s2nn_keras at
+    commit 963156f (TensorFlow-only surrogates, before keras.ops): a
+    PreActResNet([1, 1]) with s2nn neurons (threshold 0.8, alpha 0.3) and a
+    FiringRateRegularizer. It must load on every backend, compiled, with the
+    same neurons and logits."""
+    from s2nn_keras.regularizers import FiringRateRegularizer
+
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    model = keras.saving.load_model(os.path.join(data, "preact_s2nn_v0.1.0.keras"))
+    ref = np.load(os.path.join(data, "preact_s2nn_v0.1.0_outputs.npz"))
+    neurons = [l for l in model.layers if is_spiking_neuron(l)]
+    assert len(neurons) == 5
+    for n in neurons:
+        assert (n.surrogate, n.threshold, n.params) == ("s2nn", 0.8, {"tau_s": 1.0, "alpha": 0.3})
+        assert isinstance(n.activity_regularizer, FiringRateRegularizer)
+    np.testing.assert_allclose(to_numpy(model(ref["x"], training=False)), ref["logits"], rtol=1e-5, atol=1e-5)
+    assert model.optimizer is not None  # compiled, optimizer restored
