@@ -10,35 +10,44 @@ terminal, a progress line within the epoch that is rewritten in place.
 * only when stdout is a TTY, during the epoch, at most every ``interval``
   seconds: ``  step 120/469  26% 12.3s  1249 img/s  ETA 35s  loss 0.61`` with
   a carriage return, erased before the epoch line. Log files (stdout
-  redirected) therefore get exactly one line per epoch. Reading the loss
-  for the progress line waits for the running step (JAX, GPU): it happens
-  at most once per ``interval``.
+  redirected) therefore get exactly one line per epoch.
+
+The per-step hooks are marked ``async_safe``: on backends that allow it
+(JAX, torch) Keras runs them in a worker thread, so the training loop never
+waits for a step's logs (a synchronous per-step hook would make Keras read
+every step's loss back from the GPU and stall JAX's asynchronous dispatch).
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 EPOCH_KEYS_FIRST = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "firing_rate/mean")
 
 
 def epoch_timer(batch_size: int, steps_per_epoch: int, num_examples: int):
-    """A Keras callback adding ``train_time_s`` (epoch start to the end of
-    its last training step, as the backend reports it -- with asynchronous
-    dispatch, that step's launch -- so validation is excluded) and
+    """A Keras callback adding ``train_time_s`` (epoch start to the moment
+    the last training step's logs were ready, i.e. that step had finished;
+    validation excluded) and
     ``train_images_per_s`` to the epoch logs; put it first, so the history,
     TensorBoard and the epoch line get them."""
     import keras
 
     class EpochTimer(keras.callbacks.Callback):
+        # Keras may then run on_train_batch_end in a worker thread (JAX,
+        # torch), so the step loop never waits for the logs' values; the
+        # epoch end waits for all of them.
+        async_safe = True
+
         def on_epoch_begin(self, epoch, logs=None):
             self.t0 = self.t_last = time.perf_counter()
             self.steps = 0
 
         def on_train_batch_end(self, batch, logs=None):
-            self.steps = batch + 1
-            self.t_last = time.perf_counter()
+            self.steps = max(self.steps, batch + 1)
+            self.t_last = max(self.t_last, time.perf_counter())
 
         def on_epoch_end(self, epoch, logs=None):
             if logs is None or self.steps == 0:
@@ -72,9 +81,9 @@ def epoch_logger(epochs: int, steps_per_epoch: int, batch_size: int, *, num_exam
     """A Keras callback printing the lines described in the module doc.
 
     The epoch line's time is the whole epoch (training and the validation
-    pass); its img/s is training images over the time from the epoch start
-    to the end of its last training step (as the backend reports it: with
-    asynchronous dispatch, the last step's launch).
+    pass); its img/s is :func:`epoch_timer`'s ``train_images_per_s`` when
+    that callback runs, else training images over the time from the epoch
+    start to the last step's logs.
     """
     import keras
 
@@ -82,9 +91,12 @@ def epoch_logger(epochs: int, steps_per_epoch: int, batch_size: int, *, num_exam
     is_tty = out.isatty() if tty is None else tty
 
     class EpochLogger(keras.callbacks.Callback):
+        async_safe = True  # see EpochTimer
+
         def __init__(self):
             super().__init__()
             self.last_line_len = 0
+            self.lock = threading.Lock()
 
         def on_epoch_begin(self, epoch, logs=None):
             self.t0 = time.perf_counter()
@@ -93,13 +105,15 @@ def epoch_logger(epochs: int, steps_per_epoch: int, batch_size: int, *, num_exam
             self.t_last = self.t0
 
         def on_train_batch_end(self, batch, logs=None):
-            self.steps = batch + 1
-            now = self.t_last = time.perf_counter()
-            if not is_tty:
-                return
-            if now < self.next_update:
-                return
-            self.next_update = now + interval
+            with self.lock:
+                self.steps = max(self.steps, batch + 1)
+                now = self.t_last = max(self.t_last, time.perf_counter())
+                if not is_tty or now < self.next_update:
+                    return
+                self.next_update = now + interval
+                self._progress(now, logs)
+
+        def _progress(self, now, logs):
             elapsed = now - self.t0
             rate = self.steps * batch_size / elapsed if elapsed > 0 else 0.0
             eta = (steps_per_epoch - self.steps) * elapsed / max(self.steps, 1)
