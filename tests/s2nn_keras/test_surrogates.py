@@ -8,7 +8,7 @@ from keras import ops
 
 from s2nn_keras import surrogates
 from s2nn_keras.surrogates import available_surrogates, register_surrogate, spike, surrogate_gradient
-from tests.s2nn_keras.backend_utils import BACKEND, MODES, tensorflow_only, to_numpy, value_and_grad
+from tests.s2nn_keras.backend_utils import MODES, tensorflow_only, to_numpy, value_and_grad
 
 
 def _sigmoid(x):
