@@ -66,6 +66,9 @@ def build_parser():
                         "conv) or compare (GREATER_EQUAL/SELECT_V2, int16x8 ramp; the ablation)")
     p.add_argument("--no_threshold_in_bias", action="store_true",
                    help="keep u_th in the neurons after a conv instead of its bias (ablation)")
+    p.add_argument("--merge_shortcuts", action="store_true",
+                   help="export AveragePooling2D(1, s) + 1x1 conv shortcuts as one strided 1x1 conv "
+                        "(one XNNPACK partition)")
     p.add_argument("--no_spike_checks", action="store_true",
                    help="skip the per-format spike checks (two levels, runtimes, agreement with the folded model)")
     p.add_argument("--no_c_array", action="store_true", help="do not write model_int8.cc/.h")
@@ -112,7 +115,7 @@ def main(argv=None):
                    max_tflm_examples=args.max_tflm_examples, c_array=not args.no_c_array,
                    verbose=not args.quiet, extra={"model_path": args.model, "dataset": args.dataset},
                    threshold_in_bias=not args.no_threshold_in_bias, neuron=args.neuron,
-                   spike_checks=not args.no_spike_checks)
+                   spike_checks=not args.no_spike_checks, merge_shortcuts=args.merge_shortcuts)
     except (FoldError, EdgeError) as err:
         _fail(str(err))
     return 0

@@ -221,7 +221,8 @@ def export_run(model_or_path, output_dir: str, images, labels,
                max_tflm_examples: Optional[int] = None, c_array: bool = True,
                verbose: bool = True, extra: Optional[Dict] = None,
                threshold_in_bias: bool = True, neuron: str = DEFAULT_NEURON,
-               reporters: Sequence[FormatReporter] = (), spike_checks: bool = True) -> ExportResult:
+               reporters: Sequence[FormatReporter] = (), spike_checks: bool = True,
+               merge_shortcuts: bool = False) -> ExportResult:
     """Folds, verifies, converts, runs and reports; see the module docstring.
 
     Args:
@@ -245,6 +246,8 @@ def export_run(model_or_path, output_dir: str, images, labels,
       reporters: extra per-format figures (:class:`FormatReporter`).
       spike_checks: run :func:`export.verify.verify_spikes` per format
         (spiking models).
+      merge_shortcuts: export strided shortcuts as one strided 1x1 conv
+        (:func:`export.tflite.merge_strided_shortcuts`).
 
     Returns:
       An :class:`ExportResult`; its ``report`` is also written to
@@ -300,6 +303,7 @@ def export_run(model_or_path, output_dir: str, images, labels,
         "num_calibration": int(len(calib)),
         "calibration_source": calib_source,
         "threshold_in_bias": bool(threshold_in_bias),
+        "merge_shortcuts": bool(merge_shortcuts),
         "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                  "python": platform.python_version(), "litert_threads": 1},
         "keras": {"accuracy": float(np.mean(ref_pred == y)),
@@ -319,7 +323,8 @@ def export_run(model_or_path, output_dir: str, images, labels,
     conversions = {}
     for fmt in formats:
         # 3. convert
-        conv = convert(folded, fmt, representative if fmt != "float32" else None, neuron=neuron)
+        conv = convert(folded, fmt, representative if fmt != "float32" else None, neuron=neuron,
+                       merge_shortcuts=merge_shortcuts)
         conversions[fmt] = conv
         fname = f"model_{fmt}.tflite"
         with open(os.path.join(output_dir, fname), "wb") as f:

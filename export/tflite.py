@@ -26,10 +26,10 @@ How a neuron is written (``neuron=``, see :mod:`export.formats`):
 
 A model with no spiking neuron (the ReLU baseline) is converted as it is,
 its BatchNorms left to the converter (it merges conv+BN and writes the
-pre-activation BNs as MUL + ADD), with the same converter settings. Every
-model gets the same inference rewrite first: the builders' strided
-shortcut ``AveragePooling2D(1, s) -> Conv2D(1x1)`` becomes one strided 1x1
-conv (:func:`merge_strided_shortcuts`).
+pre-activation BNs as MUL + ADD), with the same converter settings. With ``merge_shortcuts=True`` every model
+gets the same inference rewrite first: the builders' strided shortcut
+``AveragePooling2D(1, s) -> Conv2D(1x1)`` becomes one strided 1x1 conv
+(:func:`merge_strided_shortcuts`).
 """
 
 from __future__ import annotations
@@ -87,9 +87,11 @@ def merge_strided_shortcuts(model: keras.Model) -> keras.Model:
     subsampling then a 1x1 conv). The model builders use the pair only to
     dodge a oneDNN training bug; at inference the 1x1 ``AVERAGE_POOL_2D`` is
     one more op, and one XNNPACK does not delegate (it splits the graph).
-    Applied by :func:`convert` to every model, spiking or not, so S2NN-vs-ReLU
-    comparisons stay like for like. Returns ``model`` itself when there is
-    nothing to merge."""
+    :func:`convert` applies it with ``merge_shortcuts=True`` (to every model,
+    spiking or not, so S2NN-vs-ReLU comparisons stay like for like). Off by
+    default while the TFLite energy report reads a strided conv's firing
+    rate over its whole input (the merged conv reads every other position).
+    Returns ``model`` itself when there is nothing to merge."""
     from s2nn_keras.graph import LayerGraph
 
     graph = LayerGraph(model)
@@ -418,7 +420,7 @@ def level_codes(quantization, dtype, levels):
 
 def convert(model: keras.Model, quantization: str = "float32",
             representative_data: Optional[Callable[[], Iterable]] = None,
-            neuron: str = DEFAULT_NEURON) -> Conversion:
+            neuron: str = DEFAULT_NEURON, merge_shortcuts: bool = False) -> Conversion:
     """Converts a Keras model to TFLite and says how (see :class:`Conversion`).
 
     Args:
@@ -432,6 +434,9 @@ def convert(model: keras.Model, quantization: str = "float32",
         input convention), as ``TFLiteConverter.representative_dataset``
         takes. Real data, a few hundred images, is what calibration needs.
       neuron: ``"saturate"`` (default, edge ops only) or ``"compare"``.
+      merge_shortcuts: first rewrite ``AveragePooling2D(1, s) -> 1x1 Conv2D``
+        as one strided 1x1 conv (:func:`merge_strided_shortcuts`; the whole
+        graph then runs in one XNNPACK partition).
 
     Raises:
       ValueError: bad arguments; :class:`export.FoldError` /
@@ -439,7 +444,9 @@ def convert(model: keras.Model, quantization: str = "float32",
       exactly (the message names the layer).
     """
     _check_args(quantization, representative_data, neuron)
-    model = merge_strided_shortcuts(ensure_folded(model))
+    model = ensure_folded(model)
+    if merge_shortcuts:
+        model = merge_strided_shortcuts(model)
     if not is_spiking_model(model):
         return Conversion(_convert_keras(model, quantization, representative_data), quantization, None, model)
     names = [l.name for l in model.layers if is_spiking_neuron(l)]
@@ -473,7 +480,7 @@ def convert(model: keras.Model, quantization: str = "float32",
 
 def to_tflite(model: keras.Model, quantization: str = "float32",
               representative_data: Optional[Callable[[], Iterable]] = None,
-              neuron: str = DEFAULT_NEURON) -> bytes:
+              neuron: str = DEFAULT_NEURON, merge_shortcuts: bool = False) -> bytes:
     """The ``.tflite`` flatbuffer bytes of :func:`convert` (same arguments).
 
     Example::
@@ -482,7 +489,7 @@ def to_tflite(model: keras.Model, quantization: str = "float32",
         flat_relu = to_tflite(relu_model, "int8", same_data)          # same converter settings
         flat_ablation = to_tflite(model, "int8", same_data, neuron="compare")
     """
-    return convert(model, quantization, representative_data, neuron).flatbuffer
+    return convert(model, quantization, representative_data, neuron, merge_shortcuts).flatbuffer
 
 
 @contextlib.contextmanager

@@ -347,4 +347,5 @@ def test_strided_shortcut_becomes_one_strided_conv(folded, fmnist):
     assert any(type(l).__name__ == "AveragePooling2D" for l in model.layers)
     x = fmnist[2][:16].astype("float32") / 255.0
     np.testing.assert_array_equal(model.predict(x, verbose=0), merged.predict(x, verbose=0))
-    assert "AVERAGE_POOL_2D" not in op_names(convert(model, "float32").flatbuffer)
+    assert "AVERAGE_POOL_2D" not in op_names(convert(model, "float32", merge_shortcuts=True).flatbuffer)
+    assert "AVERAGE_POOL_2D" in op_names(convert(model, "float32").flatbuffer)  # off by default
