@@ -46,10 +46,10 @@ Per format (derivations and overflow bounds in docs/EXPORT.md)
   point that does not fire (``|acc| >= 63``, ``M = 8``).
 * ``int16x8``: symmetric int16 activations; each neuron is two stages:
   a *sign* stage (the conv or depthwise, clamp ``RELU_N1_TO_1``, small ``M``
-  so the int32 result cannot overflow, ``|q| >= 10`` on both sides) and a
-  *level* stage (a 1x1 depthwise with gain, ``M = 40``, clamp to the
-  levels). Two ``{0,1}``-level stages would overflow the int16 kernels'
-  int32 rescaling (``M`` of ~500 on a 2^22 accumulator).
+  so the int32 result cannot overflow, ``|q| >= 3`` on both sides of the
+  decision) and a *level* stage (a 1x1 depthwise with gain, ``M = 100``,
+  clamp to the levels). One stage would overflow the int16 kernels' int32
+  rescaling (``M`` of ~500 on accumulators up to 2^22).
 
 Example::
 

@@ -32,6 +32,7 @@ def _set_bn(bn, channels, rng, negative=0, zero_fire=None, zero_silent=None, u_t
 def _two_neuron_model(surrogate="s2nn", channels=6, rng=RNG):
     """image -> BN -> neuron (depthwise kind) -> conv3x3 -> BN -> neuron (conv
     kind) -> GAP -> Dense, BN statistics set by hand (negative and zero scales)."""
+    keras.utils.set_random_seed(int(rng.integers(1 << 30)))
     inputs = keras.Input((10, 10, 3), name="x")
     h = keras.layers.Conv2D(channels, 3, padding="same", name="stem")(inputs)
     s = keras.layers.Add(name="add")([h, keras.layers.Conv2D(channels, 1, name="side")(inputs)])
@@ -135,8 +136,12 @@ def test_every_format_is_edge_only_and_two_level(quantization, surrogate):
         assert len(codes) == 2
         for rt, (_, spikes) in outs.items():
             assert set(np.unique(spikes[name]).tolist()) <= codes, (rt, name, np.unique(spikes[name]), codes)
-        # builtin kernels and TFLite Micro: bit for bit
-        assert np.array_equal(outs["litert_builtin"][1][name], outs["tflm"][1][name])
+    # Runtimes round the other ops (stem, add) differently at times, which can
+    # move later spikes; the neurons agree bit for bit where their inputs do.
+    from export.verify import verify_spikes
+
+    check = verify_spikes(conv, folded, x, runtimes=("litert", "litert_builtin", "tflm"))
+    assert check["two_level"] and check["neurons_bit_equal_given_equal_inputs"], check["runtime_agreement"]
     # the ste_b levels are +-1, the {0, 1} neuron's {0, 6}
     assert levels["act1"] == ((-1.0, 1.0) if surrogate == "ste_b" else (0.0, 6.0))
 
