@@ -18,7 +18,7 @@ TF = [
 LOGS = ["tensorboard>=2.16,<3"]  # the trainer's TensorBoard logs (TF 2.21 no longer pulls it in)
 PLOT = ["matplotlib>=3.8,<4"]    # s2nn_keras.plot and the energy report's PNG
 JAX = ["jax>=0.4.34"]
-EDGE = ["ethos-u-vela>=4.0,<6"]  # Arm Ethos-U NPU compiler, for the export report's Vela figures
+EDGE = ["ethos-u-vela>=5.2,<6"]  # Arm Ethos-U NPU compiler, for the export report's Vela figures
 TEST = ["pytest>=8", "pytest-xdist>=3"]
 
 setup(
