@@ -47,6 +47,17 @@ def _formats(text):
     return list(dict.fromkeys(items))
 
 
+def _accelerators(text):
+    from export.vela import ACCELERATORS
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in ACCELERATORS]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(
+            f"--ethos_u takes a comma-separated subset of {','.join(ACCELERATORS)}, got {text!r}")
+    return list(dict.fromkeys(items))
+
+
 def build_parser():
     p = _Parser(prog="python -m export", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="trained .keras model")
@@ -69,6 +80,9 @@ def build_parser():
     p.add_argument("--merge_shortcuts", action="store_true",
                    help="export AveragePooling2D(1, s) + 1x1 conv shortcuts as one strided 1x1 conv "
                         "(one XNNPACK partition)")
+    p.add_argument("--ethos_u", type=_accelerators, default=None, metavar="ACCELERATORS",
+                   help="also compile the int8 model with Arm Vela for these Ethos-U accelerators "
+                        "(comma-separated, e.g. ethos-u55-128,ethos-u85-256; needs the 'edge' extra)")
     p.add_argument("--no_spike_checks", action="store_true",
                    help="skip the per-format spike checks (two levels, runtimes, agreement with the folded model)")
     p.add_argument("--no_c_array", action="store_true", help="do not write model_int8.cc/.h")
@@ -109,13 +123,22 @@ def main(argv=None):
     from export.edge import EdgeError
     from export.fold import FoldError
 
+    reporters = []
+    if args.ethos_u:
+        from export import vela
+
+        if not vela.available():
+            _fail("--ethos_u needs Arm Vela: pip install 's2nn_keras[edge]'")
+        reporters.append(vela.reporter(args.ethos_u))
+
     try:
         export_run(model, args.output_dir, images, labels, formats=args.formats,
                    calibration_images=calibration, num_calibration=args.num_calibration,
                    max_tflm_examples=args.max_tflm_examples, c_array=not args.no_c_array,
                    verbose=not args.quiet, extra={"model_path": args.model, "dataset": args.dataset},
                    threshold_in_bias=not args.no_threshold_in_bias, neuron=args.neuron,
-                   spike_checks=not args.no_spike_checks, merge_shortcuts=args.merge_shortcuts)
+                   spike_checks=not args.no_spike_checks, merge_shortcuts=args.merge_shortcuts,
+                   reporters=reporters)
     except (FoldError, EdgeError) as err:
         _fail(str(err))
     return 0

@@ -187,6 +187,7 @@ def _cli(*args):
     (["--model", "m.keras", "--output_dir", "x", "--max_test_examples", "0"], "positive"),
     (["--model", "m.keras", "--output_dir", "x", "--dataset", "mnist"], "dataset"),
     (["--model", "m.keras", "--output_dir", "x", "--neuron", "ramp"], "--neuron"),
+    (["--model", "m.keras", "--output_dir", "x", "--ethos_u", "ethos-u99"], "--ethos_u"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, message):
     result = _cli(*args)
