@@ -20,7 +20,19 @@ such tensor is classified **from its values** over the whole data set:
   the layer receives {0, 1} spikes stored as ``+-a``, then ``spikes``);
 * anything else -> ``real``.
 
-R is the fraction of values above the midpoint of the two levels. A value
+R is the fraction of values above the midpoint of the two levels, counted
+at the positions the layer reads. For a ``CONV_2D`` or
+``DEPTHWISE_CONV_2D`` with a 1x1 kernel and stride ``s`` (what
+``export.tflite.merge_strided_shortcuts`` makes of the builders'
+``AveragePooling2D(1, s) -> Conv2D(1x1)`` shortcut) those are the rows and
+columns its receptive fields cover (``i * s - pad_before``, from the op's
+stride, padding and dilation; through a ``PAD`` or ``(DE)QUANTIZE`` between
+the tensor and the conv): the subsampled map, each element read once per
+output channel, the same map the Keras side measures on the pooling's
+output. A conv with a larger kernel reads overlapping windows that cover
+its whole input; R is the rate of that whole input tensor, as
+:func:`s2nn_keras.energy.resolve_inputs` defines it for the tensor a Keras
+layer receives. A value
 is on a level when it equals it (one integer step of tolerance for
 quantized tensors); a tensor counts as two-level when at most
 ``NEAR_BINARY_TOLERANCE`` of its values are off the levels (a ramp neuron
@@ -58,7 +70,7 @@ from s2nn_keras.energy import CONVENTIONS, assemble_report, energies, resolve_in
 from s2nn_keras.firing import iter_batches
 
 __all__ = ["NEAR_BINARY_TOLERANCE", "TRANSPARENT_OPS", "AVERAGE_OPS", "COMPUTE_OPS", "tflite_energy_report",
-           "compare_rates", "quantization_of", "interpreter"]
+           "compare_rates", "quantization_of", "interpreter", "read_positions"]
 
 #: Largest fraction of off-level values a tensor may hold and still be read as spikes.
 NEAR_BINARY_TOLERANCE = 1e-3
@@ -134,6 +146,63 @@ def _is_neuron_gain_candidate(graph, op):
     return len(w) == 4 and w[1] == 1 and w[2] == 1 and int(mult) == 1
 
 
+def read_positions(size: int, out: int, stride: int, dilation: int, kernel: int, same: bool) -> List[int]:
+    """Indices along one spatial axis (of length ``size``) that a TFLite
+    convolution reads: the union of its ``out`` receptive fields of
+    ``kernel`` taps ``dilation`` apart, ``stride`` apart, with TFLite's
+    ``SAME`` padding (``pad_before = max((out - 1) * stride + (kernel - 1) *
+    dilation + 1 - size, 0) // 2``; taps in the padding read nothing) or
+    ``VALID`` (none). ``read_positions(7, 4, 2, 1, 1, True) == [0, 2, 4, 6]``."""
+    extent = (kernel - 1) * dilation + 1
+    before = max((out - 1) * stride + extent - size, 0) // 2 if same else 0
+    hit = {i * stride - before + j * dilation for i in range(out) for j in range(kernel)}
+    return sorted(p for p in hit if 0 <= p < size)
+
+
+def _read_selection(graph, op, data_idx, direct_path):
+    """``(selection, reason)``: the rows and columns of the direct tensor a
+    strided 1x1 ``CONV_2D``/``DEPTHWISE_CONV_2D`` reads (``selection``
+    ``None``: the whole tensor), and why a strided 1x1 conv's positions
+    could not be mapped (``reason``, else ``None``)."""
+    if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D") or op.options is None:
+        return None, None
+    w = graph.tensors[op.inputs[1]].shape
+    if len(w) != 4 or tuple(w[1:3]) != (1, 1):
+        return None, None  # overlapping windows: the whole input (the Keras definition)
+    inp, out = graph.tensors[data_idx].shape, graph.tensors[op.outputs[0]].shape
+    if len(inp) != 4 or len(out) != 4:
+        return None, None
+    if min(inp[1:3]) <= 0 or min(out[1:3]) <= 0:
+        return None, "a dynamic spatial size"
+    opt = op.options
+    same = int(opt.padding) == flatbuffer.schema().Padding.SAME
+    axes = [read_positions(int(inp[1 + a]), int(out[1 + a]), int(stride or 1), int(dil or 1), 1, same)
+            for a, (stride, dil) in enumerate(((opt.strideH, opt.dilationHFactor),
+                                               (opt.strideW, opt.dilationWFactor)))]
+    if all(axis == list(range(int(inp[1 + a]))) for a, axis in enumerate(axes)):
+        return None, None  # stride 1: every position
+    for p in direct_path:  # from the conv's input back to the direct tensor
+        if p.name in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        pads = graph.tensors[p.inputs[1]].data if p.name in ("PAD", "PADV2") and len(p.inputs) > 1 else None
+        src = graph.tensors[p.inputs[0]].shape
+        if pads is None or np.shape(pads) != (4, 2) or len(src) != 4:
+            return None, f"a {p.name} between the tensor and the strided 1x1 conv"
+        axes = [[i - int(pads[1 + a][0]) for i in axis if 0 <= i - int(pads[1 + a][0]) < int(src[1 + a])]
+                for a, axis in enumerate(axes)]
+    direct = graph.tensors[data_idx if not direct_path else direct_path[-1].inputs[0]].shape
+    if all(axis == list(range(int(direct[1 + a]))) for a, axis in enumerate(axes)):
+        return None, None
+    return (tuple(axes[0]), tuple(axes[1])), None
+
+
+def _select(values: np.ndarray, selection):
+    if selection is None:
+        return values
+    rows, cols = selection
+    return values[:, list(rows)][:, :, list(cols)]
+
+
 def _rows(graph) -> List[dict]:
     inputs = set(graph.inputs)
     rows = []
@@ -152,6 +221,7 @@ def _rows(graph) -> List[dict]:
             path.append(graph.producer(t))
             t = graph.producer(t).inputs[0]
         direct, direct_path = t, list(path)
+        selection, unmapped = _read_selection(graph, op, data_idx, direct_path)
         averaged = False
         while t not in inputs and graph.producer(t) is not None:
             p = graph.producer(t)
@@ -171,6 +241,8 @@ def _rows(graph) -> List[dict]:
             "flops": int(flops),
             "direct": direct,
             "direct_path": direct_path,
+            "direct_selection": selection,
+            "unmapped_stride": unmapped,
             "source": t if averaged else None,
             "path": path,
             "is_input": direct in inputs,
@@ -385,24 +457,27 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
     if len(graph.inputs) != 1:
         raise ValueError(f"the TFLite model has {len(graph.inputs)} inputs; the energy report supports one")
     rows = _rows(graph)
-    measured = set()
+    measured = set()  # (tensor, positions read or None for all of it)
     for row in rows:
         if not row["is_input"]:
-            measured.add(row["direct"])
+            measured.add((row["direct"], row["direct_selection"]))
             if row["source"] is not None:
-                measured.add(row["source"])
+                measured.add((row["source"], None))
         if _is_neuron_gain_candidate(graph, row["op"]):
-            measured.add(row["op"].outputs[0])
-    levels = {t: _Levels(graph.tensors[t]) for t in sorted(measured)}
+            measured.add((row["op"].outputs[0], None))
+    levels = {key: _Levels(graph.tensors[key[0]]) for key in sorted(measured, key=lambda k: (k[0], k[1] or ()))}
     interp = interpreter(tflite_model)
     n_examples = 0
     for n in _feed(interp, graph, data, batch_size):
         n_examples += n
-        for t, hist in levels.items():
-            hist.add(interp.get_tensor(t))
+        values = {}
+        for (t, selection), hist in levels.items():
+            if t not in values:
+                values[t] = interp.get_tensor(t)
+            hist.add(_select(values[t], selection))
     if n_examples == 0:
         raise ValueError("energy report got an empty data set")
-    summaries = {t: h.summary() for t, h in levels.items()}
+    summaries = {key: h.summary() for key, h in levels.items()}
 
     keras_rows = None
     if keras_model is not None:
@@ -431,7 +506,7 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
                          "counterpart in the Keras model (a neuron's per-channel gain or affine); not counted")
             continue
         if keras_rows is None and _is_neuron_gain_candidate(graph, op):
-            s = summaries.get(op.outputs[0])
+            s = summaries.get((op.outputs[0], None))
             if s is not None and s.get("hi") is not None:
                 notes.append(f"TFLite op {op.index} ({op.name} 1x1 '{short}', {row['flops']:,} FLOPs) writes "
                              "spikes: a neuron's per-channel gain, not a network layer; not counted")
@@ -439,12 +514,14 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
         krow = keras_rows[match] if match is not None else None
         name = krow["name"] if krow else row["tflite_name"]
         direct, source = row["direct"], row["source"]
-        kind, rate, desc, levels_used, measured_t = "real", None, None, None, None
+        kind, rate, desc, levels_used, measured_key = "real", None, None, None, None
         if row["is_input"]:
             kind, desc = "image", f"model input '{graph.tensors[direct].name}'"
         else:
-            for t, path, pooled in ((direct, row["direct_path"], False), (source, row["path"], True)):
-                s = summaries.get(t) if t is not None else None
+            sel = row["direct_selection"]
+            for t, path, pooled, key in ((direct, row["direct_path"], False, (direct, sel)),
+                                         (source, row["path"], True, (source, None))):
+                s = summaries.get(key) if t is not None else None
                 if s is None:
                     continue
                 base = s.get("kind", "spikes")
@@ -455,8 +532,12 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
                 kind = ("pooled_" + base) if pooled else base
                 rate = float(s["rate"])
                 levels_used = [s["lo"], s["hi"]]
-                measured_t = t
-                desc = (f"spike tensor '{graph.tensors[t].name}' ({producer_text(t)}){via(path)}"
+                measured_key = key
+                where = ""
+                if key[1] is not None:
+                    where = (f" at the {len(key[1][0])}x{len(key[1][1])} positions the strided 1x1 "
+                             f"{op.name} reads")
+                desc = (f"spike tensor '{graph.tensors[t].name}' ({producer_text(t)}){via(path)}{where}"
                         + (" (average)" if pooled else ""))
                 spiking = True
                 break
@@ -467,12 +548,15 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
                                       tflite_name=row["tflite_name"])
         if levels_used is not None:
             new["spike_levels"] = levels_used
-            new["spike_producer"] = producer_text(measured_t)
-            s = summaries[measured_t]
+            new["spike_producer"] = producer_text(measured_key[0])
+            s = summaries[measured_key]
             if s["offlevel"] > 0:
                 new["nonbinary_fraction"] = s["offlevel"]
-                notes.append(f"{name}: {s['offlevel']:.2e} of the values of '{graph.tensors[measured_t].name}' "
+                notes.append(f"{name}: {s['offlevel']:.2e} of the values of '{graph.tensors[measured_key[0]].name}' "
                              "are not on the two spike levels; counted as spikes when above the midpoint")
+            if row["unmapped_stride"] and measured_key[1] is None and measured_key[0] == direct:
+                notes.append(f"{name}: R measured over the whole input, not only the positions the strided 1x1 "
+                             f"conv reads ({row['unmapped_stride']})")
         out_rows.append(new)
     if keras_rows is not None:
         from s2nn_keras.firing import neuron_outputs

@@ -158,10 +158,11 @@ def _formulations():
     return list(NEURON_FORMULATIONS)
 
 
-def _convert(model, quantization, data=None, neuron=None):
+def _convert(model, quantization, data=None, neuron=None, **kwargs):
     from export import to_tflite
 
-    kwargs = {} if neuron is None else {"neuron": neuron}
+    if neuron is not None:
+        kwargs["neuron"] = neuron
     return to_tflite(model, quantization, data, **kwargs)
 
 
@@ -200,6 +201,37 @@ def test_tflite_float32_matches_keras(trained_tiny, neuron):
     assert energy.compare_rates(folded_rep, tfl)["max_abs_diff"] <= 1e-6
     assert tfl["efficiency"] == pytest.approx(keras_rep["efficiency"], rel=1e-5)
     assert all(0.0 < r["firing_rate"] < 1.0 for r in keras_rep["layers"] if r["firing_rate"] is not None)
+
+
+@pytest.mark.parametrize("neuron", _formulations())
+def test_tflite_float32_with_merged_shortcuts_matches_keras(trained_tiny, neuron):
+    """merge_shortcuts=True writes the builders' AveragePooling2D(1, 2) ->
+    1x1 conv as one strided 1x1 CONV_2D reading the neuron map directly;
+    its R is read at the positions it reads (the Keras side measures the
+    pooling's output), so float32 still matches Keras to 1e-6."""
+    from export import flatbuffer
+
+    model, x, keras_rep, folded_rep = trained_tiny
+    content = _convert(model, "float32", neuron=neuron, merge_shortcuts=True)
+    graph = flatbuffer.read_model(content).main
+    assert "AVERAGE_POOL_2D" not in [op.name for op in graph.operators]
+    strided = [op for op in graph.operators if op.name == "CONV_2D" and op.options.strideH == 2
+               and tuple(graph.tensors[op.inputs[1]].shape[1:3]) == (1, 1)]
+    assert len(strided) == 1
+    tfl = energy.tflite_energy_report(content, x, keras_model=model)
+    assert [r["name"] for r in tfl["layers"]] == [r["name"] for r in keras_rep["layers"]]
+    assert [r["input_kind"] for r in tfl["layers"]] == [r["input_kind"] for r in keras_rep["layers"]]
+    shortcut = next(r for r in tfl["layers"] if r["tflite_op"] == strided[0].index)
+    assert shortcut["name"] == "stage2_block1_shortcut"
+    assert "positions the strided 1x1 CONV_2D reads" in shortcut["input_source"]
+    cmp = energy.compare_rates(keras_rep, tfl)
+    assert cmp["unmatched"] == [] and len(cmp["per_layer"]) == 6
+    assert cmp["max_abs_diff"] <= 1e-6, cmp
+    assert energy.compare_rates(folded_rep, tfl)["max_abs_diff"] <= 1e-6
+    assert tfl["efficiency"] == pytest.approx(keras_rep["efficiency"], rel=1e-5)
+    # the whole neuron map (what the merged conv's input tensor holds) has another rate
+    block_input = next(r for r in keras_rep["layers"] if r["name"] == "stage2_block1_conv1")
+    assert abs(block_input["firing_rate"] - shortcut["firing_rate"]) > 1e-5
 
 
 @pytest.mark.parametrize("neuron", _formulations())

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from export import flatbuffer
-from export.energy_tflite import _Levels, compare_rates, tflite_energy_report
+from export.energy_tflite import _Levels, compare_rates, read_positions, tflite_energy_report
 from s2nn_keras import S2Activation
 from s2nn_keras.energy import energy_report
 
@@ -161,3 +161,56 @@ def test_levels_classifier():
     h = _Levels(_tensor("int8", 6 / 255, -128))
     h.add(v)
     assert h.summary() is None
+
+
+# --------------------------------------------------------------------------
+# Strided 1x1 convolutions: R at the positions they read.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size,kernel,stride,dilation,padding", [
+    (7, 1, 2, 1, "SAME"), (8, 1, 2, 1, "SAME"), (9, 1, 3, 1, "VALID"), (8, 1, 3, 1, "SAME"),
+    (8, 3, 2, 1, "SAME"), (8, 3, 2, 1, "VALID"), (7, 2, 3, 1, "VALID"), (10, 3, 1, 2, "SAME"),
+    (9, 2, 4, 1, "SAME"), (11, 2, 1, 3, "VALID")])  # TF convolves dilation > 1 at stride 1 only
+def test_read_positions_are_what_tensorflow_convolves(size, kernel, stride, dilation, padding):
+    # reference: position p is read iff a one-hot input at p gives a non-zero output (all-ones kernel)
+    x = tf.constant(np.eye(size, dtype=np.float32).reshape(size, size, 1, 1))
+    k = tf.ones((kernel, 1, 1, 1))
+    y = tf.nn.conv2d(x, k, strides=(stride, 1), padding=padding, dilations=(dilation, 1)).numpy()
+    got = read_positions(size, y.shape[1], stride, dilation, kernel, padding == "SAME")
+    assert got == np.nonzero(y.reshape(size, -1).any(axis=1))[0].tolist()
+
+
+@pytest.mark.parametrize("pad,strides,padding", [(0, (2, 2), "valid"), (0, (3, 2), "same"), (1, (2, 3), "valid")],
+                         ids=["valid-2x2", "same-3x2", "pad1-valid-2x3"])
+def test_strided_1x1_conv_reads_its_rate_at_the_positions_it_reads(pad, strides, padding):
+    """A {0, 6} spike map (conv + RELU6 neuron), optionally zero-padded, read
+    by a strided 1x1 conv: R is the rate of the subsampled map the conv reads
+    (NumPy reference), not of the whole map."""
+    inp = keras.Input((9, 8, 1), batch_size=1, name="image")
+    neuron = L.Conv2D(2, 1, activation="relu6", name="neuron")
+    s = neuron(inp)
+    read = L.ZeroPadding2D(pad, name="pad")(s) if pad else s
+    model = keras.Model(inp, L.Conv2D(3, 1, strides=strides, padding=padding, name="strided")(read))
+    neuron.set_weights([np.full((1, 1, 1, 2), GAIN, np.float32), np.array([-0.5 * GAIN, -0.75 * GAIN], np.float32)])
+    rng = np.random.default_rng(5)
+    x = (rng.integers(0, 64, (40, 9, 8, 1)) + 0.5) / 64
+    x[:, ::2] = np.sqrt(x[:, ::2])  # even rows fire more: the subsampled rate differs from the whole
+    x = x.astype(np.float32)  # no value within 1e-3 of a threshold: the gain saturates every one
+    spikes = np.concatenate([x > 0.5, x > 0.75], axis=-1)
+    inside = np.pad(np.ones_like(spikes), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    sub = np.pad(spikes, ((0, 0), (pad, pad), (pad, pad), (0, 0)))[:, ::strides[0], ::strides[1]]
+    sub_inside = inside[:, ::strides[0], ::strides[1]]
+    expected = sub[sub_inside].mean()
+    assert abs(expected - spikes.mean()) > 0.01
+
+    content = _convert(model, x, False)
+    graph = flatbuffer.read_model(content).main
+    conv = [op for op in graph.operators if op.name == "CONV_2D"][-1]
+    assert (conv.options.strideH, conv.options.strideW) == strides
+    assert ("PAD" in [op.name for op in graph.operators]) == bool(pad)
+    rep = tflite_energy_report(content, x)
+    row = rep["layers"][-1]
+    assert row["input_kind"] == "spikes" and row["spike_levels"] == [0.0, pytest.approx(6.0)]
+    assert row["firing_rate"] == pytest.approx(expected, abs=1e-12)
+    assert "positions the strided 1x1 CONV_2D reads" in row["input_source"]
