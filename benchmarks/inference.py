@@ -1,16 +1,17 @@
-"""Inference cost of the int8 S2NN against the int8 ReLU network of the same architecture.
+"""Inference cost of the int8 (or float32) S2NN against the ReLU network of the same architecture.
 
 For each architecture (28x28x1 Fashion-MNIST input, 10 classes):
 
 * ``quickstart``: PreActResNet, blocks [1, 1, 1], width 24 (the quickstart model);
 * ``resnet18_w16`` / ``resnet18_w64``: PreActResNet18, width 16 / 64;
 
-each model variant is exported to a full-integer int8 flatbuffer through
-``export.to_tflite`` with the same converter settings and calibration
-images:
+each model variant is exported to a full-integer int8 flatbuffer (``--format
+float32``: a float32 flatbuffer) through ``export.to_tflite`` with the same
+converter settings and calibration images:
 
 * ``s2nn``: the default export (``neuron="saturate"``: the step as a clamp
-  fused into the convolutions; only ops XNNPACK, CMSIS-NN and Ethos-U55 run);
+  fused into the convolutions; only ops XNNPACK, CMSIS-NN and Ethos-U55 run;
+  in float32 the clamp's gain is ``2^40``, see docs/EXPORT.md);
 * ``s2nn_compare``: the ablation ``neuron="compare"`` (GREATER_EQUAL /
   SELECT_V2 neurons, the export before issue 10);
 * ``relu``: the same architecture with ReLU (BN folded by the converter).
@@ -28,8 +29,16 @@ order rotating from image to image), so load on the shared machine hits all
 alike. Each invoke is timed in process CPU time (what the targets use: on
 the shared, oversubscribed machine it leaves out the waits for a core) and in
 wall time; reported are the median over rounds of the per-round median and
-the **median per-round ratio** variant/ReLU. The images per round are sized from a warm-up so each variant
-gets about ``--round_ms`` per round (at least one image).
+the **median per-round ratio** variant/ReLU (and ``s2nn``/``s2nn_compare``,
+the formulation choice, when both are measured). The images per round are
+sized from a warm-up so each variant gets about ``--round_ms`` per round (at
+least one image).
+
+``--format float32`` times the float32 exports the same way (the question
+it answers: is ``saturate``, chosen for float32 too because XNNPACK
+delegates every op, also faster than ``compare``); Vela is skipped (it
+compiles integer models only) and the results go to
+``results/inference_float32.json``, so the int8 file is left as it is.
 
 Models: architectures in ``--train_archs`` (default: quickstart) are trained
 briefly here (``--train_examples`` images, ``--epochs``); the others keep
@@ -42,10 +51,11 @@ so its top-1 agreement says nothing about the export. Accuracy is not a
 target here (``python -m export`` reports it on trained models).
 
 Targets (issue 10): int8 S2NN latency <= 1.0x ReLU in each runtime, file size
-<= 1.0x, TFLM arena <= 1.0x.
+<= 1.0x, TFLM arena <= 1.0x. (No targets for float32: ratios only.)
 
 Example (the figures in docs/RESULTS.md):
   python -m benchmarks.inference
+  python -m benchmarks.inference --format float32 --archs quickstart,resnet18_w16 --rounds 15
   python -m benchmarks.inference --archs quickstart --rounds 5   # quick look
 """
 
@@ -67,18 +77,22 @@ ARCHS = {
 VARIANTS = ("s2nn", "s2nn_compare", "relu")
 RUNTIMES = ("litert", "litert_noxnn", "tflm")
 ACCELERATORS = ("ethos-u55-128", "ethos-u85-256")
+FORMATS = ("int8", "float32")
+OUTPUTS = {"int8": "inference.json", "float32": "inference_float32.json"}
 INPUT_SHAPE = (28, 28, 1)
 
 
 def parse_args(argv=None):
     p = C.OneLineParser(prog="benchmarks.inference", description=__doc__.split("\n")[0])
     p.add_argument("--archs", type=C.csv_list(allowed=tuple(ARCHS), name="architecture"), default=list(ARCHS))
+    p.add_argument("--format", choices=FORMATS, default="int8",
+                   help="flatbuffer format of every variant (float32: no Vela; output inference_float32.json)")
     p.add_argument("--variants", type=C.csv_list(allowed=VARIANTS, name="variant"), default=list(VARIANTS),
                    help="relu is always measured (the baseline)")
     p.add_argument("--runtimes", type=C.csv_list(allowed=RUNTIMES, name="runtime"), default=list(RUNTIMES))
     p.add_argument("--accelerators", type=C.csv_list(name="accelerator"), default=list(ACCELERATORS),
                    help="Ethos-U configurations for Vela (export.vela.ACCELERATORS)")
-    p.add_argument("--no_vela", action="store_true", help="skip the Vela compilations")
+    p.add_argument("--no_vela", action="store_true", help="skip the Vela compilations (always for float32)")
     p.add_argument("--s2nn_model", default=None, help=".keras S2NN model for the one architecture in --archs")
     p.add_argument("--relu_model", default=None, help=".keras ReLU model for the one architecture in --archs")
     p.add_argument("--train_archs", type=C.csv_list(allowed=tuple(ARCHS) + ("none",), name="architecture"),
@@ -95,8 +109,13 @@ def parse_args(argv=None):
                    help="target time per variant per round (images per round sized from a warm-up)")
     p.add_argument("--max_images_per_round", type=C.positive_int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default=os.path.join(C.RESULTS_DIR, "inference.json"))
+    p.add_argument("--output", default=None,
+                   help="JSON path (default benchmarks/results/inference.json, inference_float32.json for float32)")
     args = p.parse_args(argv)
+    if args.output is None:
+        args.output = os.path.join(C.RESULTS_DIR, OUTPUTS[args.format])
+    if args.format == "float32":
+        args.no_vela = True  # Vela compiles int8/int16 models only
     if "relu" not in args.variants:
         args.variants.append("relu")
     if "none" in args.train_archs:
@@ -155,14 +174,15 @@ def calibrate_batchnorm(model, x):
         l.momentum = m
 
 
-def export_int8(model, variant, representative_data):
-    """The variant's int8 flatbuffer, always through ``export.to_tflite``."""
+def export_flatbuffer(model, variant, fmt, representative_data):
+    """The variant's ``fmt`` (int8 / float32) flatbuffer, always through
+    ``export.to_tflite`` (the calibration images are used for int8 only)."""
     from export import to_tflite
 
+    data = representative_data if fmt == "int8" else None
     if variant == "relu":
-        return to_tflite(model, "int8", representative_data)
-    return to_tflite(model, "int8", representative_data,
-                     neuron="compare" if variant == "s2nn_compare" else "saturate")
+        return to_tflite(model, fmt, data)
+    return to_tflite(model, fmt, data, neuron="compare" if variant == "s2nn_compare" else "saturate")
 
 
 def size_breakdown(blob):
@@ -306,7 +326,7 @@ def main(argv=None):
         for variant in args.variants:
             t0 = time.time()
             model = keras_models["relu" if variant == "relu" else "s2nn"]
-            blobs[variant] = export_int8(model, variant, rep)
+            blobs[variant] = export_flatbuffer(model, variant, args.format, rep)
             info = {"size_bytes": len(blobs[variant]), "ops": op_counts(blobs[variant]),
                     "size_breakdown": size_breakdown(blobs[variant]), "convert_s": round(time.time() - t0, 1)}
             if "tflm" in args.runtimes:
@@ -346,6 +366,11 @@ def main(argv=None):
                                 f"{prefix}ratio_to_relu": round(C.median(ratios), 4),
                                 f"{prefix}ratio_iqr": round(C.iqr(ratios), 4),
                                 f"{prefix}ratio_per_round": [round(q, 4) for q in ratios]})
+                if v == "s2nn" and "s2nn_compare" in args.variants:  # the formulation choice
+                    for kind, prefix in (("cpu", ""), ("wall", "wall_")):
+                        ratios = [a / b for a, b in zip(ms[kind][v], ms[kind]["s2nn_compare"])]
+                        row.update({f"{prefix}ratio_to_compare": round(C.median(ratios), 4),
+                                    f"{prefix}compare_ratio_iqr": round(C.iqr(ratios), 4)})
                 latency.append(row)
             del runners
 
@@ -358,6 +383,10 @@ def main(argv=None):
                    "latency_ratio": {l["runtime"]: l["ratio_to_relu"] for l in latency
                                      if l["arch"] == arch and l["variant"] == v},
                    "size_ratio": round(f["size_bytes"] / relu["size_bytes"], 4)}
+            to_compare = {l["runtime"]: l["ratio_to_compare"] for l in latency
+                          if l["arch"] == arch and l["variant"] == v and "ratio_to_compare" in l}
+            if to_compare:
+                row["latency_ratio_to_compare"] = to_compare
             if "tflm_arena_bytes" in f:
                 row["arena_ratio"] = round(f["tflm_arena_bytes"] / relu["tflm_arena_bytes"], 4)
             if "vela" in f:
@@ -365,24 +394,35 @@ def main(argv=None):
                                          if relu["vela"][acc][k] else None)
                                      for k in ("estimated_inference_ms", "sram_bytes", "flash_bytes")}
                                for acc in f["vela"]}
-            checks = {f"latency_{rt}": q <= 1.0 for rt, q in row["latency_ratio"].items()}
-            checks["size"] = row["size_ratio"] <= 1.0
-            if "arena_ratio" in row:
-                checks["arena"] = row["arena_ratio"] <= 1.0
-            row["targets_met"] = checks
+            if args.format == "int8":  # issue 10's targets are int8 targets
+                checks = {f"latency_{rt}": q <= 1.0 for rt, q in row["latency_ratio"].items()}
+                checks["size"] = row["size_ratio"] <= 1.0
+                if "arena_ratio" in row:
+                    checks["arena"] = row["arena_ratio"] <= 1.0
+                row["targets_met"] = checks
             summary.append(row)
 
     print()
-    print("int8 ratios to ReLU (latency: CPU time, median of per-round ratios; target <= 1.0 each)")
+    print(f"{args.format} ratios to ReLU (latency: CPU time, median of per-round ratios"
+          + ("; target <= 1.0 each)" if args.format == "int8" else ")"))
     print(f"{'arch':14s} {'variant':13s} " + " ".join(f"{rt:>12s}" for rt in args.runtimes)
-          + f" {'size':>6s} {'arena':>6s}  targets")
+          + f" {'size':>6s} {'arena':>6s}" + ("  targets" if args.format == "int8" else ""))
     for row in summary:
         lat = " ".join(f"{row['latency_ratio'].get(rt, float('nan')):12.3f}" for rt in args.runtimes)
-        missed = [k for k, ok in row["targets_met"].items() if not ok]
-        print(f"{row['arch']:14s} {row['variant']:13s} {lat} {row['size_ratio']:6.3f} "
-              f"{row.get('arena_ratio', float('nan')):6.3f}  {'all met' if not missed else 'missed: ' + ', '.join(missed)}")
+        line = f"{row['arch']:14s} {row['variant']:13s} {lat} {row['size_ratio']:6.3f} {row.get('arena_ratio', float('nan')):6.3f}"
+        if "targets_met" in row:
+            missed = [k for k, ok in row["targets_met"].items() if not ok]
+            line += f"  {'all met' if not missed else 'missed: ' + ', '.join(missed)}"
+        print(line)
+    compared = [row for row in summary if "latency_ratio_to_compare" in row]
+    if compared:
+        print(f"\n{args.format} saturate / compare latency (CPU time, median of per-round ratios)")
+        for row in compared:
+            print(f"{row['arch']:14s} {row['variant']:13s} " + " ".join(
+                f"{row['latency_ratio_to_compare'].get(rt, float('nan')):12.3f}" for rt in args.runtimes))
     payload = {
         "benchmark": "inference",
+        "format": args.format,
         "command": C.command_line(),
         "config": {k: v for k, v in vars(args).items() if k != "output"},
         "models": models_info,

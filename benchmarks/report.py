@@ -14,7 +14,8 @@ import sys
 
 from benchmarks import _common as C
 
-SECTIONS = ("train_step", "surrogate_profile", "inference", "neuron_ops", "table2", "gpu_fullscale")
+SECTIONS = ("train_step", "surrogate_profile", "inference", "inference_float32", "neuron_ops", "table2",
+            "gpu_fullscale")
 
 
 def _load(name):
@@ -64,7 +65,11 @@ def _ops(ops):
 
 
 def inference(d):
+    """benchmarks/results/inference.json (int8) or inference_float32.json."""
     c = d["config"]
+    fmt = d.get("format", "int8")
+    targets = any("targets_met" in r for r in d["summary"])
+    to_compare = any("latency_ratio_to_compare" in r for r in d["summary"])
     out = [f"Command: `{d['command']}` (total {d['total_wall_s'] / 60:.1f} min)  ", f"Machine: {_machine(d)}  ",
            f"Rounds: {c['rounds']}, images per round sized for ~{c['round_ms']:g} ms per variant "
            f"(at most {c['max_images_per_round']}); one thread."]
@@ -74,28 +79,46 @@ def inference(d):
                    f"{'×'.join(map(str, a['input_shape']))}; S2NN {m['provenance']['s2nn']}; "
                    f"ReLU {m['provenance']['relu']}")
     runtimes = c["runtimes"]
-    out += ["", "Ratios to the int8 ReLU model (latency: median of per-round ratios). Targets: each ≤ 1.0.", "",
+    out += ["", f"Ratios to the {fmt} ReLU model (latency: median of per-round ratios)."
+            + (" Targets: each ≤ 1.0." if targets else "")
+            + (" `× compare`: the saturate S2NN over the compare S2NN, per round." if to_compare else ""), "",
             "| arch | S2NN variant | " + " | ".join(f"latency × ReLU, {rt}" for rt in runtimes)
-            + " | size × ReLU | TFLM arena × ReLU | targets missed |",
-            "|---|---|" + "---:|" * (len(runtimes) + 2) + "---|"]
+            + "".join(f" | latency × compare, {rt}" for rt in runtimes if to_compare)
+            + " | size × ReLU | TFLM arena × ReLU |" + (" targets missed |" if targets else ""),
+            "|---|---|" + "---:|" * (len(runtimes) * (1 + to_compare) + 2) + ("---|" if targets else "")]
     for r in d["summary"]:
-        missed = [k for k, ok in r["targets_met"].items() if not ok]
-        out.append(f"| {r['arch']} | {r['variant']} | "
-                   + " | ".join(f"{r['latency_ratio'][rt]:.3f}" for rt in runtimes)
-                   + f" | {r['size_ratio']:.3f} | {r.get('arena_ratio', float('nan')):.3f} | "
-                   + (", ".join(missed) if missed else "none") + " |")
+        line = (f"| {r['arch']} | {r['variant']} | "
+                + " | ".join(f"{r['latency_ratio'][rt]:.3f}" for rt in runtimes)
+                + "".join(f" | {r['latency_ratio_to_compare'][rt]:.3f}" if rt in r.get("latency_ratio_to_compare", {})
+                          else " | " for rt in runtimes if to_compare)
+                + f" | {r['size_ratio']:.3f} | {r.get('arena_ratio', float('nan')):.3f} |")
+        if targets:
+            missed = [k for k, ok in r["targets_met"].items() if not ok]
+            line += " " + (", ".join(missed) if missed else "none") + " |"
+        out.append(line)
     out += ["", "Per image, invoke only: CPU time of the process (the ratios above) and wall time (which on "
             "this oversubscribed machine includes the waits for a core; see the IQRs).", "",
-            "| arch | runtime | variant | CPU ms/image | ReLU CPU ms/image | × ReLU (IQR) | wall ms/image | "
-            "ReLU wall ms/image | wall × ReLU (IQR) | images/round |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+            "| arch | runtime | variant | CPU ms/image | ReLU CPU ms/image | × ReLU (IQR) | "
+            + ("CPU × compare (IQR) | " if to_compare else "") + "wall ms/image | "
+            "ReLU wall ms/image | wall × ReLU (IQR) | " + ("wall × compare (IQR) | " if to_compare else "")
+            + "images/round |",
+            "|---|---|---|" + "---:|" * (7 + 2 * to_compare)]
     for r in d["latency"]:
         if r["variant"] == "relu":
             continue
+
+        def vs_compare(prefix):
+            if not to_compare:
+                return ""
+            if f"{prefix}ratio_to_compare" not in r:
+                return " |"
+            return f" {r[prefix + 'ratio_to_compare']:.3f} ({r[prefix + 'compare_ratio_iqr']:.3f}) |"
+
         out.append(f"| {r['arch']} | {r['runtime']} | {r['variant']} | {r['latency_ms']:.3f} | "
-                   f"{r['relu_latency_ms']:.3f} | {r['ratio_to_relu']:.3f} ({r['ratio_iqr']:.3f}) | "
+                   f"{r['relu_latency_ms']:.3f} | {r['ratio_to_relu']:.3f} ({r['ratio_iqr']:.3f}) |{vs_compare('')} "
                    f"{r['wall_latency_ms']:.3f} | {r['wall_relu_latency_ms']:.3f} | "
-                   f"{r['wall_ratio_to_relu']:.3f} ({r['wall_ratio_iqr']:.3f}) | {r['images_per_round']} |")
+                   f"{r['wall_ratio_to_relu']:.3f} ({r['wall_ratio_iqr']:.3f}) |{vs_compare('wall_')} "
+                   f"{r['images_per_round']} |")
     out += ["", "Flatbuffers (size breakdown from `export.flatbuffer`: constant data, quantization parameters, "
             "tensor names, rest = operators, shapes, tables, alignment):", "",
             "| flatbuffer | bytes | constants / quant. params / names / rest | tensors | TFLM arena bytes "
@@ -130,6 +153,10 @@ def inference(d):
                        f"{r['estimated_inference_ms']:.3f} | {ratio} | {r['sram_bytes'] / 1024:.1f} | "
                        f"{r['flash_bytes'] / 1024:.1f} | {r['optimized_model_bytes']} |")
     return "\n".join(out)
+
+
+def inference_float32(d):
+    return inference(d)
 
 
 def neuron_ops(d):
