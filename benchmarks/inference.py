@@ -55,7 +55,7 @@ Targets (issue 10): int8 S2NN latency <= 1.0x ReLU in each runtime, file size
 
 Example (the figures in docs/RESULTS.md):
   python -m benchmarks.inference
-  python -m benchmarks.inference --format float32 --archs quickstart,resnet18_w16 --rounds 15
+  python -m benchmarks.inference --format float32 --archs quickstart,resnet18_w16 --rounds 30
   python -m benchmarks.inference --archs quickstart --rounds 5   # quick look
 """
 
