@@ -3,9 +3,14 @@
 Keras fixes its backend once per process, so the default ``pytest`` run (on
 TensorFlow) starts real subprocesses:
 
-* the library test files (``tests/s2nn_keras``) under ``KERAS_BACKEND=jax``
-  and ``KERAS_BACKEND=torch`` (each skipped when that framework is not
-  installed; PyPI's torch wheels bring gigabytes of CUDA, so CI covers jax);
+* the surrogate and layer test files (``tests/s2nn_keras/test_surrogates.py``,
+  ``test_layers.py``: every NumPy reference, thresholds, 0, +-1e30,
+  float16/bfloat16, each backend's jit) under ``KERAS_BACKEND=jax`` and
+  ``KERAS_BACKEND=torch`` (each skipped when that framework is not
+  installed; PyPI's torch wheels bring gigabytes of CUDA, so CI covers jax).
+  ``S2NN_BACKEND_TESTS=all`` runs the whole ``tests/s2nn_keras`` instead; CI
+  runs all of it on JAX anyway, in an environment without TensorFlow
+  (``.ci/run``), so the default run keeps to the numerics;
   ``S2NN_<BACKEND>_PYTHON`` may name another interpreter for a backend (e.g.
   a venv with CPU torch);
 * ``import s2nn_keras``, building, training (``model.fit``), firing rates and
@@ -23,7 +28,8 @@ import keras
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LIBRARY_TESTS = "tests/s2nn_keras"
+LIBRARY_TESTS = ("tests/s2nn_keras" if os.environ.get("S2NN_BACKEND_TESTS") == "all"
+                 else "tests/s2nn_keras/test_surrogates.py tests/s2nn_keras/test_layers.py")
 OTHER_BACKENDS = ("jax", "torch")
 
 
@@ -55,7 +61,7 @@ def test_library_tests_pass_on_backend(backend):
     if keras.backend.backend() == backend:
         pytest.skip(f"this run already is the {backend} backend")
     result = subprocess.run(
-        [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow", LIBRARY_TESTS],
+        [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow", *LIBRARY_TESTS.split()],
         cwd=REPO, env=_env(backend), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{LIBRARY_TESTS} failed under KERAS_BACKEND={backend}:\n" + _tail(result)
     assert " passed" in result.stdout.splitlines()[-1], _tail(result)
