@@ -2,7 +2,7 @@
 thresholds (paper §4.3, Eq. 27) and verified TFLite models for LiteRT and
 TensorFlow Lite Micro.
 
-    from export import fold_batchnorm, to_tflite, export_run
+    from export import fold_batchnorm, to_tflite, export_run, QATConfig
 
     folded = fold_batchnorm(model)                      # no BN left
     tflite_bytes = to_tflite(folded, "int8", representative_data)       # edge ops only
@@ -11,6 +11,9 @@ TensorFlow Lite Micro.
     conv = convert(folded, "int8", representative_data)  # bytes + how: plan, spike tensors
     result = export_run("run/model.keras", "run/export", images, labels)
     result.report["formats"]["int8"]["spikes"]["two_level"]
+    # quantization-aware fine-tuning first: the int8 model then matches Keras
+    result = export_run(model, "run/export", images, labels, calibration_images=train_images[-500:],
+                        qat=QATConfig(epochs=0.1), qat_images=train_images)
 
 CLI: ``python -m export --model RUN/model.keras --output_dir RUN/export``.
 See docs/EXPORT.md. Importing this package is cheap: the TensorFlow-heavy
@@ -19,7 +22,7 @@ modules load on first use of a name below.
 
 __all__ = ["fold_batchnorm", "fold_batchnorm_with_report", "FoldError", "ThresholdNeuron",
            "to_tflite", "convert", "Conversion", "edge_model", "EdgeError", "export_run", "ExportResult",
-           "FormatReporter", "load_model", "replace_neurons"]
+           "FormatReporter", "load_model", "replace_neurons", "QATConfig", "quantization_aware_fine_tune"]
 
 _LAZY = {
     "fold_batchnorm": "export.fold",
@@ -36,6 +39,8 @@ _LAZY = {
     "ExportResult": "export.pipeline",
     "FormatReporter": "export.pipeline",
     "load_model": "export.pipeline",
+    "QATConfig": "export.qat",
+    "quantization_aware_fine_tune": "export.qat",
 }
 
 

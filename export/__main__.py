@@ -6,7 +6,8 @@ converted as it is), converts it to the requested TFLite formats
 by default, ``--neuron compare`` for the comparison-op ablation), runs
 every format in LiteRT and TFLite Micro on the test split, checks the spike
 tensors, writes the artefacts and ``export_report.json`` and prints a
-summary. Bad input gives a one-line error on stderr and exit status 2.
+summary. ``--qat_epochs`` first fine-tunes the model quantization-aware on
+the training split (:mod:`export.qat`) so the int8 model matches it. Bad input gives a one-line error on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -35,6 +36,23 @@ def _positive_int(text):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    value = _nonnegative_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
 
 
@@ -83,6 +101,16 @@ def build_parser():
     p.add_argument("--ethos_u", type=_accelerators, default=None, metavar="ACCELERATORS",
                    help="also compile the int8 model with Arm Vela for these Ethos-U accelerators "
                         "(comma-separated, e.g. ethos-u55-128,ethos-u85-256; needs the 'edge' extra)")
+    p.add_argument("--qat_epochs", type=_nonnegative_float, default=0.0,
+                   help="quantization-aware fine-tuning before the export, in epochs over the training images "
+                        "(fractions allowed, e.g. 0.1; default 0: post-training quantization). The fine-tuned "
+                        "model rounds like the int8 model and becomes the reference of every check")
+    p.add_argument("--qat_train_examples", type=_positive_int, default=None,
+                   help="fine-tune on the first N training images only (default: all)")
+    p.add_argument("--qat_batch_size", type=_positive_int, default=None,
+                   help="images per quantization-aware fine-tuning step (default: export.qat.QATConfig's)")
+    p.add_argument("--qat_learning_rate", type=_positive_float, default=None,
+                   help="Adam learning rate of the fine-tuning (default: export.qat.QATConfig's)")
     p.add_argument("--no_spike_checks", action="store_true",
                    help="skip the per-format spike checks (two levels, runtimes, agreement with the folded model)")
     p.add_argument("--no_c_array", action="store_true", help="do not write model_int8.cc/.h")
@@ -92,6 +120,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.qat_epochs == 0 and any(v is not None for v in (args.qat_train_examples, args.qat_batch_size,
+                                                            args.qat_learning_rate)):
+        _fail("--qat_train_examples, --qat_batch_size and --qat_learning_rate need --qat_epochs > 0")
     if not os.path.isfile(args.model):
         _fail(f"--model {args.model!r} does not exist")
     if not args.model.endswith(".keras"):
@@ -131,6 +162,19 @@ def main(argv=None):
             _fail("--ethos_u needs Arm Vela: pip install 's2nn_keras[edge]'")
         reporters.append(vela.reporter(args.ethos_u))
 
+    qat = None
+    if args.qat_epochs > 0:
+        from export.qat import QATConfig
+        from export.tflite import is_spiking_model
+
+        if not is_spiking_model(model):
+            _fail(f"--qat_epochs needs a spiking model; {args.model!r} has no spiking neurons")
+        options = {k: v for k, v in (("batch_size", args.qat_batch_size),
+                                     ("learning_rate", args.qat_learning_rate)) if v is not None}
+        qat = QATConfig(epochs=args.qat_epochs, train_examples=args.qat_train_examples, **options)
+
+    from export.qat import QATError
+
     try:
         export_run(model, args.output_dir, images, labels, formats=args.formats,
                    calibration_images=calibration, num_calibration=args.num_calibration,
@@ -138,8 +182,8 @@ def main(argv=None):
                    verbose=not args.quiet, extra={"model_path": args.model, "dataset": args.dataset},
                    threshold_in_bias=not args.no_threshold_in_bias, neuron=args.neuron,
                    spike_checks=not args.no_spike_checks, merge_shortcuts=args.merge_shortcuts,
-                   reporters=reporters)
-    except (FoldError, EdgeError) as err:
+                   reporters=reporters, qat=qat, qat_images=train_images if qat is not None else None)
+    except (FoldError, EdgeError, QATError) as err:
         _fail(str(err))
     return 0
 

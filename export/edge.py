@@ -101,6 +101,13 @@ _LEVEL_PASS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropou
                "Identity")
 
 
+def grid_range(scale: float, zero_point: int) -> Tuple[float, float]:
+    """``[(-128 - z) s, (127 - z) s]``: the range of an int8 grid as the
+    float32 values a fake-quant op takes (TFLite reads the grid back as
+    ``s = (max - min) / 255``, ``z = -128 - min / s``)."""
+    return float(np.float32((-128 - int(zero_point)) * float(scale))), float(np.float32((127 - int(zero_point)) * float(scale)))
+
+
 @keras.saving.register_keras_serializable(package="s2nn_export")
 class GridQuantize(keras.layers.Layer):
     """Rounds to a fixed int8 grid: ``x -> (clip(round(x / s) + z, -128, 127) - z) * s``
@@ -117,8 +124,7 @@ class GridQuantize(keras.layers.Layer):
     def call(self, x):
         import tensorflow as tf
 
-        lo = (-128 - self.zero_point) * self.scale
-        hi = (127 - self.zero_point) * self.scale
+        lo, hi = grid_range(self.scale, self.zero_point)
         return tf.quantization.fake_quant_with_min_max_args(x, min=lo, max=hi, num_bits=8)
 
     def compute_output_shape(self, input_shape):
@@ -194,6 +200,7 @@ class EdgePlan:
     consumers_scaled: List[str]
     assumed_inputs: Dict[str, Tuple[float, int]]
     unsettled: bool = False
+    bias_input_scales: Dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------
@@ -263,8 +270,11 @@ def _analyse(graph: LayerGraph):
         if (not src.is_input and _class(src) in _PRODUCERS and _linear_activation(src.layer)
                 and graph.fanout(src) == 1 and len(graph.calls(src.name)) == 1):
             candidates[n.name] = src.name
-    # Consumers of {0, 6} spikes: the kernels that carry the 1/6.
+    # Consumers of {0, 6} spikes: the kernels that carry the 1/6. A
+    # prescribed grid on the way (GridQuantize, e.g. after the pooling of a
+    # quantization-aware model) is scaled by 6 with the values it rounds.
     absorb: Dict[str, List[str]] = {}
+    rescaled: Dict[str, float] = {}
     for n in neurons:
         if _levels_of(n.layer) != (0.0, 6.0):
             continue
@@ -276,7 +286,9 @@ def _analyse(graph: LayerGraph):
             c = stack.pop()
             if _class(c) in _ABSORBERS:
                 absorb.setdefault(c.name, []).append(n.name)
-            elif _class(c) in _LINEAR_PASS and len(c.inputs) == 1:
+            elif (_class(c) in _LINEAR_PASS or _class(c) == "GridQuantize") and len(c.inputs) == 1:
+                if _class(c) == "GridQuantize":
+                    rescaled[c.name] = 6.0
                 if graph.output_uses(c):
                     raise EdgeError(f"the spikes of {n.name!r} reach the model output through {c.name!r}; "
                                     "no kernel can absorb the {0, 6} levels (use neuron='compare')")
@@ -314,7 +326,7 @@ def _analyse(graph: LayerGraph):
                     input_kind[n_name] = "integer"
                     break
                 t = graph.producer(t.inputs[0])
-    return neurons, candidates, absorb, input_kind
+    return neurons, candidates, absorb, input_kind, rescaled
 
 
 # --------------------------------------------------------------------------
@@ -505,7 +517,8 @@ def _tensor_integer(neuron, s_x, z_x, quantization, multiplier, s_out):
 
 def edge_model(folded: keras.Model, quantization: str = "int8",
                representative_data: Optional[Callable[[], Iterable]] = None,
-               input_quantization: Optional[Dict[str, Tuple[float, int]]] = None) -> EdgePlan:
+               input_quantization: Optional[Dict[str, Tuple[float, int]]] = None,
+               bias_input_scales: Optional[Dict[str, float]] = None) -> EdgePlan:
     """Rewrites a folded model so every neuron is a fused saturating clamp
     that the ``quantization`` format computes exactly (module docstring).
 
@@ -520,6 +533,13 @@ def edge_model(folded: keras.Model, quantization: str = "int8",
       input_quantization: ``{neuron name: (scale, zero_point)}`` overriding
         the computed grid of a neuron's integer input (the values read back
         from a converted flatbuffer; see :func:`export.tflite.convert`).
+      bias_input_scales: ``{neuron name: scale}``: the input scale the
+        converter quantizes that neuron's bias with, where it differs from
+        the input's grid (read back by :func:`export.tflite.convert`; the
+        converter takes it from its own calibration of the tensor before a
+        prescribed grid, which can differ from the grid in the last element).
+        The float bias is multiplied by ``scale / grid scale`` so the int32
+        bias comes out as placed.
 
     Returns:
       An :class:`EdgePlan`.
@@ -535,8 +555,13 @@ def edge_model(folded: keras.Model, quantization: str = "int8",
     if integer and representative_data is None:
         raise ValueError(f"{quantization} needs representative_data to place the thresholds on its integer grid")
     overrides = dict(input_quantization or {})
+    bias_scales = dict(bias_input_scales or {})
     graph = LayerGraph(folded)
-    neurons, candidates, absorb, input_kind = _analyse(graph)
+    neurons, candidates, absorb, input_kind, rescaled = _analyse(graph)
+    # Grids the model prescribes itself (GridQuantize layers, e.g. of a
+    # quantization-aware fine-tuned model, export.qat): taken as they are.
+    prescribed = {n.name: (n.layer.scale * rescaled.get(n.name, 1.0), n.layer.zero_point)
+                  for n in graph.nodes if not n.is_input and _class(n) == "GridQuantize"}
 
     # Format-specific choice of kind.
     kinds = {}
@@ -565,13 +590,25 @@ def edge_model(folded: keras.Model, quantization: str = "int8",
             needed[n.name] = n.inputs[0]
         elif input_kind[n.name] == "integer" or (quantization == "int8" and input_kind[n.name] == "spikes_pm"):
             needed[n.name] = graph.calls(candidates[n.name])[0].inputs[0]
+    for name, ref in list(needed.items()):
+        producer = graph.producer(ref)
+        if producer.is_input or producer.name not in prescribed:
+            continue
+        if quantization == "int8":
+            overrides.setdefault(name, prescribed[producer.name])
+        else:   # the prescribed grid is dropped (see make): calibrate what it rounded
+            while not producer.is_input and producer.name in prescribed:
+                ref = producer.inputs[0]
+                producer = graph.producer(ref)
+            needed[name] = ref
 
     def build(grids):
         # int8: the grids are prescribed (GridQuantize), not calibrated.
         fixed = {}
         if quantization == "int8":
             for name, ref in needed.items():
-                if not graph.producer(ref).is_input:
+                producer = graph.producer(ref)
+                if not producer.is_input and producer.name not in prescribed:
                     fixed[ref] = grids[name]
         plans: Dict[str, EdgeNeuron] = {}
         new_weights: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
@@ -606,6 +643,7 @@ def edge_model(folded: keras.Model, quantization: str = "int8",
                     s_in, z_in = grids[n.name]
                     kernel, bias, info, bound = _conv_integer(n.name, k, b, const, amplitude, s_in, z_in, quantization,
                                                               s_out8, INT8_INTEGER_CONV_MULTIPLIER)
+                    bias = bias * (bias_scales.get(n.name, s_in) / s_in)
                     _check_overflow(n.name, bound, INT8_INTEGER_CONV_MULTIPLIER, "int8")
                     ik_used = "integer"
                 elif ik in ("spikes01", "spikes_pm"):
@@ -638,6 +676,8 @@ def edge_model(folded: keras.Model, quantization: str = "int8",
                 if quantization == "int8":
                     theta, new_pol, gain, info = _tensor_integer(layer, s_x, z_x, quantization,
                                                                  INT8_DEPTHWISE_MULTIPLIER, s_out8)
+                    # bias = -G p theta: scaled with the converter's bias input scale
+                    theta = (theta * (bias_scales.get(n.name, s_x) / s_x)).astype(np.float32)
                     _check_overflow(n.name, info["max_abs_accumulator"], INT8_DEPTHWISE_MULTIPLIER, "int8")
                     level_gain = None
                 else:
@@ -651,6 +691,14 @@ def edge_model(folded: keras.Model, quantization: str = "int8",
         def make(node, args, kwargs):
             if node.name in new_neurons:
                 return new_neurons[node.name](*args, **kwargs)
+            if node.name in prescribed:
+                # int8 only: the 16x8 quantizer rejects fake-quant ops (int16
+                # grids are calibrated), and a float32 graph would write them as
+                # uint8 QUANTIZE/DEQUANTIZE pairs (not edge ops; TFLM cannot run them).
+                if quantization != "int8":
+                    return args[0]
+                scale, zp = prescribed[node.name]
+                return GridQuantize(scale, zp, name=node.name)(*args, **kwargs)
             layer = node.layer
             if node.name in new_weights or node.name in kernel_scale or (integer and _has_kernel(node)):
                 config = layer.get_config()
@@ -677,8 +725,11 @@ def edge_model(folded: keras.Model, quantization: str = "int8",
                 out = GridQuantize(scale, zp, name=f"{node.name}_grid")(out)
             return out
 
-        model = graph.replay(call).model(name=f"{folded.name}_edge_{quantization}")
-        return EdgePlan(model, quantization, plans, sorted(kernel_scale), dict(grids))
+        # The source model's name: TFLite tensor names carry it (twice), so a
+        # longer one costs file size.
+        model = graph.replay(call).model(name=folded.name)
+        return EdgePlan(model, quantization, plans, sorted(kernel_scale), dict(grids),
+                        bias_input_scales=dict(bias_scales))
 
     # The converter calibrates the edge model itself: its weights are
     # int8-rounded and its decisions near thresholds differ a little from the

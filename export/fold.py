@@ -278,7 +278,7 @@ def fold_batchnorm_with_report(model: keras.Model, formulation: str = "compare",
             new.set_weights(layer.get_weights())
         return out
 
-    folded = graph.graph.replay(call).model(name=f"{model.name}_folded")
+    folded = graph.graph.replay(call).model(name=model.name)  # short tensor names in TFLite
     left = [l.name for l in folded.layers if isinstance(l, keras.layers.BatchNormalization)]
     if left:  # defensive: the plan above must have removed every BN
         raise FoldError(f"BatchNormalization layers left after folding: {left}")

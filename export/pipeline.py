@@ -3,6 +3,9 @@
 :func:`export_run` is what ``python -m export`` and the trainer's
 ``--export`` call. It writes into ``output_dir``:
 
+* ``model_qat.keras`` (with ``qat=``): the quantization-aware fine-tuned
+  model (:mod:`export.qat`), which is then "the Keras model" every format is
+  verified against;
 * ``model_folded.keras``: the BN-free inference model (ThresholdNeuron
   layers; a ReLU model is not folded: its BatchNorms are the converter's);
 * ``model_<format>.tflite`` for each requested format;
@@ -109,6 +112,7 @@ def load_model(path: str):
 
     import s2nn_keras  # noqa: F401  (registers S2Activation)
     import export.edge  # noqa: F401  (registers GridQuantize)
+    import export.qat  # noqa: F401  (registers the quantization-aware training layers)
     import export.neurons  # noqa: F401  (registers ThresholdNeuron)
 
     if not isinstance(path, str) or not os.path.isfile(path):
@@ -197,7 +201,7 @@ def _fold(model):
     return fold_batchnorm_with_report(model)
 
 
-def _run_format(conversion, x, y, ref_pred, ref_logits, max_tflm_examples):
+def _run_format(conversion, x, y, ref_pred, ref_logits, max_tflm_examples, float_pred=None):
     """run: accuracy, agreement and latency in LiteRT and TFLite Micro."""
     from export.runtimes import run_litert, run_tflm, tflm_arena_size
 
@@ -205,6 +209,8 @@ def _run_format(conversion, x, y, ref_pred, ref_logits, max_tflm_examples):
     lite = run_litert(flat, x)
     out = {"litert": {**_score(lite["outputs"], y, ref_pred, ref_logits),
                       "latency_ms_per_image": lite["latency_ms"]}}
+    if float_pred is not None:  # quantization-aware export: also against the trained float model
+        out["litert"]["agreement_with_float"] = float(np.mean(lite["outputs"].argmax(1) == float_pred))
     n_micro = len(x) if max_tflm_examples is None else min(len(x), int(max_tflm_examples))
     arena = tflm_arena_size(flat, x[0])
     micro = run_tflm(flat, x[:n_micro], arena)
@@ -222,7 +228,7 @@ def export_run(model_or_path, output_dir: str, images, labels,
                verbose: bool = True, extra: Optional[Dict] = None,
                threshold_in_bias: bool = True, neuron: str = DEFAULT_NEURON,
                reporters: Sequence[FormatReporter] = (), spike_checks: bool = True,
-               merge_shortcuts: bool = False) -> ExportResult:
+               merge_shortcuts: bool = False, qat=None, qat_images=None) -> ExportResult:
     """Folds, verifies, converts, runs and reports; see the module docstring.
 
     Args:
@@ -248,6 +254,16 @@ def export_run(model_or_path, output_dir: str, images, labels,
         (spiking models).
       merge_shortcuts: export strided shortcuts as one strided 1x1 conv
         (:func:`export.tflite.merge_strided_shortcuts`).
+      qat: an :class:`export.qat.QATConfig` to fine-tune the model
+        quantization-aware first (spiking models; :mod:`export.qat`): the
+        fine-tuned model, whose Keras forward pass rounds like the int8
+        model, is saved as ``model_qat.keras`` and replaces the trained one
+        as the reference of every check; the report keeps the trained
+        model's accuracy under ``float`` and the fine-tuning under ``qat``.
+        ``None`` (default): post-training quantization.
+      qat_images: the training images the fine-tuning reads (uint8 or
+        float32, no labels: the trained model's predictions are the
+        targets); needed with ``qat``.
 
     Returns:
       An :class:`ExportResult`; its ``report`` is also written to
@@ -273,8 +289,29 @@ def export_run(model_or_path, output_dir: str, images, labels,
         calib, calib_source = x[:num_calibration], "verification images"
     else:
         calib, calib_source = _as_float(calibration_images)[:num_calibration], "calibration images"
+    if qat is not None:
+        from export.qat import QATConfig
+        from export.tflite import is_spiking_model
+
+        if not isinstance(qat, QATConfig):
+            raise ValueError(f"qat must be an export.qat.QATConfig or None, got {type(qat).__name__}")
+        if not is_spiking_model(model):
+            raise ValueError("qat: quantization-aware fine-tuning needs a spiking model; this one has no "
+                             "spiking neurons (a ReLU model is exported by post-training quantization)")
+        if qat_images is None or len(qat_images) == 0:
+            raise ValueError("qat needs qat_images: the training images to fine-tune on")
     os.makedirs(output_dir, exist_ok=True)
     t0 = time.perf_counter()
+
+    # 0. quantization-aware fine-tuning (optional): the fine-tuned model is
+    # the reference from here on.
+    float_model, qat_report = model, None
+    if qat is not None:
+        from export.qat import quantization_aware_fine_tune
+
+        tuned = quantization_aware_fine_tune(model, qat_images, calib, qat)
+        model, qat_report = tuned.model, tuned.report
+        model.save(os.path.join(output_dir, "model_qat.keras"))
 
     # 1. fold
     if threshold_in_bias:
@@ -294,6 +331,14 @@ def export_run(model_or_path, output_dir: str, images, labels,
                                      for sl in _batches(len(x), 256)])
         check, fold_logits = {}, ref_logits
     ref_pred = ref_logits.argmax(1)
+    float_report = float_pred = None
+    if qat_report is not None:
+        float_pred = np.concatenate([np.asarray(float_model(x[sl], training=False), np.float32).argmax(1)
+                                     for sl in _batches(len(x), 256)])
+        float_report = {"accuracy": float(np.mean(float_pred == y))}
+        qat_report.update(file="model_qat.keras", accuracy=float(np.mean(ref_pred == y)),
+                          float_accuracy=float_report["accuracy"],
+                          agreement_with_float=float(np.mean(ref_pred == float_pred)))
     report = {
         "model": model_path or (extra or {}).get("model_path") or model.name,
         "output_dir": output_dir,
@@ -306,13 +351,17 @@ def export_run(model_or_path, output_dir: str, images, labels,
         "merge_shortcuts": bool(merge_shortcuts),
         "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                  "python": platform.python_version(), "litert_threads": 1},
-        "keras": {"accuracy": float(np.mean(ref_pred == y)),
+        "keras": {"model": "qat" if qat_report is not None else "trained",
+                  "accuracy": float(np.mean(ref_pred == y)),
                   "params": int(model.count_params()),
                   "batchnorm_layers": sum(1 for l in model.layers if type(l).__name__ == "BatchNormalization")},
         "fold": {**fold_report, **check, "accuracy": float(np.mean(fold_logits.argmax(1) == y)),
                  **({"file": "model_folded.keras"} if spiking else {})},
         "formats": {},
     }
+    if qat_report is not None:
+        report["float"] = float_report
+        report["qat"] = qat_report
     if extra:
         report["run"] = dict(extra)
 
@@ -338,8 +387,10 @@ def export_run(model_or_path, output_dir: str, images, labels,
             entry["neurons"] = {n: p.summary() for n, p in conv.plan.neurons.items()}
             entry["grids"] = conv.grids
         # 4. run
-        entry.update(_run_format(conv, x, y, ref_pred, ref_logits, max_tflm_examples))
+        entry.update(_run_format(conv, x, y, ref_pred, ref_logits, max_tflm_examples, float_pred))
         entry["accuracy_drop_pp_vs_keras"] = 100.0 * (report["keras"]["accuracy"] - entry["litert"]["accuracy"])
+        if float_report is not None:
+            entry["accuracy_drop_pp_vs_float"] = 100.0 * (float_report["accuracy"] - entry["litert"]["accuracy"])
         if spiking and spike_checks:
             entry["spikes"] = verify_spikes(conv, folded, x, max_tflm_examples=max_tflm_examples)
         if fmt == "int8" and c_array:
@@ -382,6 +433,19 @@ def format_summary(report: Dict, reporters: Sequence[FormatReporter] = ()) -> st
         f"{report['num_calibration']} ({report['calibration_source']})",
     ]
     fold = report["fold"]
+    if report.get("qat"):
+        q = report["qat"]
+        lines.append(
+            f"  qat: {q['steps']} steps x {q['batch_size']} images ({q['epochs']:.3g} epochs of {q['train_examples']}) "
+            f"in {q['seconds']:.1f} s (+{q['teacher_seconds']:.1f} s teacher); on the calibration images "
+            f"KL(float || quantization-aware) {q['calibration_match']['before']['kl']:.4f} -> "
+            f"{q['calibration_match']['after']['kl']:.4f}, same top-1 "
+            f"{100 * q['calibration_match']['before']['agreement']:.1f}% -> "
+            f"{100 * q['calibration_match']['after']['agreement']:.1f}%; {q['quantized_tensors']} int8 grids")
+        lines.append(
+            f"  trained float model {100 * q['float_accuracy']:.2f}% -> quantization-aware model "
+            f"{100 * q['accuracy']:.2f}% ({100 * (q['accuracy'] - q['float_accuracy']):+.2f} pt, same top-1 on "
+            f"{100 * q['agreement_with_float']:.2f}%); the checks below are against the quantization-aware model")
     if report.get("spiking", True):
         lines += [
             f"  keras accuracy {100 * report['keras']['accuracy']:.2f}%, "

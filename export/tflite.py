@@ -355,8 +355,10 @@ def _first_op_of(graph, name):
 
 def _read_grids(flatbuffer, plan) -> Dict[str, Dict]:
     """The quantization the converter gave each integer input the plan
-    assumed (the data input of the neuron's first op), and whether that op's
-    int32/int64 bias is at the scale ``s_in * s_w`` its kernel assumes."""
+    assumed (the data input of the neuron's first op), the input scale the
+    converter quantized that op's int32/int64 bias with (``bias scale / s_w``)
+    and whether it is the one the plan assumed (the input's scale unless
+    ``plan.bias_input_scales`` says otherwise)."""
     from export.flatbuffer import read_model
 
     graph = read_model(flatbuffer).main
@@ -367,17 +369,19 @@ def _read_grids(flatbuffer, plan) -> Dict[str, Dict]:
             raise RuntimeError(f"saturate export: no operator of neuron {name!r} in the flatbuffer")
         q = graph.tensors[op.inputs[0]].quantization
         actual = (float(q.scales[0]), int(q.zero_points[0])) if q is not None else None
-        bias_ok = True
+        grid_ok = actual is not None and actual[1] == assumed[1] and abs(actual[0] - assumed[0]) <= 1e-6 * assumed[0]
+        bias_ok, bias_input = True, None
         if q is not None and len(op.inputs) > 2 and op.inputs[2] >= 0:
             w, b = graph.tensors[op.inputs[1]].quantization, graph.tensors[op.inputs[2]].quantization
             if w is not None and b is not None:
-                expect = float(q.scales[0]) * np.asarray(w.scales, np.float64)
-                bias_ok = bool(np.all(np.abs(np.asarray(b.scales, np.float64) - expect) <= 1e-5 * expect))
+                ratio = np.asarray(b.scales, np.float64) / np.asarray(w.scales, np.float64)
+                bias_input = float(np.median(ratio))
+                expect = float(plan.bias_input_scales.get(name, q.scales[0]))
+                bias_ok = bool(np.all(np.abs(ratio - expect) <= 1e-5 * expect))
         out[name] = {"assumed": [float(assumed[0]), int(assumed[1])],
                      "actual": None if actual is None else list(actual),
-                     "bias_scale_consistent": bias_ok,
-                     "equal": actual is not None and actual[1] == assumed[1]
-                     and abs(actual[0] - assumed[0]) <= 1e-6 * assumed[0] and bias_ok}
+                     "bias_scale_consistent": bias_ok, "bias_input_scale": bias_input,
+                     "grid_equal": grid_ok, "equal": grid_ok and bias_ok}
     return out
 
 
@@ -461,15 +465,21 @@ def convert(model: keras.Model, quantization: str = "float32",
     from export.edge import edge_model
 
     overrides: Dict = {}
+    bias_scales: Dict[str, float] = {}
     grids: Dict[str, Dict] = {}
     for attempt in range(1, MAX_CONVERSIONS + 1):
-        plan = edge_model(model, quantization, representative_data, input_quantization=overrides)
+        plan = edge_model(model, quantization, representative_data, input_quantization=overrides,
+                          bias_input_scales=bias_scales)
         flat = _convert_keras(plan.model, quantization, representative_data)
         grids = _read_grids(flat, plan) if plan.assumed_inputs else {}
         wrong = {n: g for n, g in grids.items() if not g["equal"] and g["actual"] is not None}
         if not wrong:
             break
-        overrides.update({n: tuple(g["actual"]) for n, g in wrong.items()})
+        for n, g in wrong.items():
+            if not g["grid_equal"] or g["bias_input_scale"] is None:
+                overrides[n] = tuple(g["actual"])
+            else:   # right grid, bias quantized with another input scale (the converter's calibration)
+                bias_scales[n] = g["bias_input_scale"]
     else:
         raise RuntimeError(f"saturate {quantization} export: the converter's grids of {sorted(wrong)} still differ "
                            f"from the placement after {MAX_CONVERSIONS} conversions")

@@ -1,0 +1,696 @@
+"""Quantization-aware fine-tuning: the Keras model *is* the int8 model.
+
+Post-training int8 quantization of a trained S2NN cannot keep 99 % of its
+predictions: the float network is chaotic (relative weight noise of 1e-4
+already changes ~1-5 % of them; docs/EXPORT.md, "Why"), and the int8 model
+rounds every weight and every non-spike activation. Quantization-aware
+training (QAT) removes the gap by construction: a Keras model that rounds
+exactly where the deployed int8 model rounds, onto exactly the grids the
+export will use, is fine-tuned briefly from the trained float model with
+the surrogate gradient, straight through the rounding (STE). The int8
+export of that model then computes the same function up to the requantizer
+arithmetic (fixed-point vs float rounding of a few values that land within
+~1e-5 of a rounding boundary).
+
+What the QAT model simulates (``quantization_aware_model``):
+
+* **weights**: every Conv1D/2D/3D and Dense kernel is rounded to the
+  per-output-channel symmetric int8 grid (scale ``max|W_c| / 127``, round
+  half away from zero) in the forward pass; the backward pass is the
+  identity (STE): ``W_q = W + stop_gradient(q(W) - W)``. The export's
+  per-channel factors are positive (BN scale ``|g_c|``, neuron gain ``G_c``,
+  ``1/6`` for {0, 6} spikes) or signs, and symmetric per-channel rounding
+  commutes with them: quantizing ``W`` gives the integers the converter
+  writes for the folded kernel. :func:`inference_model` stores ``q(W)``
+  itself, so the converter's own rounding is lossless.
+* **activations**: every tensor the int8 model stores in int8 that is not
+  a spike map -- the model input, the output of every Conv/Dense whose
+  result is not fused into a neuron (the stem, the second conv of each
+  block, the shortcuts, the logits), every residual sum (``Add``) and every
+  averaging pool (``GlobalAveragePooling``) -- goes through an
+  :class:`ActivationQuantizer`: ``x -> (clip(round(x / s) + z, -128, 127) -
+  z) s`` (TensorFlow's ``fake_quant_with_min_max_vars``, gradient 1 inside
+  the range, 0 outside) on a fixed per-tensor grid ``(s, z)``.
+  :func:`inference_model` turns each into an :class:`export.edge.GridQuantize`,
+  whose range the TFLite converter takes as the tensor's quantization
+  instead of calibrating it, so the int8 model rounds onto the same grids.
+* **neurons** stay as trained (``S2Activation``, surrogate gradient), with
+  the BatchNormalization before them frozen in inference mode (moving
+  statistics, ``gamma``/``beta`` fixed: the folded thresholds of Eq. 27 do
+  not move). The int8 neuron is the exact decision on these quantized
+  inputs (a conv neuron on the int8-weight lattice, a depthwise neuron on
+  its input grid; docs/EXPORT.md), so nothing about it needs simulating.
+  Conv kernels followed by a BN that folds into them are quantized before
+  the BN, which is the same integers (per-channel rounding commutes with
+  the BN scale).
+
+Not simulated (each a sub-step effect): the int32 rounding of the Dense
+bias (``<= 0.5 s_in s_w``, a ``~1e-4``-step shift of the logit grid) and the
+runtimes' fixed-point requantization (conv, ``ADD``, ``MEAN``), which rounds
+like the float model except within ~1e-5 of a step boundary.
+
+Grids (:func:`calibrate`): TFLite's rule (:func:`export.edge.quantization_params`)
+over the min/max of each quantizer's input on the calibration images,
+measured with every quantizer before it active, repeated until no grid
+changes (a grid only depends on the grids before it, so this settles). The
+grids are set before fine-tuning and recalibrated after it (the weights
+moved), so the converter, calibrating the deployed model on the same
+images, finds the same ranges. One exception: the average of a spike map
+(the global average pool before the classifier) takes only the values
+``k / N``; a calibrated grid can put some of them exactly half-way between
+two grid points, where Keras's float rounding and the runtimes'
+fixed-point rounding go different ways. Its grid is fixed instead
+(:func:`spike_average_grid`): exact for ``N <= 255`` (``s = 1 / N``),
+never a tie otherwise.
+
+Example::
+
+    from export.qat import QATConfig, quantization_aware_fine_tune
+
+    result = quantization_aware_fine_tune(model, x_train, y_train, x_calib,
+                                          QATConfig(epochs=0.25))
+    result.model           # "the Keras model": deploy/export this one
+    result.report          # steps, seconds, grids, accuracies
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import keras
+import numpy as np
+
+from s2nn_keras.graph import GraphError, LayerGraph, TensorRef
+from s2nn_keras.layers import is_spiking_neuron
+
+__all__ = ["QATConfig", "QATError", "QATResult", "ActivationQuantizer", "QATConv1D", "QATConv2D", "QATConv3D",
+           "QATDense", "fake_quantize_per_channel", "quantization_aware_model", "calibrate", "grids",
+           "fine_tune", "inference_model", "quantization_aware_fine_tune", "distillation_match",
+           "spike_average_grid"]
+
+_CONVS = ("Conv1D", "Conv2D", "Conv3D")
+_PRODUCERS = _CONVS + ("Dense",)
+# Layers whose output the int8 model rounds onto a new grid.
+_MERGES = ("Add",)
+_AVERAGES = ("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+             "AveragePooling1D", "AveragePooling2D", "AveragePooling3D")
+# Layers that keep their input's values (and int8 grid).
+_KEEP = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "Flatten", "Reshape",
+         "Identity", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
+         "Cropping3D", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D",
+         "GlobalMaxPooling2D", "GlobalMaxPooling3D")
+
+
+class QATError(ValueError):
+    """A model quantization-aware fine-tuning cannot simulate exactly (the
+    message names the layer)."""
+
+
+# --------------------------------------------------------------------------
+# Fake quantization.
+# --------------------------------------------------------------------------
+
+
+def fake_quantize_per_channel(kernel, channel_axis: int = -1):
+    """``kernel`` on its per-output-channel symmetric int8 grid with a
+    straight-through gradient.
+
+    Forward: ``s_c = max|W_c| / 127`` (1 for an all-zero channel),
+    ``q = sign(W / s) floor(|W / s| + 1/2)`` (round half away from zero, as
+    :func:`export.edge.fake_quantize_kernel` and the TFLite converter),
+    result exactly ``q s`` (float32). Backward: the identity (a custom
+    gradient; ``W + stop_gradient(q s - W)`` would be off the grid by an ulp).
+
+    Example:
+      >>> import numpy as np
+      >>> w = np.array([[0.5, -2.0], [1.0, 0.01]], np.float32)
+      >>> np.round(np.asarray(fake_quantize_per_channel(w)) * 127).tolist()
+      [[64.0, -254.0], [127.0, 1.0]]
+    """
+    import tensorflow as tf
+
+    w = tf.convert_to_tensor(kernel)
+    axis = channel_axis % len(w.shape)
+    axes = [i for i in range(len(w.shape)) if i != axis]
+
+    @tf.custom_gradient
+    def quantize(w):
+        m = tf.reduce_max(tf.abs(w), axis=axes, keepdims=True)
+        s = tf.where(m > 0, m / 127.0, tf.ones_like(m))
+        x = w / s
+        q = tf.sign(x) * tf.floor(tf.abs(x) + 0.5)
+        return q * s, lambda dy: dy
+
+    return quantize(w)
+
+
+@keras.saving.register_keras_serializable(package="s2nn_export")
+class ActivationQuantizer(keras.layers.Layer):
+    """Fake quantization onto a per-tensor int8 grid ``(scale s, zero point
+    z)``: ``x -> (clip(round(x / s) + z, -128, 127) - z) s``, i.e.
+    ``tf.quantization.fake_quant_with_min_max_vars`` over ``[(-128 - z) s,
+    (127 - z) s]`` held in two non-trainable variables (gradient 1 inside the
+    range, 0 outside: STE). The range is the float32 value of the same
+    float64 product that :class:`export.edge.GridQuantize` passes to
+    ``fake_quant_with_min_max_args``, so both round every value alike.
+
+    While ``active`` is False (before :func:`calibrate` sets a grid) it
+    passes its input through. A ``fixed`` grid (an average of spikes,
+    :func:`spike_average_grid`) is active from the start and
+    :func:`calibrate` leaves it. :func:`inference_model` writes it as an
+    :class:`export.edge.GridQuantize` with the same grid.
+    """
+
+    def __init__(self, scale: float = 1.0, zero_point: int = 0, active: bool = False, fixed: bool = False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.scale, self.zero_point = float(scale), int(zero_point)
+        self.active = bool(active) or bool(fixed)
+        self.fixed = bool(fixed)
+
+    def _range(self):
+        from export.edge import grid_range
+
+        return grid_range(self.scale, self.zero_point)
+
+    def build(self, input_shape):
+        lo, hi = self._range()
+        self.minimum = self.add_weight(shape=(), initializer=keras.initializers.Constant(lo), trainable=False,
+                                       name="minimum")
+        self.maximum = self.add_weight(shape=(), initializer=keras.initializers.Constant(hi), trainable=False,
+                                       name="maximum")
+        super().build(input_shape)
+
+    @property
+    def grid(self) -> Tuple[float, int]:
+        """``(scale, zero_point)``."""
+        return self.scale, self.zero_point
+
+    def set_grid(self, scale: float, zero_point: int):
+        """Sets the grid and activates the quantizer."""
+        self.scale, self.zero_point = float(scale), int(zero_point)
+        lo, hi = self._range()
+        self.minimum.assign(lo)
+        self.maximum.assign(hi)
+        self.active = True
+
+    def call(self, x):
+        if not self.active:
+            return x
+        import tensorflow as tf
+
+        return tf.quantization.fake_quant_with_min_max_vars(x, self.minimum, self.maximum, num_bits=8)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(scale=self.scale, zero_point=self.zero_point, active=self.active, fixed=self.fixed)
+        return config
+
+
+def _kernel_quantized_call(base):
+    """A subclass of ``base`` (a Conv) whose convolution uses the fake-quantized kernel."""
+
+    class _QAT(base):
+        def convolution_op(self, inputs, kernel):
+            return super().convolution_op(inputs, fake_quantize_per_channel(kernel))
+
+    return _QAT
+
+
+@keras.saving.register_keras_serializable(package="s2nn_export")
+class QATConv1D(_kernel_quantized_call(keras.layers.Conv1D)):
+    """``Conv1D`` whose forward pass uses :func:`fake_quantize_per_channel` of its kernel."""
+
+
+@keras.saving.register_keras_serializable(package="s2nn_export")
+class QATConv2D(_kernel_quantized_call(keras.layers.Conv2D)):
+    """``Conv2D`` whose forward pass uses :func:`fake_quantize_per_channel` of its kernel."""
+
+
+@keras.saving.register_keras_serializable(package="s2nn_export")
+class QATConv3D(_kernel_quantized_call(keras.layers.Conv3D)):
+    """``Conv3D`` whose forward pass uses :func:`fake_quantize_per_channel` of its kernel."""
+
+
+@keras.saving.register_keras_serializable(package="s2nn_export")
+class QATDense(keras.layers.Dense):
+    """``Dense`` whose forward pass uses :func:`fake_quantize_per_channel` of its kernel."""
+
+    def call(self, inputs, training=None):
+        from keras import ops
+
+        x = ops.matmul(inputs, fake_quantize_per_channel(self.kernel))
+        if self.bias is not None:
+            x = ops.add(x, self.bias)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+
+_QAT_CLASSES = {"Conv1D": QATConv1D, "Conv2D": QATConv2D, "Conv3D": QATConv3D, "Dense": QATDense}
+_PLAIN_CLASSES = {v: k for k, v in _QAT_CLASSES.items()}
+
+
+# --------------------------------------------------------------------------
+# The rewrite.
+# --------------------------------------------------------------------------
+
+
+def _linear(layer):
+    act = getattr(layer, "activation", None)
+    return act is None or getattr(act, "__name__", "linear") == "linear"
+
+
+def _is_bn(node):
+    return node.class_name == "BatchNormalization"
+
+
+def _pool_is_subsample(layer):
+    size = getattr(layer, "pool_size", None)
+    return size is not None and all(int(s) == 1 for s in np.atleast_1d(size))
+
+
+def spike_average_grid(count: int, off_value: float = 0.0) -> Tuple[float, int]:
+    """The int8 grid of an average of ``count`` spikes: ``(m / count, z)``
+    with ``m`` the smallest odd integer for which the grid covers every
+    average (``[0, 1]`` for {0, 1} spikes, zero point -128; ``[-1, 1]`` for
+    +-1 spikes, zero point 0). The averages are ``k / count`` (``(2k -
+    count) / count``), i.e. ``k / m`` (``(2k - count) / m``) grid steps: an
+    integer when ``m = 1`` (``count <= 255``, resp. ``127``: exact), else never
+    half-way between two integers (``m`` odd), so no float or fixed-point
+    rounding of a tie can make Keras and the int8 runtimes round apart."""
+    count = int(count)
+    if float(off_value) == 0.0:
+        m, zp = max(1, math.ceil(count / 255.0)), -128
+    else:
+        m, zp = max(1, math.ceil(count / 127.0)), 0
+    m += 1 - m % 2
+    return float(np.float32(m / count)), zp
+
+
+def _spike_average(graph, node):
+    """``(count, off value)`` when ``node`` averages a spike map over a fixed
+    number of positions (a global average pool, or a valid average pool),
+    else ``None``."""
+    cls = node.class_name
+    layer = node.layer
+    shape = graph.shape(node.inputs[0])
+    if cls.startswith("GlobalAveragePooling"):
+        if getattr(layer, "data_format", "channels_last") != "channels_last" or None in shape[1:-1]:
+            return None
+        count = int(np.prod(shape[1:-1]))
+    elif getattr(layer, "padding", "valid") == "valid":
+        count = int(np.prod(np.atleast_1d(layer.pool_size)))
+    else:
+        return None
+    t = graph.producer(node.inputs[0])
+    while not t.is_input and t.class_name in _KEEP and not t.class_name.startswith(("ZeroPadding", "Global")):
+        t = graph.producer(t.inputs[0])
+    if t.is_input or not is_spiking_neuron(t.layer):
+        return None
+    return count, float(getattr(t.layer, "off_value", 0.0))
+
+
+def _quantized_points(graph: LayerGraph) -> Tuple[List[TensorRef], List[str], Dict[Tuple[str, int], Tuple[float, int]]]:
+    """The tensors the int8 model rounds (each gets an ActivationQuantizer),
+    the Conv/Dense layers whose output is fused into a neuron, and the fixed
+    grids of averages of spikes (:func:`spike_average_grid`)."""
+    fused = []
+    for n in graph.nodes:
+        if n.is_input or not is_spiking_neuron(n.layer):
+            continue
+        src = graph.producer(n.inputs[0])
+        if not src.is_input and _is_bn(src) and graph.fanout(src) == 1 and not graph.output_uses(src):
+            src = graph.producer(src.inputs[0])
+        if (not src.is_input and src.class_name in _PRODUCERS and _linear(src.layer) and graph.fanout(src) == 1
+                and not graph.output_uses(src)):
+            fused.append(src.name)
+    points = []
+    exact = {}
+    for n in graph.nodes:
+        if n.is_input:
+            points.append(n.output())
+            continue
+        if len(graph.calls(n.name)) > 1:
+            raise QATError(f"layer {n.name!r} is called {len(graph.calls(n.name))} times; quantization-aware "
+                           "fine-tuning needs one call per layer")
+        cls = n.class_name
+        if cls in _PRODUCERS:
+            if n.name in fused:
+                continue
+            out = n
+            consumers = graph.consumers(n)
+            # A BN right after the conv folds into it: the int8 model rounds after the BN.
+            if (_linear(n.layer) and len(consumers) == 1 and _is_bn(consumers[0]) and not graph.output_uses(n)):
+                out = consumers[0]
+            points.append(out.output())
+        elif cls in _MERGES:
+            points.append(n.output())
+        elif cls in _AVERAGES:
+            if not (cls.startswith("AveragePooling") and _pool_is_subsample(n.layer)):
+                points.append(n.output())
+                average = _spike_average(graph, n)
+                if average is not None:
+                    exact[(n.name, n.call)] = spike_average_grid(*average)
+        elif is_spiking_neuron(n.layer) or _is_bn(n) or cls in _KEEP:
+            continue
+        elif n.layer.weights:
+            raise QATError(f"layer {n.name!r} ({cls}) has weights quantization-aware fine-tuning does not "
+                           f"simulate; supported: {', '.join(_PRODUCERS)}, BatchNormalization")
+        else:
+            raise QATError(f"layer {n.name!r} ({cls}) is not supported by quantization-aware fine-tuning "
+                           f"(supported: {', '.join(_PRODUCERS + _MERGES + _AVERAGES + _KEEP)}, "
+                           "BatchNormalization, spiking neurons)")
+    return points, fused, exact
+
+
+def _copy(layer, cls=None, **overrides):
+    config = layer.get_config()
+    if "dtype" in config:
+        config["dtype"] = "float32"
+    config.update(overrides)
+    return (cls or type(layer)).from_config(config)
+
+
+def quantization_aware_model(model: keras.Model) -> keras.Model:
+    """The QAT training model of a trained spiking model (module docstring):
+    Conv/Dense layers replaced by their ``QAT*`` versions (same weights), an
+    :class:`ActivationQuantizer` after every tensor the int8 model rounds
+    (inactive until :func:`calibrate`), every BatchNormalization frozen
+    (``trainable = False``: inference mode, moving statistics). Layers keep
+    their names; the quantizer of tensor ``t`` of layer ``L`` is ``L_quant``.
+
+    Raises:
+      QATError: no spiking neuron, a shared layer, or a layer it cannot simulate.
+    """
+    if not isinstance(model, keras.Model) or not any(is_spiking_neuron(l) for l in model.layers):
+        raise QATError("quantization-aware fine-tuning needs a spiking model (S2Activation layers); "
+                       "a ReLU model is exported by post-training quantization")
+    try:
+        graph = LayerGraph(model)
+    except GraphError as err:
+        raise QATError(f"quantization-aware fine-tuning needs a layer graph: {err}") from None
+    points, _, exact = _quantized_points(graph)
+    quantized = {(r.layer, r.call): r for r in points}
+
+    def call(node, args, kwargs):
+        layer = node.layer
+        if node.class_name in _QAT_CLASSES:
+            new = _copy(layer, _QAT_CLASSES[node.class_name])
+        elif _is_bn(node):
+            new = _copy(layer)
+            new.trainable = False
+        else:
+            new = _copy(layer)
+        out = new(*args, **kwargs)
+        if layer.weights:
+            new.set_weights(layer.get_weights())
+        if _is_bn(node):
+            new.trainable = False
+        if (node.name, node.call) in exact:   # an average of spikes: a fixed, tie-free grid
+            return ActivationQuantizer(*exact[(node.name, node.call)], active=True, fixed=True,
+                                       name=f"{node.name}_quant")(out)
+        return _quantize_output(node, out, quantized)
+
+    # Model inputs are quantized too (the int8 model's QUANTIZE at the boundary).
+    raw = []
+    for ref in graph.input_refs:
+        spec = graph.node(ref.layer, ref.call).input_spec
+        raw.append(keras.Input(batch_shape=spec["batch_shape"], dtype=spec["dtype"], name=spec["name"]))
+    replay = graph.replay(call, inputs=[ActivationQuantizer(name=f"{r.layer}_quant")(t)
+                                        for r, t in zip(graph.input_refs, raw)])
+    outs = replay.outputs
+    return keras.Model(raw[0] if len(raw) == 1 else raw, outs[0] if len(outs) == 1 else outs, name=model.name)
+
+
+def _quantize_output(node, out, quantized):
+    if (node.name, node.call) in quantized:
+        return ActivationQuantizer(name=f"{node.name}_quant")(out)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Calibration.
+# --------------------------------------------------------------------------
+
+
+def _quantizers(model) -> List[ActivationQuantizer]:
+    return [l for l in model.layers if isinstance(l, ActivationQuantizer)]
+
+
+def grids(model) -> Dict[str, Tuple[float, int]]:
+    """``{quantizer name: (scale, zero_point)}`` of a QAT model's active quantizers."""
+    return {q.name: q.grid for q in _quantizers(model) if q.active}
+
+
+def calibrate(model: keras.Model, images, batch_size: int = 100, max_rounds: Optional[int] = None) -> Dict:
+    """Sets every :class:`ActivationQuantizer`'s grid to TFLite's int8
+    quantization of its input's range over ``images`` (float32, the model's
+    input convention), measured with every quantizer before it active, and
+    repeats until no grid changes.
+
+    Returns:
+      ``{"rounds": int, "settled": bool, "grids": {name: [scale, zero_point]}}``.
+    """
+    import tensorflow as tf
+
+    from export.edge import quantization_params
+
+    quantizers = [q for q in _quantizers(model) if not q.fixed]
+    fixed = {q.name: list(q.grid) for q in _quantizers(model) if q.fixed}
+    if not quantizers:
+        return {"rounds": 0, "settled": True, "grids": fixed}
+    images = np.asarray(images, np.float32)
+    if len(images) == 0:
+        raise ValueError("calibration needs at least one image")
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    probe = keras.Model(inputs, [q.input for q in quantizers])
+    max_rounds = max_rounds or len(quantizers) + 2
+    current = {q.name: (q.grid if q.active else None) for q in quantizers}
+    traced = {}  # one trace per on/off pattern (the grids themselves are variables)
+
+    def ranges(x):
+        outs = probe(x, training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        return tf.stack([tf.reduce_min(o) for o in outs]), tf.stack([tf.reduce_max(o) for o in outs])
+
+    for rounds in range(1, max_rounds + 1):
+        state = tuple(q.active for q in quantizers)
+        run = traced.setdefault(state, tf.function(ranges))
+        lo = np.full(len(quantizers), np.inf)
+        hi = np.full(len(quantizers), -np.inf)
+        for start in range(0, len(images), batch_size):
+            a, b = run(images[start:start + batch_size])
+            lo, hi = np.minimum(lo, np.asarray(a, np.float64)), np.maximum(hi, np.asarray(b, np.float64))
+        new = {q.name: quantization_params(lo[i], hi[i], "int8") for i, q in enumerate(quantizers)}
+        new = {k: (float(np.float32(s)), int(z)) for k, (s, z) in new.items()}
+        if new == current:
+            return {"rounds": rounds, "settled": True, "grids": {**{k: list(v) for k, v in new.items()}, **fixed}}
+        for q in quantizers:
+            q.set_grid(*new[q.name])
+        current = {q.name: q.grid for q in quantizers}
+    return {"rounds": max_rounds, "settled": False, "grids": {**{k: list(v) for k, v in current.items()}, **fixed}}
+
+
+# --------------------------------------------------------------------------
+# Fine-tuning.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class QATConfig:
+    """How long and how to fine-tune.
+
+    Attributes:
+      epochs: length in epochs over the fine-tuning images (fractions
+        allowed; ``0.25`` is a quarter pass). Ignored when ``steps`` is set.
+      steps: number of optimizer steps (overrides ``epochs``); 0 only
+        calibrates (post-training quantization in a Keras model that
+        simulates the int8 one).
+      batch_size: images per step.
+      learning_rate: Adam's learning rate (constant).
+      train_examples: use only the first ``train_examples`` training
+        images (``None``: all).
+      seed: order of the images.
+    """
+
+    epochs: float = 0.25
+    steps: Optional[int] = None
+    batch_size: int = 64
+    learning_rate: float = 3e-5
+    train_examples: Optional[int] = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (isinstance(self.epochs, (int, float)) and self.epochs >= 0 and math.isfinite(self.epochs)):
+            raise ValueError(f"QAT epochs must be a finite number >= 0, got {self.epochs!r}")
+        if self.steps is not None and not (isinstance(self.steps, int) and self.steps >= 0):
+            raise ValueError(f"QAT steps must be an integer >= 0, got {self.steps!r}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ValueError(f"QAT batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise ValueError(f"QAT learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.train_examples is not None and not (isinstance(self.train_examples, int) and self.train_examples >= 1):
+            raise ValueError(f"QAT train_examples must be an integer >= 1, got {self.train_examples!r}")
+
+    def num_steps(self, num_images: int) -> int:
+        if self.steps is not None:
+            return int(self.steps)
+        return int(math.ceil(self.epochs * num_images / self.batch_size))
+
+
+def fine_tune(model: keras.Model, teacher: keras.Model, images, config: QATConfig = QATConfig()) -> Dict:
+    """Fine-tunes a calibrated QAT model in place to reproduce ``teacher``
+    (the trained float model): Adam on the cross-entropy between the
+    teacher's softmax and the QAT model's (knowledge distillation at
+    temperature 1), via ``model.fit`` -- dropout active, BN frozen,
+    surrogate gradients through the neurons, straight through the fake
+    quantization. No labels: the float model's own predictions are the
+    targets, which is what the export is checked against.
+
+    ``images``: float32 in the model's input convention (or uint8, divided
+    by 255); the first ``config.train_examples`` are used, in a seeded
+    random order, ``config.num_steps`` batches (cycling if needed).
+
+    Returns:
+      ``{"steps", "batch_size", "learning_rate", "train_examples",
+      "images_seen", "epochs", "seconds", "teacher_seconds", "loss"}``
+      (``loss``: the mean distillation loss over the steps).
+    """
+    images = np.asarray(images)
+    if config.train_examples is not None:
+        images = images[:config.train_examples]
+    steps = config.num_steps(len(images))
+    out = {"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+           "train_examples": int(len(images)), "images_seen": steps * config.batch_size,
+           "epochs": steps * config.batch_size / max(1, len(images)), "seconds": 0.0, "teacher_seconds": 0.0,
+           "loss": None}
+    if steps == 0:
+        return out
+    if len(images) == 0:
+        raise ValueError("quantization-aware fine-tuning needs training images; got none")
+    rng = np.random.default_rng(config.seed)
+    n = steps * config.batch_size
+    order = np.concatenate([rng.permutation(len(images)) for _ in range(int(math.ceil(n / len(images))))])[:n]
+    x = images[order]
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    t0 = time.perf_counter()
+    logits = np.asarray(teacher.predict(x, batch_size=256, verbose=0), np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    targets = np.exp(logits)
+    targets = (targets / targets.sum(axis=1, keepdims=True)).astype(np.float32)
+    t1 = time.perf_counter()
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, targets, batch_size=config.batch_size, epochs=1, shuffle=False, verbose=0)
+    out["teacher_seconds"] = t1 - t0
+    out["seconds"] = time.perf_counter() - t1
+    out["loss"] = float(history.history["loss"][-1])
+    return out
+
+
+# --------------------------------------------------------------------------
+# The deployed model.
+# --------------------------------------------------------------------------
+
+
+def inference_model(model: keras.Model, name: Optional[str] = None) -> keras.Model:
+    """The deployable Keras model of a calibrated QAT model: plain
+    Conv/Dense layers holding the int8-grid kernels ``q(W)``, an
+    :class:`export.edge.GridQuantize` for every active quantizer (same grid,
+    same name), BatchNormalization and neurons as they are. It computes
+    what the QAT model computes in inference mode, and it is the model the
+    int8 export reproduces; :func:`export.export_run` verifies against it."""
+    from export.edge import GridQuantize
+
+    graph = LayerGraph(model)
+
+    def call(node, args, kwargs):
+        layer = node.layer
+        if isinstance(layer, ActivationQuantizer):
+            if not layer.active:
+                return args[0]
+            scale, zp = layer.grid
+            return GridQuantize(scale, zp, name=layer.name)(*args, **kwargs)
+        if type(layer) in _PLAIN_CLASSES:
+            new = _copy(layer, getattr(keras.layers, _PLAIN_CLASSES[type(layer)]))
+            out = new(*args, **kwargs)
+            weights = layer.get_weights()
+            weights[0] = np.asarray(fake_quantize_per_channel(weights[0]), np.float32)
+            new.set_weights(weights)
+            return out
+        new = _copy(layer)
+        out = new(*args, **kwargs)
+        if layer.weights:
+            new.set_weights(layer.get_weights())
+        return out
+
+    return graph.replay(call).model(name=name or model.name)
+
+
+def _logits(model, images, batch_size=256):
+    return np.concatenate([np.asarray(model(images[i:i + batch_size], training=False), np.float64)
+                           for i in range(0, len(images), batch_size)])
+
+
+def _log_softmax(logits):
+    z = logits - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def distillation_match(teacher_logits, student_logits) -> Dict[str, float]:
+    """How closely a student reproduces a teacher on the same images:
+    ``{"kl": mean KL(teacher softmax || student softmax), "agreement":
+    fraction with the same top-1}``."""
+    t, s = _log_softmax(np.asarray(teacher_logits, np.float64)), _log_softmax(np.asarray(student_logits, np.float64))
+    kl = float(np.mean(np.sum(np.exp(t) * (t - s), axis=1)))
+    return {"kl": kl, "agreement": float(np.mean(t.argmax(1) == s.argmax(1)))}
+
+
+@dataclasses.dataclass
+class QATResult:
+    """What :func:`quantization_aware_fine_tune` produced.
+
+    Attributes:
+      model: the deployable model (:func:`inference_model`).
+      qat_model: the QAT training model (fake-quant layers).
+      report: JSON-friendly figures (steps, seconds, calibration rounds, grids).
+    """
+
+    model: keras.Model
+    qat_model: keras.Model
+    report: Dict
+
+
+def quantization_aware_fine_tune(model: keras.Model, images, calibration_images,
+                                 config: QATConfig = QATConfig()) -> QATResult:
+    """Builds the QAT model of a trained spiking ``model``, calibrates its
+    grids on ``calibration_images``, fine-tunes it to reproduce ``model`` on
+    ``images`` (:func:`fine_tune`; float32 in the model's input convention,
+    or uint8) and recalibrates; returns the deployable model and the
+    figures (:class:`QATResult`)."""
+    t0 = time.perf_counter()
+    calibration_images = np.asarray(calibration_images)
+    if calibration_images.dtype == np.uint8:
+        calibration_images = calibration_images.astype(np.float32) / 255.0
+    qat = quantization_aware_model(model)
+    before = calibrate(qat, calibration_images)
+    teacher = _logits(model, calibration_images)
+    match_before = distillation_match(teacher, _logits(qat, calibration_images))
+    train = fine_tune(qat, model, images, config)
+    after = calibrate(qat, calibration_images) if train["steps"] else before
+    deployed = inference_model(qat, name=model.name)
+    match_after = distillation_match(teacher, _logits(deployed, calibration_images))
+    report = {"config": dataclasses.asdict(config), **train,
+              "calibration_match": {"before": match_before, "after": match_after},
+              "calibration_rounds": [before["rounds"], after["rounds"]],
+              "calibration_settled": bool(before["settled"] and after["settled"]),
+              "quantized_tensors": len(after["grids"]), "grids": after["grids"],
+              "total_seconds": time.perf_counter() - t0}
+    return QATResult(deployed, qat, report)
