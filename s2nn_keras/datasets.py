@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import struct
 from typing import Optional, Tuple
@@ -134,6 +135,11 @@ def _load_tfds(name, split, data_dir, max_examples):
                  if name == "fashion_mnist" else f"dataset {name!r} is read through tensorflow-datasets, which needs ")
         raise DatasetNotFoundError(f"{where}the 'tf' extra: {_TF_EXTRA}") from None
     tfds_split = split if not max_examples else f"{split}[:{int(max_examples)}]"
+    # tfds logs probing warnings ("Variant folder ... has no dataset_info.json")
+    # through absl's Python logger; a missing data set is reported once, below.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
     try:
         ds = tfds.load(name, split=tfds_split, data_dir=data_dir, as_supervised=True, download=False)
     except Exception as err:  # tfds raises several types for "not prepared"
@@ -145,6 +151,8 @@ def _load_tfds(name, split, data_dir, max_examples):
             f"tfds.load('{name}', data_dir=DIR)\" and pass --data_dir DIR"
         )
         raise DatasetNotFoundError(f"dataset {name!r} not found offline ({type(err).__name__}); {hint}") from None
+    finally:
+        absl_logger.setLevel(level)
     # Moderate batches rather than batch_size=-1: one giant batch aborts
     # inside TensorFlow under tfds' mock_data (std::length_error), and mock
     # data ignores split slicing, hence the explicit take().

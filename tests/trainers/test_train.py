@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 
 from tests.trainers.helpers import TINY, run_trainer, write_fake_fashion_mnist
 from trainers import cifar
@@ -88,7 +89,11 @@ def test_missing_dataset_is_one_line(tmp_path, capsys):
     pytest.importorskip("tensorflow_datasets")
     out = tmp_path / "run"
     empty = tmp_path / "empty"
-    empty.mkdir()
+    # An empty variant folder makes tfds log a warning while probing; the
+    # CLI must still print exactly one line, also once absl's stderr
+    # handler is installed (as after any absl.app.run in this process).
+    (empty / "cifar10" / "3.0.2").mkdir(parents=True)
+    absl_logging.use_absl_handler()
     config = _config(out, "--dataset=cifar10", f"--data_dir={empty}")
     with pytest.raises(SystemExit) as info:
         cifar._main(config)
