@@ -43,37 +43,22 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
+from benchmarks import _common as C  # noqa: E402  (stdlib only: runs where TensorFlow is absent)
+
 TAU_S, ALPHA, THRESHOLD = 1.0, 0.2, 1.0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"benchmarks.gpu_spikingjelly: error: {message}\n")
-        raise SystemExit(2)
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def parse_args(argv):
-    p = _Parser(prog="benchmarks.gpu_spikingjelly", description=__doc__.split("\n")[0])
-    p.add_argument("--batch_size", type=_positive_int, default=256)
-    p.add_argument("--steps", type=_positive_int, default=50,
+    p = C.OneLineParser(prog="benchmarks.gpu_spikingjelly", description=__doc__.split("\n")[0])
+    p.add_argument("--batch_size", type=C.positive_int, default=256)
+    p.add_argument("--steps", type=C.positive_int, default=50,
                    help="training steps per timed block (Keras: timed from the first step's end, so >= 2)")
-    p.add_argument("--rounds", type=_positive_int, default=5)
-    p.add_argument("--width", type=_positive_int, default=64)
+    p.add_argument("--rounds", type=C.positive_int, default=5)
+    p.add_argument("--width", type=C.positive_int, default=64)
     p.add_argument("--variants", default="keras_full_recipe,keras_step,torch_eager,torch_compile")
     p.add_argument("--out", default=os.environ.get("OUT") or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results"))

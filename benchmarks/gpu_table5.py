@@ -41,7 +41,6 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -49,6 +48,8 @@ import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
+
+from benchmarks import _common as C  # noqa: E402  (stdlib only: runs where TensorFlow is absent)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {act: os.path.join(REPO, "trainers", "configs", f"gpu_table5_fashion_mnist_resnet18_{act}.cfg")
@@ -59,24 +60,8 @@ TINY_FLAGS = ["--max_train_examples=512", "--max_test_examples=256", "--model=cu
 PAPER_TABLE5 = {"s2nn": 94.81, "relu": 95.03}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"benchmarks.gpu_table5: error: {message}\n")
-        raise SystemExit(2)
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def parse_args(argv):
-    p = _Parser(prog="benchmarks.gpu_table5", description=__doc__.split("\n")[0])
+    p = C.OneLineParser(prog="benchmarks.gpu_table5", description=__doc__.split("\n")[0])
     p.add_argument("--data_dir", default=None,
                    help="folder with the four Fashion-MNIST IDX files (default: .gpu_carry/fashion-mnist "
                         "if present, else Debian's /usr/share/datasets/fashion-mnist)")
@@ -84,10 +69,10 @@ def parse_args(argv):
                    help="where gpu_table5.json and the run summaries go (default: $OUT)")
     p.add_argument("--run_dir", default="/tmp/gpu_table5_runs", help="training run folders (models, checkpoints)")
     p.add_argument("--runs", default="s2nn,relu", help="which full runs: s2nn, relu, both, or none")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="override the configs' 110 epochs")
-    p.add_argument("--bench_steps", type=_positive_int, default=60,
+    p.add_argument("--epochs", type=C.positive_int, default=None, help="override the configs' 110 epochs")
+    p.add_argument("--bench_steps", type=C.positive_int, default=60,
                    help="training steps per timed block (>= 2; the first is not timed)")
-    p.add_argument("--bench_rounds", type=_positive_int, default=5, help="interleaved rounds")
+    p.add_argument("--bench_rounds", type=C.positive_int, default=5, help="interleaved rounds")
     p.add_argument("--skip_bench", action="store_true", help="skip parts 1-2 (pipeline, step ratio)")
     p.add_argument("--tiny", action="store_true", help="CPU check at tiny scale")
     args = p.parse_args(argv)

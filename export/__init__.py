@@ -20,6 +20,8 @@ See docs/EXPORT.md. Importing this package is cheap: the TensorFlow-heavy
 modules load on first use of a name below.
 """
 
+from export.lazy import lazy_attributes
+
 __all__ = ["fold_batchnorm", "fold_batchnorm_with_report", "FoldError", "ThresholdNeuron",
            "to_tflite", "convert", "Conversion", "edge_model", "EdgeError", "export_run", "ExportResult",
            "FormatReporter", "load_model", "replace_neurons", "QATConfig", "quantization_aware_fine_tune"]
@@ -44,13 +46,5 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'export' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -29,6 +29,7 @@ Command line::
 from __future__ import annotations
 
 import sys
+from export.lazy import lazy_attributes
 
 __all__ = [
     "PRESETS",
@@ -64,16 +65,8 @@ _WHERE = {
 }
 
 
-def __getattr__(name):
-    if name in _WHERE:
-        import importlib
 
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'export.energy' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_WHERE))
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
 
 
 def main(argv=None) -> int:
