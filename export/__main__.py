@@ -56,24 +56,23 @@ def _positive_float(text):
     return value
 
 
-def _formats(text):
+def _subset(flag, valid, text):
+    """Comma-separated ``text`` as a list of distinct members of ``valid``."""
     items = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in items if t not in _FORMATS]
-    if bad or not items:
+    if not items or any(t not in valid for t in items):
         raise argparse.ArgumentTypeError(
-            f"--formats takes a comma-separated subset of {','.join(_FORMATS)}, got {text!r}")
+            f"{flag} takes a comma-separated subset of {','.join(valid)}, got {text!r}")
     return list(dict.fromkeys(items))
+
+
+def _formats(text):
+    return _subset("--formats", _FORMATS, text)
 
 
 def _accelerators(text):
     from export.vela import ACCELERATORS
 
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in items if t not in ACCELERATORS]
-    if bad or not items:
-        raise argparse.ArgumentTypeError(
-            f"--ethos_u takes a comma-separated subset of {','.join(ACCELERATORS)}, got {text!r}")
-    return list(dict.fromkeys(items))
+    return _subset("--ethos_u", ACCELERATORS, text)
 
 
 def build_parser():
