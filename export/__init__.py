@@ -45,6 +45,4 @@ _LAZY = {
     "quantization_aware_fine_tune": "export.qat",
 }
 
-
-
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

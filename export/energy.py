@@ -29,6 +29,7 @@ Command line::
 from __future__ import annotations
 
 import sys
+
 from export.lazy import lazy_attributes
 
 __all__ = [
@@ -63,8 +64,6 @@ _WHERE = {
     "write_energy_report": "export.energy_report",
     "format_table": "export.energy_report",
 }
-
-
 
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
 
