@@ -41,6 +41,7 @@ import numpy as np
 
 from export.formats import (COMPARE_OPS, DEFAULT_FORMATS, DEFAULT_NEURON, EDGE_OPS, FORBIDDEN_EDGE_OPS,
                             NEURON_FORMULATIONS, QUANTIZATIONS)
+from export.verify import batches, model_logits
 
 __all__ = ["export_run", "ExportResult", "FormatReporter", "load_model", "verify_fold", "write_c_array",
            "format_summary", "DEFAULT_FORMATS"]
@@ -127,11 +128,6 @@ def _as_float(images):
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 255.0
     return images.astype(np.float32)
-
-
-def _batches(n, size):
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
 
 
 def _residual_adds(model):
@@ -327,14 +323,12 @@ def export_run(model_or_path, output_dir: str, images, labels,
         check = verify_fold(model, folded, x)
         ref_logits, fold_logits = check.pop("logits_original"), check.pop("logits_folded")
     else:
-        ref_logits = np.concatenate([np.asarray(model(x[sl], training=False), np.float32)
-                                     for sl in _batches(len(x), 256)])
+        ref_logits = model_logits(model, x)
         check, fold_logits = {}, ref_logits
     ref_pred = ref_logits.argmax(1)
     float_report = float_pred = None
     if qat_report is not None:
-        float_pred = np.concatenate([np.asarray(float_model(x[sl], training=False), np.float32).argmax(1)
-                                     for sl in _batches(len(x), 256)])
+        float_pred = model_logits(float_model, x).argmax(1)
         float_report = {"accuracy": float(np.mean(float_pred == y))}
         qat_report.update(file="model_qat.keras", accuracy=float(np.mean(ref_pred == y)),
                           float_accuracy=float_report["accuracy"],
@@ -366,7 +360,7 @@ def export_run(model_or_path, output_dir: str, images, labels,
         report["run"] = dict(extra)
 
     def representative():
-        for sl in _batches(len(calib), 50):
+        for sl in batches(len(calib), 50):
             yield [calib[sl]]
 
     conversions = {}

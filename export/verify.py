@@ -39,9 +39,16 @@ def _single(tensors):
     return tensors[0] if len(tensors) == 1 else tensors
 
 
-def _batches(n, size):
+def batches(n, size):
+    """Slices ``[0, size), [size, 2 size), ...`` covering ``range(n)``."""
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
+
+
+def model_logits(model, images, batch_size=256) -> np.ndarray:
+    """``model``'s float32 outputs (inference mode) on ``images``, in batches."""
+    return np.concatenate([np.asarray(model(images[sl], training=False), np.float32)
+                           for sl in batches(len(images), batch_size)])
 
 
 def verify_fold(model, folded, images, batch_size=256) -> Dict:
@@ -63,7 +70,7 @@ def verify_fold(model, folded, images, batch_size=256) -> Dict:
     mismatch = {n: 0 for n in names}
     elements = {n: 0 for n in names}
     logits_a, logits_b = [], []
-    for sl in _batches(len(images), batch_size):
+    for sl in batches(len(images), batch_size):
         x = images[sl]
         outs_a = probe_a(x, training=False)
         outs_b = probe_b(x, training=False)
@@ -257,7 +264,7 @@ def verify_spikes(conversion, folded, images, runtimes: Sequence[str] = ("litert
     worst = {n: 0.0 for n in names}
     within = {n: 0 for n in names}
     plan = conversion.plan
-    for sl in _batches(len(images), batch_size):
+    for sl in batches(len(images), batch_size):
         x = images[sl]
         ref = list(probe(x, training=False))[1:]
         feed = [x] + [np.where(fires[n][sl], on_value[n], off_value[n]).astype(np.float32) for n in order_t]
