@@ -2,7 +2,8 @@
 
 Layout (CIFAR-style, He et al. 2016 pre-activation):
 
-* stem: 3x3 conv, stride 1, ``width`` channels, no max-pool;
+* stem: 3x3 conv, stride ``stem_stride`` (default 1), ``width`` channels, no
+  max-pool;
 * stages ``i = 0..len(blocks)-1`` with ``width * 2**i`` channels, stride 1 in
   the first stage and 2 in the others, each a stack of ``blocks[i]`` basic
   blocks: ``BN -> neuron -> 3x3 conv -> BN -> neuron -> 3x3 conv`` plus a
@@ -62,7 +63,8 @@ def make_activation(activation: ActivationSpec, name: str, **surrogate_params):
     return S2Activation(activation, name=name, **surrogate_params)
 
 
-def _check_options(input_shape, num_classes, blocks, width, dropout, activation, surrogate_params):
+def _check_options(input_shape, num_classes, blocks, width, dropout, activation, surrogate_params,
+                   stem_stride=1):
     if (
         not isinstance(input_shape, (tuple, list))
         or len(input_shape) != 3
@@ -79,6 +81,8 @@ def _check_options(input_shape, num_classes, blocks, width, dropout, activation,
         raise ValueError(f"blocks must be a non-empty list of ints >= 1, got {blocks!r}")
     if not isinstance(width, int) or isinstance(width, bool) or width < 1:
         raise ValueError(f"width must be an int >= 1, got {width!r}")
+    if not isinstance(stem_stride, int) or isinstance(stem_stride, bool) or stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
     if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if isinstance(activation, str):
@@ -93,6 +97,7 @@ def PreActResNet(
     *,
     activation: ActivationSpec = "s2nn",
     width: int = 64,
+    stem_stride: int = 1,
     dropout: float = 0.1,
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
@@ -111,6 +116,9 @@ def PreActResNet(
       activation: surrogate name (``"s2nn"``, ``"ste_b"``, ...), ``"relu"``
         or a factory ``factory(layer_name) -> Layer``.
       width: channels of the stem and the first stage (doubles each stage).
+      stem_stride: stride of the stem conv, 1 (the paper's CIFAR layout) or
+        2 (every stage at half the resolution: about a quarter of the
+        FLOPs, for small inputs such as 28x28 on a CPU).
       dropout: dropout rate before the classifier, in [0, 1).
       bn_momentum, bn_epsilon: BatchNormalization settings.
       kernel_initializer, kernel_regularizer: for every conv and dense.
@@ -123,7 +131,8 @@ def PreActResNet(
     Returns:
       An uncompiled functional ``keras.Model`` producing logits.
     """
-    _check_options(input_shape, num_classes, blocks, width, dropout, activation, surrogate_params)
+    _check_options(input_shape, num_classes, blocks, width, dropout, activation, surrogate_params,
+                   stem_stride)
     depth = 2 + 2 * sum(blocks)
     name = name or f"preact_resnet{depth}"
 
@@ -145,7 +154,7 @@ def PreActResNet(
         return make_activation(activation, layer_name, **surrogate_params, **extra)(x)
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = conv(inputs, width, 3, 1, "stem_conv")
+    x = conv(inputs, width, 3, stem_stride, "stem_conv")
     in_channels = width
     for stage, n_blocks in enumerate(blocks):
         filters = width * 2 ** stage

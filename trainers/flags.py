@@ -104,6 +104,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
                       flag_values=fv)
     flags.DEFINE_integer("width", 64, "Channels of the stem and first stage (doubling per stage).",
                          flag_values=fv)
+    flags.DEFINE_integer("stem_stride", 1, "Stride of the stem conv: 1 (paper) or 2 (every stage at "
+                         "half the resolution, about 1/4 of the FLOPs).", flag_values=fv)
     flags.DEFINE_string("activation", "s2nn", "relu or a surrogate name (s2nn, ste_b, ste_s, sibnn, "
                         "slayer, superspike, ...).", flag_values=fv)
     flags.DEFINE_float("threshold", None, "Firing threshold u_th (default: the surrogate's, Table 3).",
@@ -279,6 +281,8 @@ def validate(fv: flags.FlagValues) -> Dict:
             raise UsageError(f"--blocks is only for --model custom (got --model {f.model})")
         blocks = list(MODEL_BLOCKS[f.model])
     _positive("width", f.width)
+    if f.stem_stride not in (1, 2):
+        raise UsageError(f"--stem_stride must be 1 or 2, got {f.stem_stride}")
 
     # Optimisation.
     _positive("learning_rate", f.learning_rate)

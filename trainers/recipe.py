@@ -42,7 +42,7 @@ def build_model(config: Dict, input_shape, num_classes: int):
     name = f["model"] if f["model"] != "custom" else f"preact_resnet{depth}"
     return PreActResNet(
         config["blocks"], tuple(input_shape), num_classes, activation=f["activation"],
-        width=f["width"], dropout=f["dropout"], kernel_regularizer=regularizer, name=name,
+        width=f["width"], stem_stride=f.get("stem_stride", 1), dropout=f["dropout"], kernel_regularizer=regularizer, name=name,
         activity_regularizer=rate_reg, **config["surrogate_params"],
     )
 

@@ -78,6 +78,21 @@ def test_relu_and_spiking_have_identical_parameter_counts():
         assert len(set(counts.values())) == 1, counts
 
 
+def test_stem_stride_two_halves_every_stage():
+    one = PreActResNet([1, 1, 1], (28, 28, 1), 10, width=8)
+    two = PreActResNet([1, 1, 1], (28, 28, 1), 10, width=8, stem_stride=2)
+    assert two.get_layer("stem_conv").strides == (2, 2)
+    assert one.count_params() == two.count_params()
+    for name, half in [("stage1_block1_add", (14, 14, 8)), ("stage2_block1_add", (7, 7, 16)),
+                       ("stage3_block1_add", (4, 4, 32))]:
+        assert two.get_layer(name).output.shape[1:] == half
+    assert one.get_layer("stage1_block1_add").output.shape[1:] == (28, 28, 8)
+    x = np.random.default_rng(0).random((2, 28, 28, 1)).astype("float32")
+    stem = keras.Model(two.input, two.get_layer("stem_conv").output)(x)
+    expected = keras.ops.conv(x, two.get_layer("stem_conv").kernel, strides=2, padding="same")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(stem), keras.ops.convert_to_numpy(expected), atol=1e-6)
+
+
 def test_resnet106_has_52_blocks():
     model = PreActResNet106((32, 32, 3), 10, width=4)
     adds = [l for l in model.layers if isinstance(l, keras.layers.Add)]
@@ -100,6 +115,8 @@ def test_activation_factory_and_surrogate_params():
         (dict(blocks=[]), "blocks must be"),
         (dict(blocks=[2, 0]), "blocks must be"),
         (dict(width=0), "width must be"),
+        (dict(stem_stride=3), "stem_stride must be 1 or 2"),
+        (dict(stem_stride=True), "stem_stride must be 1 or 2"),
         (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
         (dict(num_classes=1), "num_classes must be"),
         (dict(input_shape=(32, 32)), "input_shape must be"),

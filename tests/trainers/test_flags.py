@@ -43,6 +43,7 @@ BAD = {
     "negative randaugment": (["--randaugment_ops=-1"], "--randaugment_ops must be >= 0"),
     "randaugment magnitude": (["--randaugment_magnitude=2"], "--randaugment_magnitude must be in [0, 1]"),
     "zero width": (["--width=0"], "--width must be > 0"),
+    "stem stride": (["--stem_stride=3"], "--stem_stride must be 1 or 2, got 3"),
     "zero max examples": (["--max_train_examples=0"], "--max_train_examples must be > 0"),
 }
 
