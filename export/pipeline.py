@@ -469,12 +469,13 @@ def format_summary(report: Dict, reporters: Sequence[FormatReporter] = ()) -> st
         for fmt, s in spikes.items():
             diffs = sum(p["spike_differences"] for p in s["runtime_agreement"].values())
             lines.append(
-                f"  {fmt:<8} {'yes' if s['two_level'] else 'NO':>9}  {'yes' if s['neurons_bit_equal_given_equal_inputs'] else 'NO':>13}"
+                f"  {fmt:<8} {'yes' if s['two_level'] else 'NO':>9}  {'yes' if s['neurons_equal_given_equal_inputs'] else 'NO':>13}"
                 f"  {diffs:>11d}  {100 * s['end_to_end_agreement']:>25.3f}%  {100 * s['local_agreement']:.3f}%"
                 f"  {s['local_mismatches']:>10d} ({s['local_mismatches_within_one_step']})"
                 f"  {s['local_max_distance_steps']:>10.2f}")
         lines.append("  (neurons equal: XNNPACK, builtin kernels and TFLM give the same spikes wherever a neuron's "
-                     "input is the same; spike diffs: all differences between them, from other ops' rounding)")
+                     "input is the same -- in float32 up to rounding ties at the threshold; spike diffs: all "
+                     "differences between them, from other ops' rounding)")
     for rep in reporters:
         if rep.summary is None:
             continue

@@ -141,7 +141,7 @@ def test_every_format_is_edge_only_and_two_level(quantization, surrogate):
     from export.verify import verify_spikes
 
     check = verify_spikes(conv, folded, x, runtimes=("litert", "litert_builtin", "tflm"))
-    assert check["two_level"] and check["neurons_bit_equal_given_equal_inputs"], check["runtime_agreement"]
+    assert check["two_level"] and check["neurons_equal_given_equal_inputs"], check["runtime_agreement"]
     # the ste_b levels are +-1, the {0, 1} neuron's {0, 6}
     assert levels["act1"] == ((-1.0, 1.0) if surrogate == "ste_b" else (0.0, 6.0))
 

@@ -88,7 +88,7 @@ def test_every_spike_tensor_has_two_levels(converted, folded, calibration, fmnis
         conv = convert(folded[0], q, calibration if q != "float32" else None)
         check = verify_spikes(conv, folded[0], x, max_tflm_examples=4)
         assert check["two_level"], (q, check["nonbinary_values"])
-        assert check["neurons_bit_equal_given_equal_inputs"], (q, check["runtime_agreement"])
+        assert check["neurons_equal_given_equal_inputs"], (q, check["runtime_agreement"])
         assert check["local_agreement"] > 0.99, (q, check["local_agreement"])
 
 
@@ -154,7 +154,7 @@ def test_export_run_writes_report_and_c_array(trained_model, fmnist, tmp_path):
         # Runtimes round non-neuron ops differently (XNNPACK in fp32, builtin and
         # TFLM by 1 LSB at times), which moves later spikes; the neurons
         # themselves agree bit for bit wherever their inputs do.
-        assert entry["spikes"]["neurons_bit_equal_given_equal_inputs"], entry["spikes"]["runtime_agreement"]
+        assert entry["spikes"]["neurons_equal_given_equal_inputs"], entry["spikes"]["runtime_agreement"]
         for runtime in ("litert", "tflm"):
             for key in ("accuracy", "agreement_with_keras", "latency_ms_per_image"):
                 assert key in entry[runtime]
