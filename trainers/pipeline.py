@@ -84,6 +84,14 @@ def _finish(images, labels, num_classes):
 def _options(distributed: bool) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = False
+    # No tf.data autotuning model thread. Keras makes a new iterator every
+    # epoch (training and validation), and in TF 2.21 destroying one waits
+    # for the model thread's timed wait (Model::OptimizeLoop) to run out:
+    # 0 to 40+ s of an idle process at epoch ends (seen with gdb; the
+    # quickstart's XLA epochs took 43 s or 87 s at random). Without it,
+    # AUTOTUNE parallel maps use one call per core and AUTOTUNE prefetch
+    # grows its buffer on demand (no model thread either way).
+    options.autotune.enabled = False
     if distributed:
         # In-memory arrays have no files to shard; shard by element instead.
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -76,3 +76,19 @@ def test_eval_dataset_is_ordered_and_flip_mirrors():
     flipped = np.concatenate([x.numpy() for x, _ in pipeline.eval_dataset(images, labels, 10, 4, flip=True)])
     np.testing.assert_allclose(plain, images / 255.0, rtol=1e-6)
     np.testing.assert_allclose(flipped, plain[:, :, ::-1, :])
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+def test_no_autotune_model_thread(distributed):
+    """Keras makes new iterators every epoch; with tf.data autotuning on, TF
+    2.21 stalls each destruction on the model thread's timed wait (up to
+    tens of seconds per epoch, see trainers/pipeline.py). Both pipelines run
+    without it, and a fresh iterator per epoch still yields every batch."""
+    images, labels = _images(64, 8, 8, 1), np.arange(64) % 10
+    train = pipeline.train_dataset(images, labels, 10, 16, seed=0, distributed=distributed)
+    evaluation = pipeline.eval_dataset(images, labels, 10, 16, distributed=distributed)
+    for ds in (train, evaluation):
+        assert ds.options().autotune.enabled is False
+    for _ in range(3):  # one iterator per epoch, as fit makes them
+        assert sum(int(x.shape[0]) for x, _ in train) == 64
+        assert sum(int(x.shape[0]) for x, _ in evaluation) == 64
