@@ -14,10 +14,10 @@ and the projected training time of the variant's full recipe
 
 Variants are ``name=flag,flag,...`` (``--variant`` repeatable); default:
 
-* ``graph``: the quickstart as it is (TF backend on CPU: graph mode);
-* ``xla``: ``--jit_compile``;
-* ``graph_b256`` / ``xla_b256``: batch 256 (lr 0.003 -> 0.004);
-* ``graph_device``: the TF-free ``device`` input pipeline in graph mode.
+* ``quickstart``: the quickstart as it is (stride-2 stem, width 32, XLA);
+* ``graph``: the same network in TensorFlow graph mode (``--nojit_compile``);
+* ``previous``: the quickstart before the strided stem (stride-1 stem,
+  width 24, dropout 0.1, graph mode).
 
 Accuracy is not measured here (a full run is needed): see
 docs/TRAINING.md for the candidates and the commands that measure them.
@@ -37,11 +37,9 @@ from benchmarks import _common as C  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "trainers", "configs", "quickstart.cfg")
 DEFAULT_VARIANTS = [
+    "quickstart=",
     "graph=--nojit_compile",
-    "xla=--jit_compile",
-    "graph_b256=--nojit_compile,--batch_size=256,--learning_rate=0.004",
-    "xla_b256=--jit_compile,--batch_size=256,--learning_rate=0.004",
-    "graph_device=--nojit_compile,--input_pipeline=device",
+    "previous=--stem_stride=1,--width=24,--dropout=0.1,--nojit_compile",
 ]
 
 
