@@ -159,16 +159,19 @@ def write_energy_report(model, data, output_dir, convention="default", preset="4
       The report dict (as written to the JSON file).
     """
     from export.energy_tflite import compare_rates, tflite_energy_report
+    from export.quiet import retracing_warnings_silenced
 
     data = reiterable(data, batch_size)
-    report = energy_report(model, data, convention, preset, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj,
-                           batch_size=batch_size)
+    with retracing_warnings_silenced():
+        report = energy_report(model, data, convention, preset, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj,
+                               batch_size=batch_size)
     if tflite_models:
         section = collections.OrderedDict()
         folded_report = None
         if folded_model is not None:
-            folded_report = energy_report(folded_model, data, convention, preset, e_mac_pj=e_mac_pj,
-                                          e_ac_pj=e_ac_pj, batch_size=batch_size)
+            with retracing_warnings_silenced():
+                folded_report = energy_report(folded_model, data, convention, preset, e_mac_pj=e_mac_pj,
+                                              e_ac_pj=e_ac_pj, batch_size=batch_size)
         for label, content in tflite_models.items():
             rep = tflite_energy_report(content, data, convention, preset, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj,
                                        keras_model=model)

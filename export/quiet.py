@@ -12,10 +12,39 @@ input must end with exactly one stderr line imports TensorFlow through
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 
-__all__ = ["import_tensorflow_quietly"]
+__all__ = ["import_tensorflow_quietly", "retracing_warnings_silenced"]
+
+_RETRACING = "triggered tf.function retracing"
+
+
+class _DropRetracing(logging.Filter):
+    def filter(self, record):
+        return _RETRACING not in record.getMessage()
+
+
+@contextlib.contextmanager
+def retracing_warnings_silenced():
+    """Drops TensorFlow's "N out of the last M calls ... triggered
+    tf.function retracing" warning inside the block (logger ``tensorflow``;
+    other records pass).
+
+    The rate counters build one probe model per network measured (trained,
+    folded) and Keras traces one predict function per probe and input shape
+    (the last, partial batch included): intended one-off traces, which TF's
+    heuristic reports as "expensive retracing" in four stderr lines.
+    """
+    logger = logging.getLogger("tensorflow")
+    drop = _DropRetracing()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def import_tensorflow_quietly() -> None:
