@@ -2,7 +2,9 @@
 
 For each architecture (28x28x1 Fashion-MNIST input, 10 classes):
 
-* ``quickstart``: PreActResNet, blocks [1, 1, 1], width 24 (the quickstart model);
+* ``quickstart``: PreActResNet, blocks [1, 1, 1], width 24, stride-1 stem (the
+  quickstart's network until commit 3c0da24; the figures in docs/RESULTS.md
+  were measured on it);
 * ``resnet18_w16`` / ``resnet18_w64``: PreActResNet18, width 16 / 64;
 
 each model variant is exported to a full-integer int8 flatbuffer (``--format
