@@ -88,9 +88,9 @@ def _options(distributed: bool) -> tf.data.Options:
     # epoch (training and validation), and in TF 2.21 destroying one waits
     # for the model thread's timed wait (Model::OptimizeLoop) to run out:
     # 0 to 40+ s of an idle process at epoch ends (seen with gdb; the
-    # quickstart's XLA epochs took 43 s or 87 s at random). Without it,
-    # AUTOTUNE parallel maps use one call per core and AUTOTUNE prefetch
-    # grows its buffer on demand (no model thread either way).
+    # quickstart's XLA epochs took 43 s or 87 s at random). Without it, an
+    # AUTOTUNE parallel map keeps tf.data's initial parallelism,
+    # min(16, runner threads) -- one call per core up to 16.
     options.autotune.enabled = False
     if distributed:
         # In-memory arrays have no files to shard; shard by element instead.
