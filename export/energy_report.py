@@ -165,13 +165,12 @@ def write_energy_report(model, data, output_dir, convention="default", preset="4
     with retracing_warnings_silenced():
         report = energy_report(model, data, convention, preset, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj,
                                batch_size=batch_size)
+        folded_report = None
+        if tflite_models and folded_model is not None:
+            folded_report = energy_report(folded_model, data, convention, preset, e_mac_pj=e_mac_pj,
+                                          e_ac_pj=e_ac_pj, batch_size=batch_size)
     if tflite_models:
         section = collections.OrderedDict()
-        folded_report = None
-        if folded_model is not None:
-            with retracing_warnings_silenced():
-                folded_report = energy_report(folded_model, data, convention, preset, e_mac_pj=e_mac_pj,
-                                              e_ac_pj=e_ac_pj, batch_size=batch_size)
         for label, content in tflite_models.items():
             rep = tflite_energy_report(content, data, convention, preset, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj,
                                        keras_model=model)
