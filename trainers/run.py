@@ -138,6 +138,7 @@ def train(config: Dict) -> Dict:
     if problems and chief:
         print(f"warning: {'; '.join(problems)}; resuming from the previous good checkpoint "
               f"{state['checkpoint']} (epoch {state['epochs_completed']})", file=sys.stderr, flush=True)
+        files.atomic_write_json(os.path.join(output_dir, files.STATE_FILE), state)  # points at the good one
 
     # A resumed run continues with fresh (but reproducible) random streams
     # instead of replaying the first epochs' shuffles and augmentations.

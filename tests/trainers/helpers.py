@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # A tiny model that trains in seconds on 2 CPU cores.
 TINY = ["--model=custom", "--blocks=1", "--width=4", "--batch_size=32", "--randaugment_ops=0",
-        "--firing_rate_batches=1"]
+        "--firing_rate_batches=1", "--validation_examples=16"]
 
 
 def _write_idx(path, array):
