@@ -231,7 +231,7 @@ def use_local_batch_for_symbolic_build(model, distribution: Distribution) -> Non
     Only the batch's shapes matter for the build, so this instance override
     takes this worker's first local replica batch instead.
     """
-    if distribution.name != "multi_worker":
+    if not isinstance(distribution, TFStrategy) or distribution.name != "multi_worker":
         return
     import tensorflow as tf
     import tree

@@ -426,6 +426,15 @@ def _validate_backend_flags(f) -> None:
                          "use --input_pipeline device")
     if f.strategy == "multi_worker" and backend not in ("tensorflow", "jax"):
         raise UsageError(f"--strategy multi_worker needs the tensorflow or jax Keras backend (running {backend})")
+    if f.strategy == "multi_worker":
+        import os
+
+        from trainers.distribute import jax_cluster_from_env
+
+        if backend == "jax":
+            jax_cluster_from_env()  # UsageError when the cluster is not described
+        elif not os.environ.get("TF_CONFIG"):
+            raise UsageError("--strategy multi_worker needs the TF_CONFIG environment variable")
     if f.strategy == "multi_worker" and backend == "jax" and f.input_pipeline == "tf_data":
         raise UsageError("--strategy multi_worker on jax feeds each process its shard of every batch; "
                          "use --input_pipeline device (or auto)")

@@ -109,7 +109,7 @@ def test_multi_worker_two_local_processes(tmp_path):
         assert p.returncode == 0, text[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_replicas"] == 2 and metrics["epochs_completed"] == 1
-    assert "test_accuracy" in outputs[0]
+    assert "test (32 images, evaluated once at the end)" in outputs[0]
     # The non-chief worker wrote only to its scratch folder and removed it.
     assert not (out / ".worker-1").exists()
 
@@ -123,12 +123,12 @@ def test_sweep_runs_grid_writes_csv_and_skips_finished_points(tmp_path):
     first = run_trainer(*args, module="trainers.sweep", timeout=400)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     assert first.stdout.count(": training") == 2
-    assert "best (test_accuracy " in first.stdout and "--learning_rate=0.0" in first.stdout
+    assert "best (validation_accuracy_best " in first.stdout and "--learning_rate=0.0" in first.stdout
     import csv
 
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["learning_rate"] for r in rows] == ["0.01", "0.05"]
-    assert all(r["status"] == "ok" and 0 <= float(r["test_accuracy"]) <= 1 for r in rows)
+    assert all(r["status"] == "ok" and 0 <= float(r["test_accuracy_final"]) <= 1 for r in rows)
     again = run_trainer(*args, module="trainers.sweep", timeout=120)
     assert again.returncode == 0
     assert again.stdout.count("done, skipped") == 2 and ": training" not in again.stdout
