@@ -505,15 +505,7 @@ def _spike(u, entry, threshold, params):
 
     @ops.custom_gradient
     def _heaviside(x):
-        # The native comparison with a Python float compares in x's dtype on
-        # every backend (TF converts the scalar to x's dtype, JAX treats it
-        # as weakly typed, torch as a wrapped number) and creates no tensor
-        # on the device; ops.greater_equal would promote float16 x to float32.
-        fire = x >= threshold
-        if entry.off_value == 0.0:
-            s = ops.cast(fire, dtype)
-        else:
-            s = ops.where(fire, ops.ones_like(x), ops.full_like(x, entry.off_value))
+        s = _step(x, threshold, entry.off_value, dtype)
 
         def grad(*args, upstream=None):
             # TF and JAX call grad(upstream); Keras' torch backend calls
@@ -525,6 +517,22 @@ def _spike(u, entry, threshold, params):
         return s, grad
 
     return _heaviside(u)
+
+
+def _step(x, threshold, off_value, dtype):
+    """The forward pass: 1 where ``x >= threshold`` (a Python float, or a
+    per-channel tensor), else ``off_value``, in ``dtype``."""
+    if isinstance(threshold, float):
+        # The native comparison with a Python float compares in x's dtype on
+        # every backend (TF converts the scalar to x's dtype, JAX treats it
+        # as weakly typed, torch as a wrapped number) and creates no tensor
+        # on the device; ops.greater_equal would promote float16 x to float32.
+        fire = x >= threshold
+    else:
+        fire = ops.greater_equal(x, ops.cast(threshold, dtype))
+    if off_value == 0.0:
+        return ops.cast(fire, dtype)
+    return ops.where(fire, ops.ones_like(x), ops.full_like(x, off_value))
 
 
 def _spike_learnable(u, entry, threshold, params, learned):
@@ -553,14 +561,7 @@ def _spike_learnable(u, entry, threshold, params, learned):
     @ops.custom_gradient
     def _heaviside(x, *vals):
         th = vals[names.index("threshold")] if "threshold" in names else threshold
-        if "threshold" in names:
-            fire = ops.greater_equal(x, ops.cast(th, dtype))
-        else:
-            fire = x >= threshold
-        if entry.off_value == 0.0:
-            s = ops.cast(fire, dtype)
-        else:
-            s = ops.where(fire, ops.ones_like(x), ops.full_like(x, entry.off_value))
+        s = _step(x, th, entry.off_value, dtype)
 
         def grad(*args, upstream=None):
             if upstream is None:

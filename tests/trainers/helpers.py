@@ -89,3 +89,16 @@ def run_trainer_jax_no_tf(*args, timeout=300, env=None, module="trainers.cifar")
     """``KERAS_BACKEND=jax python -m <module> args`` with TensorFlow blocked."""
     return subprocess.run(no_tf_cmd(*args, module=module), cwd=REPO, env=jax_env(env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def free_ports(n):
+    """``n`` TCP ports on localhost free right now (for local clusters)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("jax")
 
 from tests.trainers.helpers import (  # noqa: E402
-    REPO, TINY, jax_env, no_tf_cmd, run_trainer_jax_no_tf, write_fake_fashion_mnist)
+    REPO, TINY, free_ports, jax_env, no_tf_cmd, run_trainer_jax_no_tf, write_fake_fashion_mnist)
 
 
 def _tags(logdir):
@@ -114,18 +114,6 @@ def test_jax_sigkill_then_rerun_resumes(tmp_path):
                                                    rel=1e-4, abs=1e-9)
 
 
-def _free_ports(n):
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _start_cluster(args, ports):
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     procs = []
@@ -159,7 +147,7 @@ def test_jax_multi_worker_two_processes_on_localhost_with_resume(tmp_path):
     epochs = 3
     args = TINY + ["--dataset=fashion_mnist", f"--data_dir={data_dir}", f"--epochs={epochs}",
                    "--strategy=multi_worker", f"--output_dir={out}"]
-    procs = _start_cluster(args, _free_ports(2))
+    procs = _start_cluster(args, free_ports(2))
     deadline = time.time() + 300
     try:
         while time.time() < deadline and all(p.poll() is None for p in procs):
@@ -179,7 +167,7 @@ def test_jax_multi_worker_two_processes_on_localhost_with_resume(tmp_path):
     done = json.loads((out / "state.json").read_text())["epochs_completed"]
     assert 1 <= done < epochs and not (out / "metrics.json").exists()
 
-    procs = _start_cluster(args, _free_ports(2))
+    procs = _start_cluster(args, free_ports(2))
     outputs = _wait_all(procs, timeout=400)
     for p, text in zip(procs, outputs):
         assert p.returncode == 0, text[-3000:]

@@ -4,14 +4,14 @@ TF_CONFIG with two local worker processes, and the sweep restart."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.trainers.helpers import REPO, TINY, run_trainer, trainer_cmd, trainer_env, write_fake_fashion_mnist
+from tests.trainers.helpers import (REPO, TINY, free_ports, run_trainer, trainer_cmd, trainer_env,
+                                    write_fake_fashion_mnist)
 
 
 def _read_json(path):
@@ -70,23 +70,13 @@ def test_sigkill_then_rerun_resumes_from_last_epoch(tmp_path):
     assert metrics["wall_time_s"] >= metrics["session_wall_time_s"]
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_multi_worker_two_local_processes(tmp_path):
     pytest.importorskip("tensorflow")
     if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         pytest.skip("MultiWorkerMirroredStrategy needs the tensorflow backend")
     data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=64, n_test=32)
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     out = tmp_path / "run"
     args = TINY + ["--dataset=fashion_mnist", f"--data_dir={data_dir}", "--epochs=1",
