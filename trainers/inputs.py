@@ -176,10 +176,10 @@ class RunInputs:
     augmentation: Optional[object] = None
 
 
-def make_inputs(pipeline: str, train_x, train_y, val_x, val_y, test_x, test_y, num_classes: int, flags: dict,
-                *, seed: int, crop_flip: bool, distribution) -> RunInputs:
+def make_inputs(pipeline: str, train_x, train_y, test_x, test_y, num_classes: int, flags: dict,
+                *, seed: int, crop_flip: bool, distribution, val_x=None, val_y=None) -> RunInputs:
     """Builds the inputs of ``pipeline`` (resolved: ``tf_data`` or ``device``);
-    ``val_x``/``val_y`` None for a run without a validation split."""
+    ``val_x``/``val_y``: the validation split (None: no validation)."""
     batch = int(flags["batch_size"])
     if pipeline == "tf_data":
         from trainers import pipeline as tf_pipeline

@@ -154,8 +154,9 @@ def train(config: Dict) -> Dict:
         raise trainer_flags.UsageError(str(err)) from None
     num_classes = data_lib.NUM_CLASSES[f["dataset"]]
     crop_flip = f["crop_flip"] if f["crop_flip"] is not None else f["dataset"] != "fashion_mnist"
-    run_inputs = inputs.make_inputs(pipeline, train_x, train_y, val_x, val_y, test_x, test_y, num_classes, f,
-                                    seed=f["seed"] + done, crop_flip=crop_flip, distribution=distribution)
+    run_inputs = inputs.make_inputs(pipeline, train_x, train_y, test_x, test_y, num_classes, f,
+                                    seed=f["seed"] + done, crop_flip=crop_flip, distribution=distribution,
+                                    val_x=val_x, val_y=val_y)
     steps = run_inputs.steps_per_epoch
     total_steps = steps * f["epochs"]
 
