@@ -82,7 +82,13 @@ class S2Activation(keras.layers.Layer):
         ``"threshold"`` (any surrogate) and the surrogate's
         ``learnable_params`` (s2nn: ``"tau_s"``, ``"alpha"``; sibnn:
         ``"delta"``). Gradients and the rule for shape parameters: module
-        docstring of :mod:`s2nn_keras.surrogates`, "Learnable parameters".
+        docstring of :mod:`s2nn_keras.surrogates`, "Learnable parameters":
+        ``dL/du_th[c] = -sum dL/ds * g(u)`` (the surrogate g replaces the
+        delta of ``dH(u - u_th)/du_th``), and for a shape parameter p the
+        proxy rule of trainable STE windows (Si-BNN's Delta, Wang et al.
+        2020a; PACT) ``dL/dp[c] = sum dL/ds * dPhi/dp`` with ``Phi`` the
+        antiderivative of g, for s2nn ``Phi = sig((u - u_th)/alpha)`` below
+        u_th and ``1/2 + ln(u/u_th)/tau_s`` above.
         Learned values are weights named like the parameter, clipped to the
         surrogate's bounds after each step.
       **params: surrogate parameters by name: ``tau_s``, ``alpha`` (s2nn),
