@@ -87,7 +87,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
         "validation_examples", 5000,
         "Training images held out for validation (a seeded random subset, the same on every backend and "
         "on resume): per-epoch val_* figures and the choice of best.keras use it; the test set is "
-        "evaluated only at the end, on final.keras and best.keras. 0: no validation split (no best.keras).",
+        "evaluated only at the end, on final.keras and best.keras. 0: no validation split (no best.keras, no "
+        "per-epoch val_* figures or firing rates).",
         flag_values=fv)
     flags.DEFINE_integer("validation_seed", 0, "Seed of the validation split (independent of --seed, so runs "
                          "with different seeds share one validation set).", flag_values=fv)
