@@ -152,7 +152,10 @@ def _run(python, backend, script, *args):
     return result.stdout
 
 
-@pytest.mark.parametrize("backend, neurons", [("jax", "fixed"), ("torch", "fixed"), ("jax", "learnable")])
+@pytest.mark.parametrize("backend, neurons", [
+    ("jax", "fixed"), ("torch", "fixed"),
+    pytest.param("jax", "learnable", marks=pytest.mark.slow),  # learned per-channel thresholds, ~40 s
+])
 def test_saved_under_backend_loads_folds_and_exports_under_tensorflow(backend, neurons, tmp_path):
     python = _python_for(backend)
     if python is None:
