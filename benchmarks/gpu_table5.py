@@ -307,7 +307,9 @@ def full_run(activation, args):
         shutil.copytree(os.path.join(output_dir, "tensorboard"), os.path.join(dest, "tensorboard"),
                         dirs_exist_ok=True)
     eff = (summary["energy"] or {}).get("efficiency")
-    print(f"[{activation}] test {100 * summary['test_accuracy']:.2f}%  TTA {100 * summary['tta_accuracy']:.2f}%  "
+    tta = summary["tta_accuracy"]
+    tta_text = f"TTA {100 * tta:.2f}%" if tta is not None else "TTA skipped (trained without flips)"
+    print(f"[{activation}] test {100 * summary['test_accuracy']:.2f}%  {tta_text}  "
           f"(paper {PAPER_TABLE5[activation]:.2f}%)  {steady or 0:,.0f} img/s  train {summary['train_s']:.0f}s  "
           f"wall {wall:.0f}s" + (f"  E_Full/E_Method {eff:.2f}" if eff else ""), flush=True)
     if summary["firing_rates"]:

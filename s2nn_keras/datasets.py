@@ -81,12 +81,13 @@ def _find_idx(directory, stem):
 
 def fashion_mnist_idx_dir(data_dir: Optional[str] = None) -> Optional[str]:
     """The directory holding the four Fashion-MNIST IDX files: ``data_dir``
-    (or its ``fashion_mnist`` / ``fashion-mnist`` subfolder), else Debian's
-    location, else ``None``."""
-    candidates = []
+    (or its ``fashion_mnist`` / ``fashion-mnist`` subfolder); without a
+    ``data_dir``, Debian's location. ``None`` when the files are not there
+    (a given ``data_dir`` never falls back to another folder)."""
     if data_dir:
-        candidates += [data_dir, os.path.join(data_dir, "fashion_mnist"), os.path.join(data_dir, "fashion-mnist")]
-    candidates.append(DEBIAN_FASHION_MNIST_DIR)
+        candidates = [data_dir, os.path.join(data_dir, "fashion_mnist"), os.path.join(data_dir, "fashion-mnist")]
+    else:
+        candidates = [DEBIAN_FASHION_MNIST_DIR]
     for directory in candidates:
         if all(_find_idx(directory, stem) for pair in _IDX_FILES.values() for stem in pair):
             return directory
