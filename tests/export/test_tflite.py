@@ -272,16 +272,18 @@ def test_int8_threshold_placement_keeps_the_integer_decision(folded, calibration
     """Half-LSB placement: on the calibrated int8 grid of each neuron's input
     the moved threshold makes exactly the decision of the original one, and
     it sits half a step away from every grid point."""
-    import keras
+    from export.calibration import tensor_ranges
     from export.neurons import ThresholdNeuron
-    from export.tflite import _neuron_input_ranges, int8_threshold_model
+    from export.tflite import int8_threshold_model
+    from s2nn_keras.graph import LayerGraph
 
     model = folded[0]
     placed = int8_threshold_model(model, calibration)
-    neurons = [l for l in model.layers if isinstance(l, ThresholdNeuron)]
-    lo, hi = _neuron_input_ranges(model, neurons, calibration)
+    nodes = [n for n in LayerGraph(model).nodes if not n.is_input and isinstance(n.layer, ThresholdNeuron)]
+    ranges = tensor_ranges(model, [n.inputs[0] for n in nodes], calibration)
     moved = 0
-    for layer, rmin, rmax in zip(neurons, lo, hi):
+    for node in nodes:
+        layer, (rmin, rmax) = node.layer, ranges[node.inputs[0]]
         new = placed.get_layer(layer.name)
         th, pol, th2 = layer.thresholds, layer.polarity, new.thresholds
         assert list(new.polarity) == list(pol)
