@@ -10,7 +10,9 @@ Keras once this module is imported::
     model = keras.saving.load_model("run/export/model_qat.keras")
 
 Every class is registered under the package ``s2nn_export`` (the name saved
-models carry), and nothing here imports TensorFlow at import time: the TF
+models carry; importing it also registers :class:`s2nn_keras.S2Activation`,
+which quantization-aware models keep), and nothing here imports TensorFlow
+at import time: the TF
 ops are imported when a layer runs, so importing the registry is as cheap as
 importing Keras.
 
@@ -35,6 +37,7 @@ import keras
 import numpy as np
 
 from export.neurons import ThresholdNeuron
+from s2nn_keras.layers import S2Activation  # noqa: F401  (QAT models keep their S2Activation neurons)
 
 __all__ = ["ThresholdNeuron", "GridQuantize", "ActivationQuantizer", "QATConv1D", "QATConv2D", "QATConv3D",
            "QATDepthwiseConv1D", "QATDepthwiseConv2D", "QATDense", "QAT_CLASSES", "fake_quantize_per_channel",

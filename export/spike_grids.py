@@ -16,9 +16,11 @@ whose grid is not its level grid gets it, so do the tensors that reshape /
 pad / max-pool / average it on the same degenerate grid, and every
 Conv/Depthwise/Dense reading one of them gets its int8 weights and its
 int32 (int16x8: int64) bias requantized from the Keras model's float
-weights exactly as the converter quantizes them (per output channel,
+weights as the converter quantizes them (per output channel,
 ``q = round(127 w / max|w_c|)``; bias ``round(b / (s_in s_w))``, both half
-away from zero). Requantization multipliers are computed by the runtimes
+away from zero: bit for bit in int8; an int16x8 bias, int64 and up to ~1e7,
+can differ by one unit from the converter's float32 arithmetic, far inside
+the 16383-unit margin of the placement). Requantization multipliers are computed by the runtimes
 from the tensors' scales, so nothing else changes; a model whose neurons
 all fire on the calibration data is returned unchanged.
 

@@ -56,7 +56,7 @@ from s2nn_keras.layers import is_spiking_neuron
 
 __all__ = ["QUANTIZATIONS", "Conversion", "convert", "to_tflite", "ensure_folded", "is_spiking_model",
            "replace_neurons", "merge_strided_shortcuts", "settle_spike_thresholds", "ramp_model",
-           "int8_threshold_model", "spike_tensors", "neuron_ops", "level_codes", "op_names"]
+           "int8_threshold_model", "spike_tensors", "neuron_ops", "decision_op", "level_codes", "op_names"]
 
 INT16_MAX = 32767.0
 MAX_CONVERSIONS = 3
@@ -346,16 +346,18 @@ class Conversion:
     spike_grids: Dict[str, Dict] = dataclasses.field(default_factory=dict)
 
 
-def spike_tensors(tflite_model, neuron_names) -> Dict[str, int]:
+def spike_tensors(tflite_model, neuron_names, producers: Optional[Dict[str, str]] = None) -> Dict[str, int]:
     """``{neuron name: tensor index}``: the tensor each neuron layer writes
     in the main subgraph -- the output of the last of its operators
-    (:func:`neuron_ops`). Raises ``ValueError`` for a neuron it cannot find."""
+    (:func:`neuron_ops`). Raises ``ValueError`` for a neuron it cannot find.
+    ``producers``: ``{neuron: layer}`` of neurons fused into a
+    Conv/Depthwise/Dense, whose op may be named after the layer only."""
     from export.flatbuffer import read_model
 
     graph = read_model(tflite_model).main if not hasattr(tflite_model, "main") else tflite_model.main
     found = {}
     for name in neuron_names:
-        ops = neuron_ops(graph, name)
+        ops = neuron_ops(graph, name, (producers or {}).get(name))
         if not ops:
             raise ValueError(f"no tensor of neuron layer {name!r} in the flatbuffer")
         found[name] = ops[-1].outputs[0]
@@ -368,26 +370,39 @@ def _scope_in(tensor_name, layer_name):
     return re.search(r"(^|/)" + re.escape(layer_name) + r"(_\d+)?(/|:|$)", tensor_name) is not None
 
 
-def neuron_ops(graph, name):
+_WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def _carries(graph, tensor, name):
+    return tensor >= 0 and any(_scope_in(part, name) for part in graph.tensors[tensor].name.split(";"))
+
+
+def neuron_ops(graph, name, producer: Optional[str] = None):
     """The operators (in execution order) of the main subgraph ``graph``
-    (:func:`export.flatbuffer.read_model`) whose output tensor carries the
-    layer ``name``'s scope in any of its ``;``-separated parts: the
-    converter names a fused op after everything fused into it (a conv with
-    the neuron's clamp: ``.../act_1/Relu6;.../conv_1/BiasAdd``, a
-    ``FULLY_CONNECTED``: ``.../dense_1/MatMul;.../act_1/Relu6``)."""
+    (:func:`export.flatbuffer.read_model`) that compute neuron ``name``:
+    those whose output tensor carries the layer's scope in any of its
+    ``;``-separated parts (the converter names a fused op after what is
+    fused into it: ``.../act_1/Relu6;.../conv_1/BiasAdd``, a
+    ``FULLY_CONNECTED``: ``.../dense_1/MatMul;.../act_1/Relu6``) and, for a
+    neuron fused into ``producer``, the Conv/Depthwise/Dense whose weights
+    carry that layer's scope (the int16x8 sign stage is named after it only)."""
     return [op for op in graph.operators
-            if any(t >= 0 and any(_scope_in(part, name) for part in graph.tensors[t].name.split(";"))
-                   for t in op.outputs)]
+            if any(_carries(graph, t, name) for t in op.outputs)
+            or (producer is not None and op.name in _WEIGHTED_OPS and _carries(graph, op.inputs[1], producer))]
 
 
-def decision_op(graph, name):
+def decision_op(graph, name, producer: Optional[str] = None):
     """The operator that makes neuron ``name``'s decision: its first op
     with weights (the producer it is fused into, or its depthwise op), else
     its first op; ``None`` if it has none. Its input 0 is the neuron's
     input (the producer's input for a fused neuron)."""
-    ops = neuron_ops(graph, name)
-    weighted = [op for op in ops if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    ops = neuron_ops(graph, name, producer)
+    weighted = [op for op in ops if op.name in _WEIGHTED_OPS]
     return (weighted or ops or [None])[0]
+
+
+def _producers(plan) -> Dict[str, str]:
+    return {} if plan is None else {n: p.producer for n, p in plan.neurons.items() if p.producer is not None}
 
 
 def _read_grids(flatbuffer, plan) -> Dict[str, Dict]:
@@ -401,7 +416,7 @@ def _read_grids(flatbuffer, plan) -> Dict[str, Dict]:
     graph = read_model(flatbuffer).main
     out = {}
     for name, assumed in plan.assumed_inputs.items():
-        op = decision_op(graph, name)
+        op = decision_op(graph, name, _producers(plan).get(name))
         if op is None:
             raise RuntimeError(f"saturate export: no operator of neuron {name!r} in the flatbuffer")
         q = graph.tensors[op.inputs[0]].quantization
@@ -465,12 +480,12 @@ def _spike_levels(model, names, formulation):
     return {n: entry.levels_for(model.get_layer(n).off_value) for n in names}
 
 
-def _finish(flat, model, names, quantization, formulation):
+def _finish(flat, model, names, quantization, formulation, plan=None):
     """Spike tensors, spike grids from the levels (a neuron silent on the
     calibration data included), and the two-level check."""
     from export.spike_grids import fix_spike_grids
 
-    tensors = spike_tensors(flat, names)
+    tensors = spike_tensors(flat, names, _producers(plan))
     levels = _spike_levels(model, names, formulation)
     flat, fixed = fix_spike_grids(flat, model, tensors, levels, quantization)
     _check_levels(flat, levels, tensors)
@@ -534,7 +549,7 @@ def convert(model: keras.Model, quantization: str = "float32",
         plan = edge_model(model, quantization, representative_data, input_quantization=overrides,
                           bias_input_scales=bias_scales)
         flat = _convert_keras(plan.model, quantization, representative_data)
-        flat, tensors, fixed = _finish(flat, plan.model, names, quantization, formulation)
+        flat, tensors, fixed = _finish(flat, plan.model, names, quantization, formulation, plan)
         grids = _read_grids(flat, plan) if plan.assumed_inputs else {}
         wrong = {n: g for n, g in grids.items() if not g["equal"] and g["actual"] is not None}
         if not wrong:

@@ -244,9 +244,11 @@ def _neuron_inputs(conversion):
     from export.tflite import decision_op
 
     graph = read_model(conversion.flatbuffer).main
+    plan = conversion.plan
     out = {}
     for name in conversion.spike_tensors:
-        out[name] = decision_op(graph, name).inputs[0]
+        producer = plan.neurons[name].producer if plan is not None else None
+        out[name] = decision_op(graph, name, producer).inputs[0]
     return out
 
 
@@ -348,7 +350,12 @@ def verify_spikes(conversion, folded, images, runtimes: Sequence[str] = ("litert
         n = len(images)
         if rt == "tflm" and max_tflm_examples is not None:
             n = min(n, int(max_tflm_examples))
-        runs[rt] = run_spikes(conversion.flatbuffer, probe, images[:n], rt)
+        logits, spikes = run_spikes(conversion.flatbuffer, probe, images[:n], rt)
+        for name in names:   # a 2-D neuron's spikes can come out of its 4-D depthwise op
+            shape = (len(spikes[name]),) + tuple(folded.get_layer(name).output.shape[1:])
+            if spikes[name].shape != shape and spikes[name].size == int(np.prod(shape)):
+                spikes[name] = spikes[name].reshape(shape)
+        runs[rt] = (logits, spikes)
 
     nonbinary = {rt: {n: int(np.sum((s[n] != codes[n][0]) & (s[n] != codes[n][1]))) for n in names}
                  for rt, (_, s) in runs.items()}
