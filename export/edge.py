@@ -571,10 +571,11 @@ def _conv_int8_spikes(name, k, b, const, tap):
     fl = np.where(always, -N, np.where(never, -P - 1, fl))
     b_new = step * (fl + 127.0 / 255.0)
     M = INT8_SPIKE_CONV_MULTIPLIER
-    gain = 762.0 * M / m          # s_w = G m / (6 * 127) = M
+    on = spike_levels("saturate", 0.0)[1]     # the input spikes are {0, on}: scale on / 255 = the output's
+    gain = on * 127.0 * M / m                 # s_w = G m / (on * 127) = M
     bound = float(np.max(255.0 * np.maximum(P + fl, -(N + fl)) + 128.0))
     _check_overflow(name, bound, M, "int8")
-    kernel = k * gain[:, None] / 6.0         # the 1/6: the input spikes are {0, 6}
+    kernel = k * gain[:, None] / on           # the 1/on of the input's factor
     info = dict(multiplier=M, min_abs_accumulator=127.0, max_abs_accumulator=bound,
                 constant_channels=int(np.sum(always | never | const)), step=step)
     return kernel, gain * b_new, info

@@ -243,7 +243,7 @@ class ThresholdNeuron(keras.layers.Layer):
     def _clamp(self, z, low, high):
         import tensorflow as tf
 
-        if (low, high) == (0.0, 6.0):
+        if (low, high) == (0.0, 6.0):   # the RELU6 levels: written as relu6, which TFLite fuses
             return tf.nn.relu6(z)
         return tf.clip_by_value(z, low, high)
 

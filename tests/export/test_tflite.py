@@ -146,7 +146,12 @@ def test_export_run_writes_report_and_c_array(trained_model, fmnist, tmp_path):
         on_disk = json.load(f)
     assert on_disk["fold"]["predictions_equal"] and report["fold"]["predictions_equal"]
     assert set(on_disk["formats"]) == {"float32", "int8"}
-    assert report.report is not None and report["formats"] is report.report["formats"]
+    # the returned report is the one written: same files, sizes, ops and figures per format
+    for q in ("float32", "int8"):
+        mem, disk = report["formats"][q], on_disk["formats"][q]
+        assert (mem["file"], mem["size_bytes"], mem["ops"]) == (disk["file"], disk["size_bytes"], disk["ops"])
+        assert mem["litert"]["agreement_with_keras"] == pytest.approx(disk["litert"]["agreement_with_keras"])
+        assert mem["spikes"]["elements"] == disk["spikes"]["elements"] > 0
     for q, entry in on_disk["formats"].items():
         assert os.path.getsize(os.path.join(out, entry["file"])) == entry["size_bytes"]
         assert entry["bn_residue_ops"] == 0
