@@ -560,24 +560,43 @@ def _conv_float(k, b, amplitude, levels):
     return k * amplitude * gain[:, None], b * gain
 
 
-def _conv_int8_spikes(name, k, b, const, tap):
-    """int8 conv reading {0, 6} spikes: lattice placement, gain for M = 3."""
+def _spike_lattice(k, b, tap, codes, signed=False):
+    """The lattice of a conv reading spikes whose two levels are ``codes``
+    integer steps apart (int8 {0, 6}: 255; int16: 32767): ``acc = codes K +
+    b_q`` with ``K`` the int8-weight sum of the firing inputs (of all inputs,
+    signed, for +-1 spikes). Returns the kernel (zero channels given a unit
+    tap), the largest ``|w|`` per channel, the weight step ``D``,
+    ``floor(b / D)`` moved to the decision no input can change for the
+    constant channels, the bias ``D (floor(b / D) + half / codes)`` placed
+    half a lattice step off (``half = codes // 2``), the largest ``|acc|``
+    and the constant channels."""
     zero, k = _zero_channels(k, tap)
     q, m = _int8_weights(k)
-    P, N = np.sum(np.maximum(q, 0), axis=1), np.sum(np.minimum(q, 0), axis=1)
+    if signed:
+        P = np.sum(np.abs(q), axis=1)
+        N = -P
+    else:
+        P, N = np.sum(np.maximum(q, 0), axis=1), np.sum(np.minimum(q, 0), axis=1)
     step = m / 127.0
     fl = np.floor(b / step)
     always, never = _constant(fl + N >= 0, fl + P < 0, zero, b)
     fl = np.where(always, -N, np.where(never, -P - 1, fl))
-    b_new = step * (fl + 127.0 / 255.0)
+    half = codes // 2
+    b_new = step * (fl + half / codes)
+    bound = float(np.max(codes * np.maximum(P + fl, -(N + fl)) + half + 1.0))
+    return k, m, step, b_new, bound, always | never
+
+
+def _conv_int8_spikes(name, k, b, const, tap):
+    """int8 conv reading {0, 6} spikes: lattice placement, gain for M = 3."""
+    k, m, step, b_new, bound, constant = _spike_lattice(k, b, tap, 255)
     M = INT8_SPIKE_CONV_MULTIPLIER
     on = spike_levels("saturate", 0.0)[1]     # the input spikes are {0, on}: scale on / 255 = the output's
     gain = on * 127.0 * M / m                 # s_w = G m / (on * 127) = M
-    bound = float(np.max(255.0 * np.maximum(P + fl, -(N + fl)) + 128.0))
     _check_overflow(name, bound, M, "int8")
     kernel = k * gain[:, None] / on           # the 1/on of the input's factor
     info = dict(multiplier=M, min_abs_accumulator=127.0, max_abs_accumulator=bound,
-                constant_channels=int(np.sum(always | never | const)), step=step)
+                constant_channels=int(np.sum(constant | const)), step=step)
     return kernel, gain * b_new, info
 
 
@@ -603,26 +622,14 @@ def _conv_integer(name, k, b, const, amplitude, s_in, z_in, quantization, s_out,
 def _conv_int16_spikes(name, k, b, const, amplitude, pm, tap):
     """int16 conv reading spikes (q in {0, 32767} or {-32767, 32767}): the
     lattice is 32767 K; bias placed at 16383 (mod 32767); sign stage."""
-    zero, k = _zero_channels(k, tap)
-    q, m = _int8_weights(k)
-    if pm:
-        P = np.sum(np.abs(q), axis=1)
-        N = -P
-    else:
-        P, N = np.sum(np.maximum(q, 0), axis=1), np.sum(np.minimum(q, 0), axis=1)
-    step = m / 127.0
-    fl = np.floor(b / step)
-    always, never = _constant(fl + N >= 0, fl + P < 0, zero, b)
-    fl = np.where(always, -N, np.where(never, -P - 1, fl))
-    b_new = step * (fl + 16383.0 / 32767.0)
+    k, m, step, b_new, bound, constant = _spike_lattice(k, b, tap, 32767, signed=pm)
     M1 = INT16_SPIKE_CONV_MULTIPLIER
     gain = 127.0 * M1 / m           # M1 = s_in s_w / s_y = G m / 127 (either spike coding)
-    bound = float(np.max(32767.0 * np.maximum(P + fl, -(N + fl)) + 16384.0))
     if bound * M1 > INT32_MAX:
         raise EdgeError(f"neuron {name!r}: int16 sign-stage result bound overflows int32; "
                         f"export this model with {CLI_FLAG}")
     info = dict(multiplier=M1, min_abs_accumulator=16383.0, max_abs_accumulator=bound,
-                constant_channels=int(np.sum(always | never | const)), step=step)
+                constant_channels=int(np.sum(constant | const)), step=step)
     return k * amplitude * gain[:, None], gain * b_new, info
 
 

@@ -193,21 +193,6 @@ def _kernel_quantized_call(base):
     return _QAT
 
 
-@keras.saving.register_keras_serializable(package="s2nn_export")
-class QATConv1D(_kernel_quantized_call(keras.layers.Conv1D)):
-    """``Conv1D`` whose forward pass uses :func:`fake_quantize_per_channel` of its kernel."""
-
-
-@keras.saving.register_keras_serializable(package="s2nn_export")
-class QATConv2D(_kernel_quantized_call(keras.layers.Conv2D)):
-    """``Conv2D`` whose forward pass uses :func:`fake_quantize_per_channel` of its kernel."""
-
-
-@keras.saving.register_keras_serializable(package="s2nn_export")
-class QATConv3D(_kernel_quantized_call(keras.layers.Conv3D)):
-    """``Conv3D`` whose forward pass uses :func:`fake_quantize_per_channel` of its kernel."""
-
-
 def _depthwise_quantized_call(base):
     """A subclass of ``base`` (a DepthwiseConv) that convolves with its
     kernel fake-quantized per output channel (``in * multiplier`` of them)."""
@@ -230,14 +215,20 @@ def _depthwise_quantized_call(base):
     return _QAT
 
 
-@keras.saving.register_keras_serializable(package="s2nn_export")
-class QATDepthwiseConv1D(_depthwise_quantized_call(keras.layers.DepthwiseConv1D)):
-    """``DepthwiseConv1D`` whose forward pass uses :func:`fake_quantize_per_channel` of its kernel."""
+def _qat_class(base, quantized_call):
+    """The registered ``QAT<base>`` class: ``base`` with the forward pass of ``quantized_call``."""
+    name = f"QAT{base.__name__}"
+    cls = type(name, (quantized_call(base),), {
+        "__module__": __name__, "__qualname__": name,
+        "__doc__": f"``{base.__name__}`` whose forward pass uses :func:`fake_quantize_per_channel` of its kernel."})
+    return keras.saving.register_keras_serializable(package="s2nn_export")(cls)
 
 
-@keras.saving.register_keras_serializable(package="s2nn_export")
-class QATDepthwiseConv2D(_depthwise_quantized_call(keras.layers.DepthwiseConv2D)):
-    """``DepthwiseConv2D`` whose forward pass uses :func:`fake_quantize_per_channel` of its kernel."""
+QATConv1D = _qat_class(keras.layers.Conv1D, _kernel_quantized_call)
+QATConv2D = _qat_class(keras.layers.Conv2D, _kernel_quantized_call)
+QATConv3D = _qat_class(keras.layers.Conv3D, _kernel_quantized_call)
+QATDepthwiseConv1D = _qat_class(keras.layers.DepthwiseConv1D, _depthwise_quantized_call)
+QATDepthwiseConv2D = _qat_class(keras.layers.DepthwiseConv2D, _depthwise_quantized_call)
 
 
 @keras.saving.register_keras_serializable(package="s2nn_export")
