@@ -60,14 +60,11 @@ def requantized_weights(op_name, kernel, bias, weight_shape, input_scale, bias_d
     last; ``[..., in, mult]`` for a depthwise kernel) and ``bias``, reading
     an input of scale ``input_scale``, as the TFLite converter quantizes
     them (per output channel, symmetric, round half away from zero)."""
-    kernel = np.asarray(kernel, np.float64)
-    if op_name == "DEPTHWISE_CONV_2D":
-        rows = kernel.reshape(-1, kernel.shape[-2] * kernel.shape[-1]).T
-    else:
-        rows = kernel.reshape(-1, kernel.shape[-1]).T
-    m = np.max(np.abs(rows), axis=1)
+    from export.edge import _int8_weights, _Rows
+
+    rows = _Rows(kernel, op_name == "DEPTHWISE_CONV_2D").rows
+    q, m = _int8_weights(rows)
     safe = np.where(m > 0, m, 1.0)
-    q = np.trunc(127.0 * rows / safe[:, None] + np.copysign(0.5, rows))
     scales = (safe / 127.0).astype(np.float32).astype(np.float64)
     if op_name == "DEPTHWISE_CONV_2D":
         weights = q.T.reshape(weight_shape)
@@ -76,7 +73,7 @@ def requantized_weights(op_name, kernel, bias, weight_shape, input_scale, bias_d
     else:   # CONV_2D: [out, ...taps] in the kernel's own tap order
         weights = q.reshape((q.shape[0],) + tuple(weight_shape[1:]))
     if weights.shape != tuple(weight_shape):
-        raise RuntimeError(f"cannot requantize a {op_name}: kernel {kernel.shape} does not fit {weight_shape}")
+        raise RuntimeError(f"cannot requantize a {op_name}: kernel {np.shape(kernel)} does not fit {weight_shape}")
     b = np.zeros(rows.shape[0]) if bias is None else np.asarray(bias, np.float64)
     bias_scales = (np.float32(input_scale) * scales.astype(np.float32)).astype(np.float64)
     info = np.iinfo(bias_dtype)
