@@ -52,14 +52,17 @@ class RangeProbe:
       refs: the tensors to measure.
       per_channel: reduce over every axis but the last (the channel) instead
         of over the whole tensor.
+      traced: run the model and the reduction as one ``tf.function``, built
+        once per probe (worth it for a probe called many times, e.g. the
+        calibration rounds of :func:`export.qat.calibrate`: changing a
+        variable of the model, a quantizer's grid, does not retrace); else
+        eagerly (no trace, no retracing warning for one-shot probes).
 
     Calling the probe on data (see :func:`batches_of`) returns
     ``{ref: (lo, hi)}``: floats, or float64 arrays of one value per channel.
-    The traced reduction is built once per probe, so calling it again after
-    changing variables of the model (a quantizer's grid) does not retrace.
     """
 
-    def __init__(self, model, refs: Sequence, per_channel: bool = False):
+    def __init__(self, model, refs: Sequence, per_channel: bool = False, traced: bool = False):
         import keras
         import tensorflow as tf
 
@@ -83,7 +86,7 @@ class RangeProbe:
                 hi.append(tf.reduce_max(o, axis=axes))
             return lo, hi
 
-        self._reduce = tf.function(reduce, reduce_retracing=True)
+        self._reduce = tf.function(reduce, reduce_retracing=True) if traced else reduce
 
     def __call__(self, data, batch_size: int = 100) -> Dict:
         if not self.refs:

@@ -14,20 +14,22 @@ arithmetic (fixed-point vs float rounding of a few values that land within
 
 What the QAT model simulates (``quantization_aware_model``):
 
-* **weights**: every Conv1D/2D/3D and Dense kernel is rounded to the
-  per-output-channel symmetric int8 grid (scale ``max|W_c| / 127``, round
-  half away from zero) in the forward pass; the backward pass is the
-  identity (STE): ``W_q = W + stop_gradient(q(W) - W)``. The export's
-  per-channel factors are positive (BN scale ``|g_c|``, neuron gain ``G_c``,
-  ``1/6`` for {0, 6} spikes) or signs, and symmetric per-channel rounding
-  commutes with them: quantizing ``W`` gives the integers the converter
-  writes for the folded kernel. :func:`inference_model` stores ``q(W)``
-  itself, so the converter's own rounding is lossless.
+* **weights**: every Conv1D/2D/3D, DepthwiseConv1D/2D and Dense kernel is
+  rounded to the per-output-channel symmetric int8 grid (scale
+  ``max|W_c| / 127``, round half away from zero) in the forward pass
+  (:mod:`export.layers`' ``QAT*`` layers); the backward pass is the
+  identity (STE). The export's per-channel factors are positive (BN scale
+  ``|g_c|``, neuron gain ``G_c``, the scale plan's factors of
+  :func:`export.edge.scale_plan`) or signs, and symmetric per-channel
+  rounding commutes with them: quantizing ``W`` gives the integers the
+  converter writes for the folded kernel. :func:`inference_model` stores
+  ``q(W)`` itself, so the converter's own rounding is lossless.
 * **activations**: every tensor the int8 model stores in int8 that is not
-  a spike map -- the model input, the output of every Conv/Dense whose
-  result is not fused into a neuron (the stem, the second conv of each
-  block, the shortcuts, the logits), every residual sum (``Add``) and every
-  averaging pool (``GlobalAveragePooling``) -- goes through an
+  a spike map -- the model input, the output of every Conv/Depthwise/Dense
+  whose result is not fused into a neuron (:func:`export.edge.neuron_kinds`:
+  the stem, the second conv of each block, the shortcuts, the logits, a
+  layer whose neuron is written as its own op), every merge (the residual
+  ``Add``) and every average (pooling) -- goes through an
   :class:`ActivationQuantizer`: ``x -> (clip(round(x / s) + z, -128, 127) -
   z) s`` (TensorFlow's ``fake_quant_with_min_max_vars``, gradient 1 inside
   the range, 0 outside) on a fixed per-tensor grid ``(s, z)``.
@@ -311,7 +313,9 @@ def calibrate(model: keras.Model, images, batch_size: int = 100, max_rounds: Opt
 
     for rounds in range(1, max_rounds + 1):
         state = tuple(q.active for q in quantizers)
-        probe = probes.setdefault(state, RangeProbe(model, refs))
+        if state not in probes:
+            probes[state] = RangeProbe(model, refs, traced=True)
+        probe = probes[state]
         ranges = probe(images, batch_size)
         new = {q.name: quantization_params(*ranges[r], "int8") for q, r in zip(quantizers, refs)}
         new = {k: (float(np.float32(s)), int(z)) for k, (s, z) in new.items()}

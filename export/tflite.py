@@ -24,6 +24,12 @@ How a neuron is written (``neuron=``, see :mod:`export.formats`):
   (:func:`int8_threshold_model`); int16x8, whose quantizer has no
   comparison ops, the ``ramp`` neuron (:func:`ramp_model`).
 
+Every spiking model first has the thresholds of neurons that read spikes
+settled between the two levels (:func:`settle_spike_thresholds`), and every
+integer model the grids of its spike tensors from their levels
+(:func:`export.spike_grids.fix_spike_grids`: a neuron that never fires on
+the calibration images exports like any other).
+
 A model with no spiking neuron (the ReLU baseline) is converted as it is,
 its BatchNorms left to the converter (it merges conv+BN and writes the
 pre-activation BNs as MUL + ADD), with the same converter settings. With ``merge_shortcuts=True`` every model
