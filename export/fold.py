@@ -179,7 +179,9 @@ def _plan(graph, threshold_in_bias=True):
 
 
 def _neuron_params(layer):
-    return float(layer.threshold), float(layer.off_value), getattr(layer, "surrogate", None)
+    # A float, or a learned per-channel threshold (S2Activation(learnable=("threshold",))).
+    th = np.asarray(keras.ops.convert_to_numpy(layer.threshold), dtype=np.float64)
+    return (float(th) if th.ndim == 0 else th), float(layer.off_value), getattr(layer, "surrogate", None)
 
 
 def _fold_linear(layer, g=None, b=None, shift=0.0):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import math
 import sys
 from typing import Any, Dict, Iterator, List, Optional, Sequence
@@ -44,9 +45,21 @@ from s2nn_keras.graph import LayerGraph, TensorRef
 from s2nn_keras.layers import is_spiking_neuron
 
 __all__ = ["neuron_layers", "neuron_outputs", "iter_batches", "SpikeCounter", "SpikeCounts", "firing_rates",
-           "FiringRateCallback"]
+           "FiringRateCallback", "silent_layers_message"]
 
 DEFAULT_BATCH_SIZE = 256
+logger = logging.getLogger("s2nn_keras")
+
+
+def silent_layers_message(rates: Dict[str, float], when: str = "") -> Optional[str]:
+    """The one-line warning for neuron layers that never fired (rate 0), or None."""
+    silent = [name for name, rate in rates.items() if rate == 0.0]
+    if not silent:
+        return None
+    shown = ", ".join(silent[:3]) + (f" (+{len(silent) - 3} more)" if len(silent) > 3 else "")
+    return (f"warning: neuron layer(s) {shown} never fired at inference{when} (firing rate 0): the "
+            "BatchNormalization before a neuron may not have converged its moving statistics "
+            "(use momentum=0.9, see S2Activation) or the threshold is out of reach")
 
 
 def neuron_layers(model: keras.Model) -> List[keras.layers.Layer]:
@@ -288,10 +301,17 @@ def firing_rates(model: keras.Model, data, *, max_batches: Optional[int] = None,
       called twice has a second entry ``name#2``). Empty for a model without
       neurons (the ReLU baseline).
 
+    A neuron layer that never fires (rate 0) is reported by one warning line
+    on the ``s2nn_keras`` logger (:func:`silent_layers_message`).
+
     Raises:
       ValueError: empty data.
     """
-    return _RateCounter(model)(data, max_batches, batch_size)
+    rates = _RateCounter(model)(data, max_batches, batch_size)
+    message = silent_layers_message(rates)
+    if message:
+        logger.warning(message)
+    return rates
 
 
 class FiringRateCallback(keras.callbacks.Callback):
@@ -300,7 +320,8 @@ class FiringRateCallback(keras.callbacks.Callback):
     Adds ``firing_rate/<layer>`` and ``firing_rate/mean`` to the epoch logs,
     so ``History``, ``CSVLogger`` and ``TensorBoard`` record them. The probe
     model is built on the first epoch and reused (rebuilt only if the
-    callback is attached to another model).
+    callback is attached to another model). When a neuron layer never fires
+    at inference it logs one warning line (once per set of silent layers).
 
     Args:
       data: validation inputs (forms of :func:`firing_rates`).
@@ -315,12 +336,17 @@ class FiringRateCallback(keras.callbacks.Callback):
         self.batch_size = batch_size
         self.history: List[Dict[str, float]] = []
         self._counter = None
+        self._warned = None
 
     def on_epoch_end(self, epoch, logs=None):
         if self._counter is None or self._counter.model is not self.model:
             self._counter = _RateCounter(self.model)
         rates = self._counter(self.data, max_batches=self.max_batches, batch_size=self.batch_size)
         self.history.append(rates)
+        silent = tuple(name for name, rate in rates.items() if rate == 0.0)
+        if silent and silent != self._warned:
+            logger.warning(silent_layers_message(rates, f" after epoch {epoch + 1}"))
+        self._warned = silent
         if logs is not None and rates:
             for name, rate in rates.items():
                 logs[f"firing_rate/{name}"] = rate

@@ -21,6 +21,44 @@ name           surrogate dS/du                                               u_t
 ``superspike`` Eq. 24: (1 + beta0 |u - u_th|)^-2                              1.0
 =============  ============================================================  =====
 
+Learnable parameters
+--------------------
+
+``S2Activation(..., learnable=("threshold", "tau_s", "alpha"))`` learns
+per-channel values (paper §6 future work, after Wang et al. 2020a, Si-BNN,
+which trains its threshold theta and window Delta). With g = dS/du the
+surrogate and the upstream gradient dL/ds:
+
+* **threshold** -- it is in the forward pass, ``s = H(u - u_th)``, whose
+  exact derivatives are ``delta(u - u_th)`` and ``-delta(u - u_th)``; the
+  surrogate replaces delta in both::
+
+      dL/du = dL/ds * g(u),      dL/du_th[c] = -sum_{n,h,w} dL/ds * g(u)
+
+* **shape parameters** (``tau_s``, ``alpha`` of s2nn; ``delta`` of sibnn)
+  are not in the forward pass, so their true gradient is 0. They are learned
+  by the proxy rule of trainable clipping/STE windows (PACT, Choi et al.
+  2018, and our reading of Si-BNN's trainable Delta): the backward pass
+  already treats ``s`` as a proxy ``Phi(u)`` with ``dPhi/du = g``, so a
+  parameter p gets ``dL/dp[c] = sum dL/ds * dPhi/dp``. For s2nn
+  (the antiderivative of Eq. 23, continuous at u_th)::
+
+      Phi(u) = sig((u - u_th)/alpha)              u <  u_th     (Eq. 21)
+             = 1/2 + ln(u/u_th) / tau_s           u >= u_th
+      dPhi/dalpha = -((u - u_th)/alpha) g(u)  (u < u_th; 0 above)
+      dPhi/dtau_s = -ln(u/u_th) / tau_s^2     (u >= u_th; 0 below)
+
+  so ``alpha`` widens where upstream gradients say that more silent neurons
+  should have moved, and ``tau_s`` sets how fast the 1/u tail of firing
+  neurons decays. For Si-BNN ``Phi(u) = clip(u, u_th - rho Delta, u_th +
+  Delta)`` gives ``dPhi/dDelta = -rho`` below the window, ``+1`` above, 0
+  inside.
+
+Learned values are clipped to the surrogate's ``bounds`` after every
+optimizer step (s2nn's u_th, tau_s, alpha and Si-BNN's Delta stay >=
+:data:`MIN_POSITIVE`). Only the threshold changes what the network computes;
+folding reads it per channel (Eq. 27 with ``u_th[c]``).
+
 Pure functions (:func:`spike`, :func:`surrogate_gradient`) live here; the
 Keras layer wrapping them is :class:`s2nn_keras.layers.S2Activation`.
 Everything is written with ``keras.ops`` and ``keras.ops.custom_gradient``
@@ -48,7 +86,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -62,6 +100,7 @@ __all__ = [
     "resolve_params",
     "surrogate_gradient",
     "spike",
+    "MIN_POSITIVE",
 ]
 
 
@@ -80,6 +119,17 @@ class Surrogate:
         the ``ste_b`` baseline).
       validate: optional ``validate(threshold, params)`` raising ValueError.
       description: one line for docs and plots.
+      param_grads: optional ``param_grads(u, threshold, **params) ->
+        {name: dPhi/dname}`` for the parameters that can be learned
+        (``S2Activation(learnable=...)``): the derivatives, with respect to
+        the surrogate's shape parameters, of its *proxy* ``Phi`` -- the
+        function whose u-derivative is ``grad_fn`` (see "Learnable
+        parameters" in the module docstring).
+      learnable_params: the shape parameters ``param_grads`` returns (every
+        surrogate can learn its ``threshold``; these in addition).
+      bounds: ``{name: (low, high)}`` kept by a learned ``threshold`` or
+        shape parameter (a clip after every optimizer step; a name not
+        listed is unbounded).
     """
 
     name: str
@@ -89,6 +139,9 @@ class Surrogate:
     off_value: float = 0.0
     validate: Optional[Callable[[float, Dict[str, float]], None]] = None
     description: str = ""
+    param_grads: Optional[Callable[..., Dict[str, Any]]] = None
+    learnable_params: Tuple[str, ...] = ()
+    bounds: Mapping[str, Tuple[float, float]] = dataclasses.field(default_factory=dict)
 
 
 _REGISTRY: Dict[str, Surrogate] = {}
@@ -103,6 +156,9 @@ def register_surrogate(
     off_value: float = 0.0,
     validate: Optional[Callable[[float, Dict[str, float]], None]] = None,
     description: str = "",
+    param_grads: Optional[Callable[..., Dict[str, Any]]] = None,
+    learnable_params: Sequence[str] = (),
+    bounds: Optional[Mapping[str, Tuple[float, float]]] = None,
     overwrite: bool = False,
 ) -> Surrogate:
     """Adds a surrogate to the catalogue so every API accepts ``name``.
@@ -119,6 +175,15 @@ def register_surrogate(
       off_value: output when not firing (0.0, or -1.0 for sign neurons).
       validate: optional callable raising ValueError on bad values.
       description: short human-readable formula.
+      param_grads: optional ``param_grads(u, threshold, **params)`` returning
+        ``{name: dPhi/dname}`` for each of ``learnable_params``, where
+        ``Phi`` is the proxy whose u-derivative is ``grad_fn`` (the rule of
+        "Learnable parameters" in the module docstring); ``threshold`` and
+        the params then arrive as float32 tensors broadcasting against u.
+      learnable_params: shape parameters ``S2Activation(learnable=...)`` may
+        learn (each needs ``param_grads``); the threshold is always learnable.
+      bounds: ``{name: (low, high)}`` a learned value is clipped to after every
+        optimizer step (``"threshold"`` or a learnable parameter).
       overwrite: allow replacing an existing entry.
 
     Returns:
@@ -136,6 +201,16 @@ def register_surrogate(
         raise ValueError(f"grad_fn for surrogate {name!r} must be callable")
     if off_value not in (0.0, -1.0):
         raise ValueError(f"off_value must be 0.0 or -1.0, got {off_value!r}")
+    learnable_params = tuple(learnable_params)
+    unknown = sorted(set(learnable_params) - set(params or {}))
+    if unknown:
+        raise ValueError(f"learnable_params {unknown} are not parameters of surrogate {name!r}")
+    if learnable_params and not callable(param_grads):
+        raise ValueError(f"surrogate {name!r}: learnable_params need a param_grads function")
+    bounds = {k: (float(lo), float(hi)) for k, (lo, hi) in dict(bounds or {}).items()}
+    bad = sorted(set(bounds) - {"threshold", *learnable_params})
+    if bad:
+        raise ValueError(f"bounds {bad} name nothing learnable (valid: threshold, {', '.join(learnable_params)})")
     entry = Surrogate(
         name=name,
         grad_fn=grad_fn,
@@ -144,6 +219,9 @@ def register_surrogate(
         off_value=float(off_value),
         validate=validate,
         description=description,
+        param_grads=param_grads,
+        learnable_params=learnable_params,
+        bounds=bounds,
     )
     _REGISTRY[name] = entry
     return entry
@@ -211,6 +289,11 @@ def _positive(*names):
 # The built-in catalogue.
 # --------------------------------------------------------------------------
 
+#: Lower bound kept by learned parameters that must stay > 0 (s2nn's u_th,
+#: tau_s and alpha, Si-BNN's Delta): the 1/(tau_s u) branch of Eq. 23 is at
+#: most 1/(tau_s u_th) <= 1e4.
+MIN_POSITIVE = 1e-2
+
 
 def s2nn_grad(u, threshold, tau_s, alpha):
     """Eq. 23 of the paper (TSSL-BP in the single-step limit).
@@ -229,6 +312,27 @@ def s2nn_grad(u, threshold, tau_s, alpha):
     sig = ops.sigmoid((u - threshold) / alpha)
     below = sig * (1.0 - sig) / alpha
     return ops.where(fire, above, below)
+
+
+def s2nn_param_grads(u, threshold, tau_s, alpha):
+    """Derivatives of the s2nn proxy ``Phi`` (the antiderivative of Eq. 23
+    that is continuous at u_th, see the module docstring)::
+
+        Phi(u) = sig((u - u_th)/alpha)                    u <  u_th
+               = 1/2 + ln(u / u_th) / tau_s               u >= u_th
+
+        dPhi/dalpha = -((u - u_th)/alpha) * dS/du   below, 0 above
+        dPhi/dtau_s = -ln(u / u_th) / tau_s^2       above, 0 below
+    """
+    fire = ops.greater_equal(u, threshold)
+    safe_u = ops.where(fire, u, threshold * ops.ones_like(u))
+    sig = ops.sigmoid((u - threshold) / alpha)
+    below = sig * (1.0 - sig) / alpha
+    zero = ops.zeros_like(u)
+    return {
+        "alpha": ops.where(fire, zero, -((u - threshold) / alpha) * below),
+        "tau_s": ops.where(fire, -ops.log(safe_u / threshold) / ops.square(tau_s), zero),
+    }
 
 
 def _s2nn_validate(threshold, params):
@@ -259,6 +363,20 @@ def sibnn_grad(u, threshold, rho, delta):
     return ops.cast(inside, u.dtype)
 
 
+def sibnn_param_grads(u, threshold, rho, delta):
+    """Derivative of the Si-BNN proxy, the clip whose u-derivative is the
+    window, ``Phi(u) = clip(u, u_th - rho*Delta, u_th + Delta)``::
+
+        dPhi/dDelta = -rho  for u < u_th - rho*Delta
+                    = +1    for u > u_th + Delta
+                    =  0    inside the window
+    """
+    lower = ops.less(u, threshold - rho * delta)
+    upper = ops.greater(u, threshold + delta)
+    zero = ops.zeros_like(u)
+    return {"delta": ops.where(lower, -rho * ops.ones_like(u), ops.where(upper, ops.ones_like(u), zero))}
+
+
 def _sibnn_validate(threshold, params):
     if not 0.0 <= params["rho"] <= 1.0:
         raise ValueError(f"rho must be in [0, 1], got {params['rho']}")
@@ -279,6 +397,9 @@ register_surrogate(
     "s2nn", s2nn_grad, threshold=1.0, params={"tau_s": 1.0, "alpha": 0.2},
     validate=_s2nn_validate,
     description="S2NN Eq. 23: 1/(tau_s u) above u_th, scaled-sigmoid warm-up below",
+    param_grads=s2nn_param_grads, learnable_params=("tau_s", "alpha"),
+    bounds={"threshold": (MIN_POSITIVE, math.inf), "tau_s": (MIN_POSITIVE, math.inf),
+            "alpha": (MIN_POSITIVE, math.inf)},
 )
 register_surrogate(
     "ste_b", ste_grad, threshold=0.0, off_value=-1.0,
@@ -292,6 +413,8 @@ register_surrogate(
     "sibnn", sibnn_grad, threshold=0.3, params={"rho": 0.3, "delta": 1.0},
     validate=_sibnn_validate,
     description="Si-BNN: gradient 1 on [u_th - rho*delta, u_th + delta]",
+    param_grads=sibnn_param_grads, learnable_params=("delta",),
+    bounds={"delta": (MIN_POSITIVE, math.inf)},
 )
 register_surrogate(
     "slayer", slayer_grad, threshold=1.0, params={"alpha1": 1.0, "beta1": 1.0},
@@ -329,11 +452,14 @@ def surrogate_gradient(u, surrogate="s2nn", threshold=None, **params):
     return _grad_in_dtype(entry, _as_float_tensor(u), th, merged)
 
 
+def _finite32(entry_fn, u32, threshold, params):
+    g = ops.convert_to_tensor(entry_fn(u32, threshold, **params))
+    return ops.where(ops.isfinite(g), g, ops.zeros_like(g))
+
+
 def _grad_in_dtype(entry, u, threshold, params):
     dtype = keras.backend.standardize_dtype(u.dtype)
-    u32 = ops.cast(u, "float32")
-    g = ops.convert_to_tensor(entry.grad_fn(u32, threshold, **params))
-    g = ops.where(ops.isfinite(g), g, ops.zeros_like(g))
+    g = _finite32(entry.grad_fn, ops.cast(u, "float32"), threshold, params)
     if dtype != "float32":
         # float16 overflows at 65504; keep the surrogate finite in low precision.
         if dtype == "float16":
@@ -379,15 +505,7 @@ def _spike(u, entry, threshold, params):
 
     @ops.custom_gradient
     def _heaviside(x):
-        # The native comparison with a Python float compares in x's dtype on
-        # every backend (TF converts the scalar to x's dtype, JAX treats it
-        # as weakly typed, torch as a wrapped number) and creates no tensor
-        # on the device; ops.greater_equal would promote float16 x to float32.
-        fire = x >= threshold
-        if entry.off_value == 0.0:
-            s = ops.cast(fire, dtype)
-        else:
-            s = ops.where(fire, ops.ones_like(x), ops.full_like(x, entry.off_value))
+        s = _step(x, threshold, entry.off_value, dtype)
 
         def grad(*args, upstream=None):
             # TF and JAX call grad(upstream); Keras' torch backend calls
@@ -399,6 +517,86 @@ def _spike(u, entry, threshold, params):
         return s, grad
 
     return _heaviside(u)
+
+
+def _step(x, threshold, off_value, dtype):
+    """The forward pass: 1 where ``x >= threshold`` (a Python float, or a
+    per-channel tensor), else ``off_value``, in ``dtype``."""
+    if isinstance(threshold, float):
+        # The native comparison with a Python float compares in x's dtype on
+        # every backend (TF converts the scalar to x's dtype, JAX treats it
+        # as weakly typed, torch as a wrapped number) and creates no tensor
+        # on the device; ops.greater_equal would promote float16 x to float32.
+        fire = x >= threshold
+    else:
+        fire = ops.greater_equal(x, ops.cast(threshold, dtype))
+    if off_value == 0.0:
+        return ops.cast(fire, dtype)
+    return ops.where(fire, ops.ones_like(x), ops.full_like(x, off_value))
+
+
+def _spike_learnable(u, entry, threshold, params, learned):
+    """:func:`_spike` where some values are learned per channel (the
+    ``S2Activation(learnable=...)`` entry point).
+
+    Args:
+      u: float tensor ``[..., C]``.
+      threshold, params: the fixed values (Python floats).
+      learned: ``{name: tensor [C]}`` for ``"threshold"`` and/or learnable
+        shape parameters; they replace the fixed values.
+
+    Forward: ``s = H(u - u_th[c])``, compared in u's dtype. Backward (module
+    docstring, "Learnable parameters"): ``ds/du = g(u)``, ``ds/du_th = -g(u)``
+    and ``ds/dp = dPhi/dp`` for a shape parameter, summed over every axis
+    but the channel axis; ``g`` and ``Phi`` in float32. The TensorFlow fused
+    backward is not used here (it is specialised on fixed values).
+    """
+    dtype = keras.backend.standardize_dtype(u.dtype)
+    if not keras.backend.is_float_dtype(dtype):
+        u, dtype = ops.cast(u, "float32"), "float32"
+    names = tuple(learned)
+    # A copy, not the variable itself: tf.custom_gradient must see tensors only.
+    values = [ops.copy(ops.convert_to_tensor(learned[n])) for n in names]
+
+    @ops.custom_gradient
+    def _heaviside(x, *vals):
+        th = vals[names.index("threshold")] if "threshold" in names else threshold
+        s = _step(x, th, entry.off_value, dtype)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                upstream = args[0]
+            return _learnable_backward(entry, x, threshold, params, names, vals, upstream)
+
+        return s, grad
+
+    return _heaviside(u, *values)
+
+
+def _learnable_backward(entry, x, threshold, params, names, vals, dy):
+    """``(dL/du, dL/d value for each learned name)`` of :func:`_spike_learnable`."""
+    th, resolved = threshold, dict(params)
+    for name, value in zip(names, vals):
+        if name == "threshold":
+            th = ops.cast(value, "float32")
+        else:
+            resolved[name] = ops.cast(value, "float32")
+    dx = dy * _grad_in_dtype(entry, x, th, resolved)
+    x32, dy32 = ops.cast(x, "float32"), ops.cast(dy, "float32")
+    axes = tuple(range(len(x.shape) - 1))
+    shape_grads = None
+    out = [dx]
+    for name, value in zip(names, vals):
+        if name == "threshold":
+            local = -_finite32(entry.grad_fn, x32, th, resolved)
+        else:
+            if shape_grads is None:
+                shape_grads = entry.param_grads(x32, th, **resolved)
+            local = ops.convert_to_tensor(shape_grads[name])
+            local = ops.where(ops.isfinite(local), local, ops.zeros_like(local))
+        total = ops.sum(dy32 * local, axis=axes) if axes else dy32 * local
+        out.append(ops.cast(ops.reshape(total, ops.shape(value)), keras.backend.standardize_dtype(value.dtype)))
+    return tuple(out)
 
 
 def _backward(entry, x, threshold, params, dy):

@@ -30,7 +30,11 @@ Measured with ``python -m benchmarks.train_step --activations relu,s2nn
 other jobs, load 8-11): per-round CPU time of the S2NN training step, fused
 over plain, median 0.885 eager, 0.893 graph, 0.958 XLA (fused cheaper in
 20/21, 18/21, 15/21 rounds). User-registered surrogates keep the plain
-``keras.ops`` backward: nothing promises their ops compile with XLA.
+``keras.ops`` backward: nothing promises their ops compile with XLA. Layers
+with learned values (``S2Activation(learnable=...)``) do not use it either:
+their backward also returns per-channel parameter gradients and takes the
+values as tensors (:func:`s2nn_keras.surrogates._spike_learnable`; tested in
+``tests/s2nn_keras/test_learnable.py``).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Keras fixes its backend once per process, so the default ``pytest`` run (on
 TensorFlow) starts real subprocesses:
 
-* the surrogate and layer test files (``tests/s2nn_keras/test_surrogates.py``,
-  ``test_layers.py``: every NumPy reference, thresholds, 0, +-1e30,
+* the surrogate, layer and learnable-parameter test files
+  (``tests/s2nn_keras/test_surrogates.py``, ``test_layers.py``,
+  ``test_learnable.py``: every NumPy reference, thresholds, 0, +-1e30,
   float16/bfloat16, each backend's jit) under ``KERAS_BACKEND=jax`` and
   ``KERAS_BACKEND=torch`` (each skipped when that framework is not
   installed; PyPI's torch wheels bring gigabytes of CUDA, so CI covers jax).
@@ -29,7 +30,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY_TESTS = ("tests/s2nn_keras" if os.environ.get("S2NN_BACKEND_TESTS") == "all"
-                 else "tests/s2nn_keras/test_surrogates.py tests/s2nn_keras/test_layers.py")
+                 else "tests/s2nn_keras/test_surrogates.py tests/s2nn_keras/test_layers.py "
+                      "tests/s2nn_keras/test_learnable.py")
 OTHER_BACKENDS = ("jax", "torch")
 
 

@@ -40,11 +40,12 @@ SAVE = textwrap.dedent(
     from s2nn_keras.models import PreActResNet
 
     out = sys.argv[1]
+    kw = {"learnable": ("threshold", "tau_s", "alpha")} if sys.argv[2:] == ["learnable"] else {}
     keras.utils.set_random_seed(3)
     rng = np.random.default_rng(3)
     x = rng.random((64, 16, 16, 1), dtype=np.float32)
     y = (x[:, :8].mean(axis=(1, 2, 3)) > x[:, 8:].mean(axis=(1, 2, 3))).astype("int64") + 2 * (x[:, :, :8].mean(axis=(1, 2, 3)) > 0.5)
-    model = PreActResNet([1, 1], (16, 16, 1), 4, width=8, activation="s2nn", dropout=0.1)
+    model = PreActResNet([1, 1], (16, 16, 1), 4, width=8, activation="s2nn", dropout=0.1, **kw)
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, epochs=3, batch_size=16, verbose=0)
     model.save(os.path.join(out, "model.keras"))
@@ -72,6 +73,7 @@ LOAD = textwrap.dedent(
     from ai_edge_litert.interpreter import Interpreter
 
     out, tie_tol, compile_ = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "compile"
+    kw = {"learnable": ("threshold", "tau_s", "alpha")} if sys.argv[4:] == ["learnable"] else {}
     assert keras.backend.backend() == "tensorflow"
     ref = np.load(os.path.join(out, "reference.npz"))
     x = ref["x"]
@@ -86,13 +88,17 @@ LOAD = textwrap.dedent(
     for n, s, u in zip(neurons, outs[1:1 + k], outs[1 + k:]):
         s_ref, u_ref = ref[f"spikes_{n.name}"], ref[f"u_{n.name}"]
         differ = s != s_ref
-        tie = (np.abs(u_ref - n.threshold) <= tie_tol) | (np.abs(u - n.threshold) <= tie_tol)
+        th = np.asarray(keras.ops.convert_to_numpy(n.threshold))  # a float or learned per channel
+        tie = (np.abs(u_ref - th) <= tie_tol) | (np.abs(u - th) <= tie_tol)
         result["layers"][n.name] = {"elements": int(s.size), "mismatches": int(differ.sum()),
                                     "unexplained": int((differ & ~tie).sum()),
                                     "u_max_abs_diff": float(np.max(np.abs(u - u_ref)))}
 
     # The same weights in a model built under TensorFlow.
-    fresh = PreActResNet([1, 1], (16, 16, 1), 4, width=8, activation="s2nn", dropout=0.1)
+    fresh = PreActResNet([1, 1], (16, 16, 1), 4, width=8, activation="s2nn", dropout=0.1, **kw)
+    if kw:
+        result["learned_thresholds_vary"] = all(len(np.unique(keras.ops.convert_to_numpy(n.threshold))) > 1
+                                                for n in neurons)
     fresh.set_weights(loaded.get_weights())
     logits_fresh = keras.ops.convert_to_numpy(fresh(x, training=False))
     result["fresh_vs_loaded_logits_max_abs_diff"] = float(np.max(np.abs(logits_fresh - outs[0])))
@@ -146,19 +152,22 @@ def _run(python, backend, script, *args):
     return result.stdout
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_saved_under_backend_loads_folds_and_exports_under_tensorflow(backend, tmp_path):
+@pytest.mark.parametrize("backend, neurons", [
+    ("jax", "fixed"), ("torch", "fixed"),
+    pytest.param("jax", "learnable", marks=pytest.mark.slow),  # learned per-channel thresholds, ~40 s
+])
+def test_saved_under_backend_loads_folds_and_exports_under_tensorflow(backend, neurons, tmp_path):
     python = _python_for(backend)
     if python is None:
         pytest.skip(f"{backend} is not installed (set S2NN_{backend.upper()}_PYTHON to a venv that has it)")
     if importlib.util.find_spec("tensorflow") is None:
         pytest.skip("the loading side needs TensorFlow")
-    assert f"SAVED {backend}" in _run(python, backend, SAVE, str(tmp_path))
+    assert f"SAVED {backend}" in _run(python, backend, SAVE, str(tmp_path), neurons)
     # Keras 3.15 saves a torch-compiled model's optimizer as its torch subclass
     # (keras.src.backend.torch.optimizers.torch_adam.Adam), which TensorFlow
     # cannot import: such files load with compile=False (as export does).
     compile_ = "nocompile" if backend == "torch" else "compile"
-    assert "LOADED" in _run(sys.executable, "tensorflow", LOAD, str(tmp_path), str(TIE_TOL), compile_)
+    assert "LOADED" in _run(sys.executable, "tensorflow", LOAD, str(tmp_path), str(TIE_TOL), compile_, neurons)
     result = json.loads((tmp_path / "result.json").read_text())
     summary = json.dumps(result, indent=1)
     print(f"{backend} -> tensorflow:", summary)
@@ -179,3 +188,5 @@ def test_saved_under_backend_loads_folds_and_exports_under_tensorflow(backend, t
     assert result["tflite_predictions_equal"], summary
     assert result["folded_vs_keras_max_abs_diff"] <= LOGIT_TOL, summary
     assert result["tflite_vs_keras_max_abs_diff"] <= LOGIT_TOL, summary
+    if neurons == "learnable":  # learned per-channel thresholds crossed the backends
+        assert result["learned_thresholds_vary"], summary

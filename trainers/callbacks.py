@@ -4,8 +4,9 @@
   step into the epoch logs;
 * :func:`network_firing_rates` -- per-layer firing rates of the *network*
   (not of the fitted wrapper of the ``device`` pipeline) every epoch;
-* :func:`epoch_checkpoint` -- after every epoch: ``best.keras``, the resume
-  checkpoint ``backup/epoch-NNNN.keras``, then ``state.json``.
+* :func:`epoch_checkpoint` -- after every epoch: ``best.keras`` (highest
+  *validation* accuracy), the resume checkpoint ``backup/epoch-NNNN.keras``
+  with its state copy, then ``state.json``; the last two checkpoints are kept.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def network_firing_rates(network, data, max_batches=None):
 def epoch_checkpoint(*, network, model_dir, output_dir, chief, state, flags, start_time, prior_wall):
     """The per-epoch checkpoint.
 
-    ``best.keras`` is ``network`` (the highest ``val_accuracy`` so far); the
-    resume checkpoint is the fitted model with its optimizer state. Files are
+    ``best.keras`` is ``network`` at the highest ``val_accuracy`` so far
+    (the validation split; never the test set); the resume checkpoint is the
+    fitted model with its optimizer state. Files are
     written to temporary names and renamed, and ``state.json``, which points
     at the checkpoint, is replaced last: a SIGKILL at any moment leaves
     either the previous or the new consistent state. The object keeps
@@ -68,21 +70,14 @@ def epoch_checkpoint(*, network, model_dir, output_dir, chief, state, flags, sta
             if val is not None and (self.best is None or val > self.best["val_accuracy"]):
                 self.best = {"epoch": epoch + 1, "val_accuracy": float(val)}
                 files.atomic_save_model(network, os.path.join(model_dir, "best.keras"))
-            backup = os.path.join(model_dir, files.BACKUP_DIR)
-            os.makedirs(backup, exist_ok=True)
             ckpt_name = f"epoch-{epoch + 1:04d}.keras"
-            files.atomic_save_model(self.model, os.path.join(backup, ckpt_name))
-            if chief:
-                files.atomic_write_json(os.path.join(output_dir, files.STATE_FILE), {
-                    "epochs_completed": epoch + 1,
-                    "checkpoint": os.path.join(files.BACKUP_DIR, ckpt_name),
-                    "history": self.history,
-                    "best": self.best,
-                    "flags": flags,
-                    "wall_time_s": prior_wall + time.time() - start_time,
-                })
-            for old in os.listdir(backup):
-                if old.endswith(".keras") and old != ckpt_name:
-                    os.remove(os.path.join(backup, old))
+            files.write_epoch_state(output_dir, model_dir, {
+                "epochs_completed": epoch + 1,
+                "checkpoint": os.path.join(files.BACKUP_DIR, ckpt_name),
+                "history": self.history,
+                "best": self.best,
+                "flags": flags,
+                "wall_time_s": prior_wall + time.time() - start_time,
+            }, self.model, chief)
 
     return EpochCheckpoint()

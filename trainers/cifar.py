@@ -15,13 +15,18 @@ baseline) with the recipe of paper §5.1 / Appendix A, on any Keras backend
   state *is* the optimizer's iteration counter and is restored with it;
 * weight decay as in PyTorch's SGD/Adam (coupled): an L2 kernel regulariser
   ``(wd / 2) ||w||^2`` on conv/dense kernels; BatchNorm is not decayed;
-* evaluation: test accuracy and flip-averaged test-time augmentation
-  ``p = (softmax(f(x)) + softmax(f(flip(x)))) / 2``.
+* model selection on a validation split held out of the training set
+  (``--validation_examples``, seeded); the test set is evaluated once, at
+  the end, on ``final.keras`` and on ``best.keras``; flip-averaged
+  test-time augmentation ``p = (softmax(f(x)) + softmax(f(flip(x)))) / 2``
+  only for a model trained with flips.
 
 Outputs in ``--output_dir``: ``final.keras``, ``best.keras``,
-``tensorboard/``, ``metrics.json``, ``energy/`` and ``backup/`` (the
-per-epoch resume checkpoint). Re-running the same command after a crash or
-SIGKILL resumes after the last completed epoch.
+``tensorboard/``, ``metrics.json``, ``energy/`` and ``backup/`` (the last
+two per-epoch resume checkpoints). Re-running the same command after a crash
+or SIGKILL resumes after the last completed epoch (from the previous
+checkpoint if the newest is damaged); re-running a finished run changes
+nothing; ``--restart`` starts afresh.
 
 Modules: :mod:`trainers.flags` (flags, validation), :mod:`trainers.run`
 (the run), :mod:`trainers.recipe` (model, optimizer, loss, TTA),
@@ -69,6 +74,9 @@ def main(argv=None) -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     import_keras_quietly()
     trainer_flags.define_flags(FLAGS)
+    # --help lists the flags of the main module only; the trainer's live in
+    # trainers.flags, so make them this module's key flags.
+    absl_flags.adopt_module_key_flags(trainer_flags)
     app.run(_main, argv=argv, flags_parser=lambda a: trainer_flags.parse_or_exit(a, FLAGS))
 
 

@@ -8,12 +8,18 @@
   ``--num_cpu_devices``) on TensorFlow, ``keras.distribution.DataParallel``
   (every local JAX device; on CPU ``--num_cpu_devices`` or
   ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) on JAX;
-* ``multi_worker`` -- ``tf.distribute.MultiWorkerMirroredStrategy`` over the
-  cluster in ``TF_CONFIG`` (TensorFlow backend only).
+* ``multi_worker`` -- several processes (machines), the cluster named by
+  ``TF_CONFIG`` on both backends (the same command everywhere):
+  ``tf.distribute.MultiWorkerMirroredStrategy`` on TensorFlow;
+  ``jax.distributed.initialize`` (through ``keras.distribution.initialize``)
+  and ``keras.distribution.DataParallel`` over every device of every
+  process on JAX (:class:`JaxMultiWorker`). On JAX the Keras variables
+  ``KERAS_DISTRIBUTION_JOB_ADDRESSES`` / ``_NUM_PROCESSES`` /
+  ``_PROCESS_ID`` may name the cluster instead.
 
 :func:`make_distribution` returns a :class:`Distribution` with a common
-interface: ``scope()``, ``num_replicas``, ``chief``, ``worker_index``,
-``shard_tf_data`` and ``release()``.
+interface: ``scope()``, ``num_replicas``, ``num_processes``, ``chief``,
+``worker_index``, ``shard_tf_data`` and ``release()``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class Distribution:
 
     name = "default"
     num_replicas = 1
+    num_processes = 1  # >1: each process feeds its slice of every batch (JAX multi-process)
     chief = True
     worker_index = 0
     shard_tf_data = False  # tf.data must shard by element (MirroredStrategy)
@@ -77,6 +84,82 @@ class JaxDataParallel(Distribution):
         keras.distribution.set_distribution(None)
 
 
+def jax_cluster_from_env(environ=None):
+    """``(coordinator "host:port", num_processes, process_id)`` of a JAX
+    multi-process run: from ``TF_CONFIG`` (``cluster.chief`` then
+    ``cluster.worker`` in order; the coordinator is the first, process 0 =
+    the chief), else from Keras' ``KERAS_DISTRIBUTION_JOB_ADDRESSES``
+    (comma-separated, coordinator first), ``KERAS_DISTRIBUTION_NUM_PROCESSES``
+    and ``KERAS_DISTRIBUTION_PROCESS_ID``.
+
+    Raises:
+      UsageError: neither is set, or the description is inconsistent.
+    """
+    import json
+
+    env = os.environ if environ is None else environ
+    if env.get("TF_CONFIG"):
+        try:
+            config = json.loads(env["TF_CONFIG"])
+            cluster = config["cluster"]
+            tasks = [("chief", a) for a in cluster.get("chief", [])] + [("worker", a) for a in cluster.get("worker", [])]
+            task = config["task"]
+            index = [i for i, (kind, _) in enumerate(tasks) if kind == task["type"]][int(task["index"])]
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise UsageError("TF_CONFIG must look like {\"cluster\": {\"worker\": [\"host:port\", ...]}, "
+                             "\"task\": {\"type\": \"worker\", \"index\": I}}") from None
+        return tasks[0][1], len(tasks), index
+    addresses = env.get("KERAS_DISTRIBUTION_JOB_ADDRESSES")
+    if addresses:
+        jobs = [a.strip() for a in addresses.split(",") if a.strip()]
+        try:
+            num = int(env.get("KERAS_DISTRIBUTION_NUM_PROCESSES", len(jobs)))
+            pid = int(env["KERAS_DISTRIBUTION_PROCESS_ID"])
+        except (KeyError, ValueError):
+            raise UsageError("KERAS_DISTRIBUTION_JOB_ADDRESSES needs KERAS_DISTRIBUTION_PROCESS_ID "
+                             "(an integer)") from None
+        if not 0 <= pid < num:
+            raise UsageError(f"KERAS_DISTRIBUTION_PROCESS_ID {pid} is not in [0, {num})")
+        return jobs[0], num, pid
+    raise UsageError("--strategy multi_worker needs the TF_CONFIG environment variable (or on jax "
+                     "KERAS_DISTRIBUTION_JOB_ADDRESSES and KERAS_DISTRIBUTION_PROCESS_ID)")
+
+
+class JaxMultiWorker(Distribution):
+    """Data parallelism over the devices of several JAX processes.
+
+    ``keras.distribution.initialize`` (``jax.distributed.initialize``) joins
+    the cluster before JAX computes anything; then
+    ``keras.distribution.DataParallel`` over ``list_devices()`` (every
+    device of every process) replicates the weights, and each process feeds
+    its slice of every global batch (``auto_shard_dataset = False``; the
+    trainer's :class:`trainers.inputs.ArrayBatches` does the slicing).
+    Process 0 is the chief.
+    """
+
+    name = "multi_worker"
+
+    def __init__(self, environ=None):
+        import keras
+
+        coordinator, num, pid = jax_cluster_from_env(environ)
+        keras.distribution.initialize(coordinator, num, pid)
+        devices = keras.distribution.list_devices()
+        self.devices = devices
+        self.num_replicas = len(devices)
+        self.num_processes = int(num)
+        self.worker_index = int(pid)
+        self.chief = pid == 0
+        self._distribution = keras.distribution.DataParallel(devices=devices)
+        self._distribution.auto_shard_dataset = False
+        keras.distribution.set_distribution(self._distribution)
+
+    def release(self) -> None:
+        import keras
+
+        keras.distribution.set_distribution(None)
+
+
 def make_distribution(name: str, backend: str) -> Distribution:
     """The :class:`Distribution` for ``--strategy name`` on ``backend``."""
     if backend == "tensorflow":
@@ -97,8 +180,10 @@ def make_distribution(name: str, backend: str) -> Distribution:
         return Distribution()
     if name == "mirrored" and backend == "jax":
         return JaxDataParallel()
+    if name == "multi_worker" and backend == "jax":
+        return JaxMultiWorker()
     raise UsageError(f"--strategy {name} is not available on the {backend} backend "
-                     f"(tensorflow: default, mirrored, multi_worker; jax: default, mirrored)")
+                     f"(tensorflow and jax: default, mirrored, multi_worker)")
 
 
 def is_chief(strategy) -> bool:
@@ -146,7 +231,7 @@ def use_local_batch_for_symbolic_build(model, distribution: Distribution) -> Non
     Only the batch's shapes matter for the build, so this instance override
     takes this worker's first local replica batch instead.
     """
-    if distribution.name != "multi_worker":
+    if not isinstance(distribution, TFStrategy) or distribution.name != "multi_worker":
         return
     import tensorflow as tf
     import tree

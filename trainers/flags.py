@@ -31,7 +31,7 @@ SURROGATE_PARAM_FLAGS = ("tau_s", "alpha", "rho", "delta", "alpha1", "beta1", "b
 
 #: Flags that do not change what is trained; a resumed run may change them.
 NON_RECIPE_FLAGS = frozenset(
-    ["data_dir", "output_dir", "verbose", "strategy", "num_cpu_devices", "jit_compile",
+    ["data_dir", "output_dir", "verbose", "strategy", "num_cpu_devices", "jit_compile", "restart",
      "firing_rate_batches", "tta", "flagfile", "export", "export_formats", "export_max_examples",
      "export_tflm_examples", "energy_preset", "energy_convention", "input_pipeline"]
 )
@@ -83,6 +83,15 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
         "files (default: Debian's /usr/share/datasets/fashion-mnist, then tfds).", flag_values=fv)
     flags.DEFINE_integer("max_train_examples", None, "Use only the first N training examples.", flag_values=fv)
     flags.DEFINE_integer("max_test_examples", None, "Use only the first N test examples.", flag_values=fv)
+    flags.DEFINE_integer(
+        "validation_examples", 5000,
+        "Training images held out for validation (a seeded random subset, the same on every backend and "
+        "on resume): per-epoch val_* figures and the choice of best.keras use it; the test set is "
+        "evaluated only at the end, on final.keras and best.keras. 0: no validation split (no best.keras, no "
+        "per-epoch val_* figures or firing rates).",
+        flag_values=fv)
+    flags.DEFINE_integer("validation_seed", 0, "Seed of the validation split (independent of --seed, so runs "
+                         "with different seeds share one validation set).", flag_values=fv)
     flags.DEFINE_integer("randaugment_ops", 2, "RandAugment operations per image (0 disables it).",
                          flag_values=fv)
     flags.DEFINE_float("randaugment_magnitude", 0.3, "RandAugment magnitude in [0, 1] (keras-cv scale).",
@@ -116,6 +125,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
         ("beta1", "slayer beta1 (Eq. 25)"), ("beta0", "superspike beta0 (Eq. 24)"),
     ]:
         flags.DEFINE_float(name, None, help_text + "; default: the surrogate's default.", flag_values=fv)
+    flags.DEFINE_list(
+        "learnable", [],
+        "Neuron parameters learned per channel: threshold (any surrogate) and the surrogate's shape "
+        "parameters (s2nn: tau_s, alpha; sibnn: delta); see s2nn_keras.surrogates, 'Learnable parameters'.",
+        flag_values=fv)
     flags.DEFINE_float("dropout", 0.1, "Dropout rate before the classifier, in [0, 1).", flag_values=fv)
     # Optimisation.
     flags.DEFINE_string("optimizer", "sgd", "sgd or adam.", flag_values=fv)
@@ -143,12 +157,15 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
                         f"Keras dtype policy: {', '.join(DTYPE_POLICIES)} (mixed precision: float32 "
                         "weights, low-precision compute).", flag_values=fv)
     # Evaluation and outputs.
-    flags.DEFINE_boolean("tta", True, "Also report flip-averaged test-time-augmentation accuracy.",
+    flags.DEFINE_boolean("tta", True, "Also report flip-averaged test-time-augmentation accuracy (only for a "
+                         "model trained with flips, --crop_flip; otherwise skipped with one line).",
                          flag_values=fv)
     flags.DEFINE_integer("firing_rate_batches", 4,
                          "Test batches used for the per-epoch firing rates (0: all).", flag_values=fv)
     flags.DEFINE_string("output_dir", None, "Where models, logs and metrics.json go (required).",
                         flag_values=fv)
+    flags.DEFINE_boolean("restart", False, "Start afresh: delete the resume state, checkpoints and metrics "
+                         "of a run already in --output_dir instead of resuming it.", flag_values=fv)
     flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 1 progress bar, 2 one line per epoch.",
                          flag_values=fv)
     # Deployment and energy reports at the end of the run.
@@ -171,7 +188,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
     # Scale-out.
     flags.DEFINE_string("strategy", "default",
                         f"Data parallelism: {', '.join(STRATEGIES)} (mirrored: tf.distribute.MirroredStrategy "
-                        "on TensorFlow, keras.distribution.DataParallel on JAX; multi_worker: TensorFlow).",
+                        "on TensorFlow, keras.distribution.DataParallel on JAX; multi_worker: several "
+                        "processes/machines from TF_CONFIG -- MultiWorkerMirroredStrategy on TensorFlow, "
+                        "jax.distributed + keras.distribution.DataParallel on JAX).",
                         flag_values=fv)
     flags.DEFINE_integer("num_cpu_devices", 0,
                          "Split the CPU into N devices (testing --strategy mirrored on CPU; TF logical "
@@ -308,6 +327,12 @@ def validate(fv: flags.FlagValues) -> Dict:
     for name in ("max_train_examples", "max_test_examples"):
         if getattr(f, name) is not None:
             _positive(name, getattr(f, name))
+    if f.validation_examples < 0:
+        raise UsageError(f"--validation_examples must be >= 0, got {f.validation_examples}")
+    if f.max_train_examples is not None and f.validation_examples >= f.max_train_examples:
+        raise UsageError(f"--validation_examples {f.validation_examples} leaves no training images of the "
+                         f"--max_train_examples {f.max_train_examples}")
+    _validate_data_dir(f)
     if f.crop_padding < 0:
         raise UsageError(f"--crop_padding must be >= 0, got {f.crop_padding}")
     if f.randaugment_ops < 0:
@@ -348,11 +373,45 @@ def validate(fv: flags.FlagValues) -> Dict:
             surrogates.resolve_params(f.activation, threshold, **own)
         except ValueError as err:
             raise UsageError(f"--activation {f.activation}: {_one_line(err)}") from None
+    learnable = [name.strip() for name in f.learnable if name.strip()]
+    if learnable:
+        if f.activation == "relu":
+            raise UsageError("--learnable names neuron parameters; --activation relu has none")
+        valid = ("threshold",) + tuple(surrogates.get_surrogate(f.activation).learnable_params)
+        bad = [n for n in learnable if n not in valid] or sorted({n for n in learnable if learnable.count(n) > 1})
+        if bad:
+            raise UsageError(f"--learnable {','.join(bad)} is not a learnable parameter of --activation "
+                             f"{f.activation} (or is repeated); valid: {', '.join(valid)}")
 
     values = {name: fv[name].value for name in define_flags(flags.FlagValues())}
     if values.get("blocks") is not None:
         values["blocks"] = list(values["blocks"])
-    return {"flags": values, "blocks": blocks, "surrogate_params": given}
+    values["learnable"] = learnable
+    neuron = dict(given)
+    if learnable:
+        neuron["learnable"] = tuple(learnable)
+    return {"flags": values, "blocks": blocks, "surrogate_params": neuron}
+
+
+def _validate_data_dir(f) -> None:
+    """``--data_dir`` must exist and, for Fashion-MNIST, hold the four IDX
+    files (no silent fall-back to Debian's copy or to tensorflow-datasets)."""
+    import os
+
+    if not f.data_dir:
+        return
+    if not os.path.isdir(f.data_dir):
+        raise UsageError(f"--data_dir {f.data_dir} does not exist (or is not a folder)")
+    if f.dataset == "fashion_mnist":
+        from s2nn_keras.datasets import fashion_mnist_idx_dir
+
+        own = {os.path.normpath(os.path.join(f.data_dir, sub)) for sub in ("", "fashion_mnist", "fashion-mnist")}
+        found = fashion_mnist_idx_dir(f.data_dir)
+        if found is None or os.path.normpath(found) not in own:
+            raise UsageError(
+                f"--data_dir {f.data_dir} lacks the Fashion-MNIST IDX files (train-images-idx3-ubyte, "
+                "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, optionally .gz, in it "
+                "or in its fashion_mnist/ subfolder); omit --data_dir to read /usr/share/datasets/fashion-mnist")
 
 
 def _validate_backend_flags(f) -> None:
@@ -366,8 +425,20 @@ def _validate_backend_flags(f) -> None:
     if f.input_pipeline == "tf_data" and not tensorflow_installed():
         raise UsageError("--input_pipeline tf_data needs TensorFlow, which is not installed; "
                          "use --input_pipeline device")
-    if f.strategy == "multi_worker" and backend != "tensorflow":
-        raise UsageError(f"--strategy multi_worker needs the tensorflow Keras backend (running {backend})")
+    if f.strategy == "multi_worker" and backend not in ("tensorflow", "jax"):
+        raise UsageError(f"--strategy multi_worker needs the tensorflow or jax Keras backend (running {backend})")
+    if f.strategy == "multi_worker":
+        import os
+
+        from trainers.distribute import jax_cluster_from_env
+
+        if backend == "jax":
+            jax_cluster_from_env()  # UsageError when the cluster is not described
+        elif not os.environ.get("TF_CONFIG"):
+            raise UsageError("--strategy multi_worker needs the TF_CONFIG environment variable")
+    if f.strategy == "multi_worker" and backend == "jax" and f.input_pipeline == "tf_data":
+        raise UsageError("--strategy multi_worker on jax feeds each process its shard of every batch; "
+                         "use --input_pipeline device (or auto)")
     if f.strategy == "mirrored" and backend not in ("tensorflow", "jax"):
         raise UsageError(f"--strategy mirrored needs the tensorflow or jax Keras backend (running {backend})")
 

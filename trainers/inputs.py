@@ -62,11 +62,17 @@ class ArrayBatches:
     zero-weight copies of its first example, so every example counts once
     in the (weighted) accuracy; the loss of such a batch is averaged over
     the padded batch (the only case where ``val_loss`` is approximate).
+
+    With ``num_shards > 1`` (JAX multi-process data parallelism) every
+    process builds the same global batches (same seed, same order) and
+    returns only its slice ``shard_index`` of each one; Keras assembles the
+    global batch from the processes' slices
+    (``jax.make_array_from_process_local_data``).
     """
 
 
 def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0,
-                  multiple: int = 1):
+                  multiple: int = 1, num_shards: int = 1, shard_index: int = 0):
     """A :class:`ArrayBatches` PyDataset over ``(x, y)``."""
     PyDataset = _keras_pydataset()
 
@@ -85,6 +91,7 @@ def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: boo
                 rest -= rest % self.multiple
             self.sizes = [self.batch_size] * full + ([rest] if rest else [])
             self.weighted = (not shuffle) and any(s % self.multiple for s in self.sizes)
+            self.num_shards, self.shard_index = max(1, int(num_shards)), int(shard_index)
 
         def __len__(self):
             return len(self.sizes)
@@ -95,20 +102,48 @@ def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: boo
             idx = self.order[start:stop] if self.shuffle else slice(start, stop)
             bx, by = self.x[idx], self.y[idx]
             if not self.weighted:
-                return bx, by
+                return self._shard((bx, by))
             w = np.ones(len(bx), dtype=np.float32)
             pad = (-len(bx)) % self.multiple
             if pad:
                 bx = np.concatenate([bx, np.repeat(bx[:1], pad, axis=0)])
                 by = np.concatenate([by, np.repeat(by[:1], pad, axis=0)])
                 w = np.concatenate([w, np.zeros(pad, dtype=np.float32)])
-            return bx, by, w
+            return self._shard((bx, by, w))
+
+        def _shard(self, batch):
+            if self.num_shards == 1:
+                return batch
+            n = len(batch[0]) // self.num_shards
+            return tuple(t[self.shard_index * n:(self.shard_index + 1) * n] for t in batch)
 
         def on_epoch_end(self):
             if self.shuffle:
                 self.order = self.rng.permutation(len(self.x))
 
     return _ArrayBatches()
+
+
+def split_validation(images: np.ndarray, labels: np.ndarray, num_validation: int, seed: int):
+    """Holds ``num_validation`` examples out of the training set.
+
+    The held-out indices are the first ``num_validation`` of
+    ``np.random.default_rng(seed).permutation(N)`` -- NumPy only, so the
+    split is the same on every backend, in every process of a data-parallel
+    run and on resume. Both parts keep the original order.
+
+    Returns:
+      ``(train_images, train_labels, val_images, val_labels)``; the
+      validation arrays are None for ``num_validation == 0``.
+    """
+    n = len(images)
+    if num_validation <= 0:
+        return images, labels, None, None
+    if num_validation >= n:
+        raise ValueError(f"--validation_examples {num_validation} leaves no training images of the {n} loaded")
+    order = np.random.default_rng(seed).permutation(n)
+    val, train = np.sort(order[:num_validation]), np.sort(order[num_validation:])
+    return images[train], labels[train], images[val], labels[val]
 
 
 @dataclasses.dataclass
@@ -118,10 +153,13 @@ class RunInputs:
     Attributes:
       pipeline: ``tf_data`` or ``device``.
       train: ``fit``'s ``x`` (a tf.data.Dataset or a PyDataset).
-      validation: ``fit``'s ``validation_data`` for the fitted model.
-      test_float: the test split for the *network* (float32 images in [0,
-        1], one-hot labels) as a tf.data.Dataset or a PyDataset -- TTA, firing
-        rates and the energy report use it.
+      validation: ``fit``'s ``validation_data`` for the fitted model (the
+        held-out part of the training set), or None without one.
+      validation_float: the validation split for the *network* (float32
+        images in [0, 1], one-hot labels) -- the per-epoch firing rates use it.
+      test_float: the test split for the network (tf.data.Dataset or
+        PyDataset): evaluated only at the end (final and best model, TTA,
+        firing rates, the energy report).
       steps_per_epoch: optimizer steps per epoch.
       examples_per_epoch: training examples per epoch (all of them, except
         the remainder a data-parallel ``device`` pipeline drops).
@@ -131,15 +169,17 @@ class RunInputs:
     pipeline: str
     train: object
     validation: object
+    validation_float: object
     test_float: object
     steps_per_epoch: int
     examples_per_epoch: int
     augmentation: Optional[object] = None
 
 
-def make_inputs(pipeline: str, train_x, train_y, test_x, test_y, num_classes: int, flags: dict, *,
-                seed: int, crop_flip: bool, distribution) -> RunInputs:
-    """Builds the inputs of ``pipeline`` (resolved: ``tf_data`` or ``device``)."""
+def make_inputs(pipeline: str, train_x, train_y, test_x, test_y, num_classes: int, flags: dict,
+                *, seed: int, crop_flip: bool, distribution, val_x=None, val_y=None) -> RunInputs:
+    """Builds the inputs of ``pipeline`` (resolved: ``tf_data`` or ``device``);
+    ``val_x``/``val_y``: the validation split (None: no validation)."""
     batch = int(flags["batch_size"])
     if pipeline == "tf_data":
         from trainers import pipeline as tf_pipeline
@@ -150,23 +190,33 @@ def make_inputs(pipeline: str, train_x, train_y, test_x, test_y, num_classes: in
             crop_padding=flags.get("crop_padding", 4), randaugment_ops=flags["randaugment_ops"],
             randaugment_magnitude=flags["randaugment_magnitude"],
             distributed=shard)
+        val = (tf_pipeline.eval_dataset(val_x, val_y, num_classes, batch, distributed=shard)
+               if val_x is not None else None)
         test = tf_pipeline.eval_dataset(test_x, test_y, num_classes, batch, distributed=shard)
-        return RunInputs("tf_data", train, test, test, tf_pipeline.steps_per_epoch(len(train_x), batch),
+        return RunInputs("tf_data", train, val, val, test, tf_pipeline.steps_per_epoch(len(train_x), batch),
                          len(train_x))
 
     from trainers.augment import DeviceAugmentation
 
-    multiple = distribution.num_replicas if distribution.name == "mirrored" else 1
+    multiple = (distribution.num_replicas
+                if distribution.name == "mirrored" or distribution.num_processes > 1 else 1)
+    shards = dict(num_shards=distribution.num_processes, shard_index=distribution.worker_index)
     train_hot, test_hot = one_hot(train_y, num_classes), one_hot(test_y, num_classes)
-    train = array_batches(train_x, train_hot, batch, shuffle=True, seed=seed, multiple=multiple)
-    validation = array_batches(test_x, test_hot, batch, shuffle=False, multiple=multiple)
+    train = array_batches(train_x, train_hot, batch, shuffle=True, seed=seed, multiple=multiple, **shards)
+    validation = validation_float = None
+    if val_x is not None:
+        val_hot = one_hot(val_y, num_classes)
+        validation = array_batches(val_x, val_hot, batch, shuffle=False, multiple=multiple, **shards)
+        validation_float = array_batches(val_x.astype(np.float32) / 255.0, val_hot, batch, shuffle=False,
+                                         multiple=multiple)
     test_float = array_batches(test_x.astype(np.float32) / 255.0, test_hot, batch, shuffle=False,
-                               multiple=multiple)
+                               multiple=multiple, **shards)
     augmentation = DeviceAugmentation(crop_flip=crop_flip, padding=flags.get("crop_padding", 4),
                                       randaugment_ops=flags["randaugment_ops"],
                                       randaugment_magnitude=flags["randaugment_magnitude"], seed=seed,
                                       name="device_augmentation")
-    return RunInputs("device", train, validation, test_float, len(train), int(sum(train.sizes)), augmentation)
+    return RunInputs("device", train, validation, validation_float, test_float, len(train),
+                     int(sum(train.sizes)), augmentation)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

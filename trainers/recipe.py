@@ -10,6 +10,7 @@
   (Eq. A.1) on one-hot labels, accuracy;
 * :func:`training_model` -- ``Input(uint8) -> DeviceAugmentation -> model``
   for the ``device`` input pipeline;
+* :func:`evaluation_model` -- a network compiled for the end-of-run test;
 * :func:`tta_model` -- flip-averaged test-time augmentation.
 """
 
@@ -96,6 +97,22 @@ def tta_model(model):
     q = keras.layers.Softmax(dtype="float32")(model(flipped, training=False))
     outputs = keras.layers.Average(name="tta_mean", dtype="float32")([p, q])
     return keras.Model(inputs, outputs, name="tta")
+
+
+def evaluation_model(model, config: Dict):
+    """``model`` (a network: float images -> logits) wrapped and compiled for
+    ``evaluate`` with the training loss (Eq. A.1) and accuracy; the wrapper
+    shares the weights, so ``model``'s own compile state (optimizer) is
+    untouched."""
+    import keras
+
+    f = config["flags"]
+    inputs = keras.Input(model.input_shape[1:])
+    wrapper = keras.Model(inputs, model(inputs, training=False), name=f"{model.name}_eval")
+    wrapper.compile(
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=f["label_smoothing"]),
+        weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    return wrapper
 
 
 def compile_for_evaluation(model) -> None:

@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # A tiny model that trains in seconds on 2 CPU cores.
 TINY = ["--model=custom", "--blocks=1", "--width=4", "--batch_size=32", "--randaugment_ops=0",
-        "--firing_rate_batches=1"]
+        "--firing_rate_batches=1", "--validation_examples=16"]
 
 
 def _write_idx(path, array):
@@ -89,3 +89,16 @@ def run_trainer_jax_no_tf(*args, timeout=300, env=None, module="trainers.cifar")
     """``KERAS_BACKEND=jax python -m <module> args`` with TensorFlow blocked."""
     return subprocess.run(no_tf_cmd(*args, module=module), cwd=REPO, env=jax_env(env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def free_ports(n):
+    """``n`` TCP ports on localhost free right now (for local clusters)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("jax")
 
 from tests.trainers.helpers import (  # noqa: E402
-    REPO, TINY, jax_env, no_tf_cmd, run_trainer_jax_no_tf, write_fake_fashion_mnist)
+    REPO, TINY, free_ports, jax_env, no_tf_cmd, run_trainer_jax_no_tf, write_fake_fashion_mnist)
 
 
 def _tags(logdir):
@@ -53,7 +53,7 @@ def test_jax_without_tensorflow_end_to_end(tmp_path):
 def test_jax_rejects_tf_only_flags_in_one_line(tmp_path):
     out = tmp_path / "run"
     for flag, expected in (("--input_pipeline=tf_data", "--input_pipeline tf_data needs the tensorflow"),
-                           ("--strategy=multi_worker", "--strategy multi_worker needs the tensorflow")):
+                           ("--strategy=multi_worker", "--strategy multi_worker needs the TF_CONFIG environment")):
         proc = run_trainer_jax_no_tf("--dataset=fashion_mnist", flag, f"--output_dir={out}", timeout=120)
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and expected in proc.stderr
@@ -112,3 +112,73 @@ def test_jax_sigkill_then_rerun_resumes(tmp_path):
     for h in m["history"]:
         assert h["learning_rate"] == pytest.approx(lr0 * (1 + math.cos(math.pi * h["epoch"] / epochs)) / 2,
                                                    rel=1e-4, abs=1e-9)
+
+
+def _start_cluster(args, ports):
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs = []
+    for index in range(len(ports)):
+        env = jax_env({"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})})
+        procs.append(subprocess.Popen(no_tf_cmd(*args), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def _wait_all(procs, timeout):
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return outputs
+
+
+@pytest.mark.slow
+def test_jax_multi_worker_two_processes_on_localhost_with_resume(tmp_path):
+    """--strategy multi_worker on JAX: two processes (jax.distributed over
+    TF_CONFIG, the same command as on TensorFlow), killed after an epoch and
+    started again: both resume from the chief's checkpoint."""
+    data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=144, n_test=40)
+    out = tmp_path / "run"
+    epochs = 3
+    args = TINY + ["--dataset=fashion_mnist", f"--data_dir={data_dir}", f"--epochs={epochs}",
+                   "--strategy=multi_worker", f"--output_dir={out}"]
+    procs = _start_cluster(args, free_ports(2))
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and all(p.poll() is None for p in procs):
+            try:
+                if json.loads((out / "state.json").read_text())["epochs_completed"] >= 1:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        assert all(p.poll() is None for p in procs), "a worker ended early:\n" + "\n".join(
+            p.communicate()[0][-2000:] for p in procs if p.poll() is not None)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+            p.wait(timeout=60)
+    done = json.loads((out / "state.json").read_text())["epochs_completed"]
+    assert 1 <= done < epochs and not (out / "metrics.json").exists()
+
+    procs = _start_cluster(args, free_ports(2))
+    outputs = _wait_all(procs, timeout=400)
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, text[-3000:]
+    assert f"resuming from epoch {done}/{epochs}" in outputs[0] and f"resuming from epoch {done}/{epochs}" in outputs[1]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["backend"] == "jax" and m["num_processes"] == 2 and m["num_replicas"] == 2
+    assert [h["epoch"] for h in m["history"]] == list(range(1, epochs + 1))
+    # 128 training images per epoch over 2 processes (16 each per global batch of 32): 4 steps.
+    assert m["steps_per_epoch"] == 4 and m["num_train_examples"] == 128
+    # Global metrics: 40 test images, each counted once across the two processes.
+    assert abs(m["test_accuracy_final"] * 40 - round(m["test_accuracy_final"] * 40)) < 1e-3
+    assert "test (40 images, evaluated once at the end)" in outputs[0]
+    assert not (out / ".worker-1").exists() and (out / "final.keras").is_file()
+    assert list(m["firing_rates"]) == ["stage1_block1_act1", "stage1_block1_act2", "final_act"]

@@ -4,14 +4,14 @@ TF_CONFIG with two local worker processes, and the sweep restart."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.trainers.helpers import REPO, TINY, run_trainer, trainer_cmd, trainer_env, write_fake_fashion_mnist
+from tests.trainers.helpers import (REPO, TINY, free_ports, run_trainer, trainer_cmd, trainer_env,
+                                    write_fake_fashion_mnist)
 
 
 def _read_json(path):
@@ -70,23 +70,13 @@ def test_sigkill_then_rerun_resumes_from_last_epoch(tmp_path):
     assert metrics["wall_time_s"] >= metrics["session_wall_time_s"]
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_multi_worker_two_local_processes(tmp_path):
     pytest.importorskip("tensorflow")
     if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         pytest.skip("MultiWorkerMirroredStrategy needs the tensorflow backend")
     data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=64, n_test=32)
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     out = tmp_path / "run"
     args = TINY + ["--dataset=fashion_mnist", f"--data_dir={data_dir}", "--epochs=1",
@@ -109,7 +99,7 @@ def test_multi_worker_two_local_processes(tmp_path):
         assert p.returncode == 0, text[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_replicas"] == 2 and metrics["epochs_completed"] == 1
-    assert "test_accuracy" in outputs[0]
+    assert "test (32 images, evaluated once at the end)" in outputs[0]
     # The non-chief worker wrote only to its scratch folder and removed it.
     assert not (out / ".worker-1").exists()
 
@@ -123,12 +113,12 @@ def test_sweep_runs_grid_writes_csv_and_skips_finished_points(tmp_path):
     first = run_trainer(*args, module="trainers.sweep", timeout=400)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     assert first.stdout.count(": training") == 2
-    assert "best (test_accuracy " in first.stdout and "--learning_rate=0.0" in first.stdout
+    assert "best (validation_accuracy_best " in first.stdout and "--learning_rate=0.0" in first.stdout
     import csv
 
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["learning_rate"] for r in rows] == ["0.01", "0.05"]
-    assert all(r["status"] == "ok" and 0 <= float(r["test_accuracy"]) <= 1 for r in rows)
+    assert all(r["status"] == "ok" and 0 <= float(r["test_accuracy_final"]) <= 1 for r in rows)
     again = run_trainer(*args, module="trainers.sweep", timeout=120)
     assert again.returncode == 0
     assert again.stdout.count("done, skipped") == 2 and ": training" not in again.stdout

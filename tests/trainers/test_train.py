@@ -44,7 +44,7 @@ def test_cifar10_mock_data_end_to_end(tmp_path):
                 "flags", "history"):
         assert key in on_disk, key
     assert on_disk["epochs_completed"] == 2 and [h["epoch"] for h in on_disk["history"]] == [1, 2]
-    assert on_disk["num_train_examples"] == 48 and on_disk["num_test_examples"] == 24
+    assert on_disk["num_train_examples"] == 32 and on_disk["num_test_examples"] == 24  # 16 held out
     assert 0.0 <= on_disk["test_accuracy"] <= 1.0 and 0.0 <= on_disk["tta_accuracy"] <= 1.0
     assert on_disk["flags"]["dataset"] == "cifar10" and on_disk["flags"]["crop_flip"] is None
     assert on_disk["test_accuracy"] == metrics["test_accuracy"]
@@ -132,7 +132,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_replicas"] == 2 and metrics["epochs_completed"] == 1
-    assert "test_accuracy" in proc.stdout and not (out / ".worker-1").exists()
+    assert "test (32 images" in proc.stdout and not (out / ".worker-1").exists()
 
 
 def test_export_and_energy_flags_come_from_their_packages():
