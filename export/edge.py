@@ -5,26 +5,43 @@ or select ops, but every one of them runs a convolution with a fused
 ``RELU6`` / ``RELU_N1_TO_1`` clamp. :func:`edge_model` rewrites a folded
 model (:func:`export.fold_batchnorm`, neurons as ``compare``
 :class:`~export.neurons.ThresholdNeuron`) so that each neuron is such a
-clamp, with parameters chosen per target format so the *quantized* model
-computes the exact step. Notation: the reference neuron fires iff
-``u' >= 0`` with ``u'_c = p_c (u_c - theta_c)`` (``p`` the polarity; a
-constant channel is ``u' = +-1``).
+clamp (the ``saturate`` formulation of :mod:`export.formulations`), with
+parameters chosen per target format so the *quantized* model computes the
+exact step. Notation: the reference neuron fires iff ``u' >= 0`` with
+``u'_c = p_c (u_c - theta_c)`` (``p`` the polarity; a constant channel is
+``u' = +-1``).
 
-Neuron kinds
-------------
-* **conv** -- the neuron's input is a Conv/Dense used only by it (after
-  folding: ``conv1 -> BN -> neuron`` in every block). Polarity, threshold
-  and a per-channel gain ``G_c`` go into that layer: kernel
-  ``G_c p_c W_c``, bias ``G_c p_c (b_c - theta_c)``; the neuron is only the
-  clamp, fused into the conv.
-* **tensor** -- the neuron's input is shared (the residual sum, the stem
-  output): the neuron is one 1x1 ``DEPTHWISE_CONV_2D`` (weight ``G_c p_c``,
-  bias ``-G_c p_c theta_c``) with the clamp fused.
+Neuron placements
+-----------------
+* **conv** -- the neuron's input is a Conv/DepthwiseConv/Dense used only by
+  it (``conv -> BN -> neuron``, ``depthwise -> BN -> neuron``,
+  ``Dense -> BN -> neuron``). Polarity, threshold and a per-channel gain
+  ``G_c`` go into that layer: kernel ``G_c p_c W_c``, bias
+  ``G_c p_c (b_c - theta_c)``; the neuron is only the clamp, fused into the
+  ``CONV_2D`` / ``DEPTHWISE_CONV_2D`` / ``FULLY_CONNECTED``.
+* **tensor** -- the neuron's input is shared (a residual sum, the stem
+  output, another neuron's spikes), or the conv placement could overflow a
+  runtime's int32 rescaling: the neuron is one 1x1 ``DEPTHWISE_CONV_2D``
+  (weight ``G_c p_c``, bias ``-G_c p_c theta_c``) with the clamp fused.
 
-Spike levels are ``{0, 6}`` (RELU6) for {0, 1} neurons -- every layer that
-reads the spikes (a Conv/Dense, possibly behind pooling/dropout/reshape)
-gets its kernel divided by 6, which is exact in int8 (same integer weights,
-scale / 6) -- and ``{-1, +1}`` (RELU_N1_TO_1) for ``ste_b``.
+Levels and the scale plan
+-------------------------
+The clamps output ``{0, 6}`` (RELU6) for {0, 1} neurons and ``{-1, +1}``
+(RELU_N1_TO_1) for ``ste_b`` (:func:`export.formulations.spike_levels`).
+So the edge model computes every tensor ``t`` as a known positive factor
+``f_t`` times the folded model's (:func:`scale_plan`): 6 for {0, 1} spikes,
+1 for ``ste_b`` spikes, the model inputs and outputs; a layer that is
+positively homogeneous (pooling, reshape, padding, a merge such as ``Add``:
+:mod:`s2nn_keras.layer_roles`) passes the factor on, and every input of a
+merge shares it; a Conv/Depthwise/Dense chooses its output's factor with
+its kernel (``W * f_out / f_in``) and bias (``b * f_out``); a neuron's
+thresholds scale with its input (``theta * f_in``). Where two different
+factors would have to meet without a kernel in between (spikes that reach a
+model output or a non-homogeneous layer directly) there is no exact edge
+form: :class:`EdgeError` names the neuron and the layer, and
+``--neuron compare`` exports the model. In int8 every factor is exact:
+a kernel scaled by ``f_out / f_in`` quantizes to the same integers with
+its scale multiplied, and a grid scaled by ``f`` rounds the same values.
 
 Per format (derivations and overflow bounds in docs/EXPORT.md)
 --------------------------------------------------------------
@@ -51,6 +68,11 @@ Per format (derivations and overflow bounds in docs/EXPORT.md)
   clamp to the levels). One stage would overflow the int16 kernels' int32
   rescaling (``M`` of ~500 on accumulators up to 2^22).
 
+Spike grids come from the levels: the grid of a spike tensor (and of what
+a reshape, max pool or padding makes of it) is the one of its two levels,
+never a calibrated one (:func:`level_grid`), so a neuron that never fires on
+the calibration images exports like any other.
+
 Example::
 
     from export.edge import edge_model
@@ -68,12 +90,17 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import keras
 import numpy as np
 
+from export.calibration import tensor_ranges
 from export.formats import QUANTIZATIONS
+from export.formulations import reference_levels, spike_levels
+from export.layers import GridQuantize, grid_range
 from export.neurons import ThresholdNeuron
+from s2nn_keras import layer_roles
 from s2nn_keras.graph import LayerGraph, TensorRef
 from s2nn_keras.layers import is_spiking_neuron
 
-__all__ = ["EdgeError", "EdgeNeuron", "EdgePlan", "GridQuantize", "edge_model", "quantization_params", "fake_quantize_kernel",
+__all__ = ["EdgeError", "EdgeNeuron", "EdgePlan", "ScalePlan", "GridQuantize", "edge_model", "scale_plan",
+           "neuron_kinds", "quantization_params", "level_grid", "fake_quantize_kernel", "grid_range",
            "INT8_SPIKE_CONV_MULTIPLIER", "INT8_INTEGER_CONV_MULTIPLIER", "INT8_DEPTHWISE_MULTIPLIER",
            "INT16_LEVEL_MULTIPLIER", "INT16_SIGN_MULTIPLIER", "INT16_SPIKE_CONV_MULTIPLIER"]
 
@@ -86,59 +113,12 @@ INT16_SIGN_MULTIPLIER = 3.0           # sign stage on any other integer: |acc| >
 INT16_LEVEL_MULTIPLIER = 100.0        # level stage: 127 * 3 * 100 = 38100 >= 32767; shift 7
 FLOAT_RAMP_BITS = 40                  # float32: ramp width = scale * 2^-40 (below float32 resolution)
 INT32_MAX = 2 ** 31 - 1
-
-_PRODUCERS = ("Conv1D", "Conv2D", "Conv3D", "Dense")
-_ABSORBERS = _PRODUCERS + ("DepthwiseConv1D", "DepthwiseConv2D")
-# Linear layers the spikes may pass on their way to a consumer's kernel.
-_LINEAR_PASS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "AveragePooling1D",
-                "AveragePooling2D", "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
-                "GlobalAveragePooling3D", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D",
-                "GlobalMaxPooling2D", "GlobalMaxPooling3D", "Flatten", "Reshape", "ZeroPadding1D",
-                "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D", "Identity")
-# Layers that keep a spike tensor two-level (on the way back from a conv to a neuron).
-_LEVEL_PASS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "MaxPooling1D",
-               "MaxPooling2D", "MaxPooling3D", "Flatten", "Reshape", "Cropping1D", "Cropping2D", "Cropping3D",
-               "Identity")
-
-
-def grid_range(scale: float, zero_point: int) -> Tuple[float, float]:
-    """``[(-128 - z) s, (127 - z) s]``: the range of an int8 grid as the
-    float32 values a fake-quant op takes (TFLite reads the grid back as
-    ``s = (max - min) / 255``, ``z = -128 - min / s``)."""
-    return float(np.float32((-128 - int(zero_point)) * float(scale))), float(np.float32((127 - int(zero_point)) * float(scale)))
-
-
-@keras.saving.register_keras_serializable(package="s2nn_export")
-class GridQuantize(keras.layers.Layer):
-    """Rounds to a fixed int8 grid: ``x -> (clip(round(x / s) + z, -128, 127) - z) * s``
-    (``tf.quantization.fake_quant_with_min_max_args`` with the range
-    ``[(-128 - z) s, (127 - z) s]``). The TFLite converter takes this range
-    as the tensor's quantization instead of calibrating it, which is how the
-    int8 export knows the exact grid a depthwise neuron compares on."""
-
-    def __init__(self, scale, zero_point, **kwargs):
-        super().__init__(**kwargs)
-        self.scale = float(scale)
-        self.zero_point = int(zero_point)
-
-    def call(self, x):
-        import tensorflow as tf
-
-        lo, hi = grid_range(self.scale, self.zero_point)
-        return tf.quantization.fake_quant_with_min_max_args(x, min=lo, max=hi, num_bits=8)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(scale=self.scale, zero_point=self.zero_point)
-        return config
+CLI_FLAG = "--neuron compare"         # what exports what the saturate neuron cannot
 
 
 class EdgeError(ValueError):
     """A model the saturate neuron cannot express exactly (the message names
-    the layer; ``neuron="compare"`` exports it with comparison ops)."""
+    the layer; ``--neuron compare`` exports it with comparison ops)."""
 
 
 @dataclasses.dataclass
@@ -148,7 +128,7 @@ class EdgeNeuron:
     Attributes:
       name: the neuron layer.
       kind: ``"conv"`` (in its producer) or ``"tensor"`` (own depthwise op).
-      producer: the Conv/Dense it lives in (``conv``), else ``None``.
+      producer: the Conv/Depthwise/Dense it lives in (``conv``), else ``None``.
       levels: ``(off, on)`` real spike values, ``(0, 6)`` or ``(-1, 1)``.
       input_kind: what the integer op accumulates: ``"spikes01"`` / ``"spikes_pm"``
         (a lattice of spike sums), ``"integer"`` (any integer, e.g. an
@@ -165,6 +145,9 @@ class EdgeNeuron:
         step ``max|W_c| / 127`` for ``conv``, the input grid step for
         ``tensor``; ``None`` for float32), in the units of the folded model's
         neuron input.
+      input_factor: the scale plan's factor of the neuron's input (its
+        thresholds are multiplied by it in the edge model).
+      reason: why a neuron that has a producer is a ``tensor`` neuron.
     """
 
     name: str
@@ -180,6 +163,8 @@ class EdgeNeuron:
     max_abs_accumulator: Optional[float] = None
     constant_channels: int = 0
     step: Optional[np.ndarray] = None
+    input_factor: float = 1.0
+    reason: Optional[str] = None
 
     def summary(self) -> Dict:
         """JSON-friendly dict (``step`` as its largest value)."""
@@ -192,7 +177,20 @@ class EdgeNeuron:
 @dataclasses.dataclass
 class EdgePlan:
     """Result of :func:`edge_model`: the Keras model to convert and, per
-    neuron, how it is written (:class:`EdgeNeuron`)."""
+    neuron, how it is written (:class:`EdgeNeuron`).
+
+    Attributes:
+      model: the edge Keras model.
+      quantization: its format.
+      neurons: ``{neuron name: EdgeNeuron}``.
+      consumers_scaled: the kernel layers whose kernel the scale plan
+        multiplies (by ``f_out / f_in != 1``).
+      assumed_inputs: ``{neuron name: (scale, zero point)}`` of the integer
+        inputs the placement assumed (read back by :func:`export.tflite.convert`).
+      unsettled: the calibrated grids had not settled.
+      bias_input_scales: ``{neuron name: scale}`` the bias was placed for.
+      factors: ``{layer name: factor}`` of each layer's output (1 omitted).
+    """
 
     model: keras.Model
     quantization: str
@@ -201,6 +199,7 @@ class EdgePlan:
     assumed_inputs: Dict[str, Tuple[float, int]]
     unsettled: bool = False
     bias_input_scales: Dict[str, float] = dataclasses.field(default_factory=dict)
+    factors: Dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------
@@ -208,11 +207,16 @@ class EdgePlan:
 # --------------------------------------------------------------------------
 
 
+def _round_half_away(x):
+    return float(np.sign(x) * np.floor(abs(x) + 0.5))
+
+
 def quantization_params(lo: float, hi: float, quantization: str) -> Tuple[float, int]:
     """``(scale, zero_point)`` the TFLite converter gives an activation with
     calibrated range ``[lo, hi]``: int8 asymmetric over ``[min(lo,0),
-    max(hi,0)]`` in 255 steps with the zero point rounded to an integer;
-    int16 symmetric, ``max(|lo|, |hi|) / 32767``, zero point 0."""
+    max(hi,0)]`` in 255 steps with the zero point rounded to an integer
+    (half away from zero, as the converter's nudging); int16 symmetric,
+    ``max(|lo|, |hi|) / 32767``, zero point 0."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if quantization == "int16x8":
         scale = max(-lo, hi) / 32767.0
@@ -220,8 +224,17 @@ def quantization_params(lo: float, hi: float, quantization: str) -> Tuple[float,
     scale = (hi - lo) / 255.0
     if scale <= 0:
         return 1.0 / 255.0, -128
-    zp = int(np.clip(np.round(-128.0 - lo / scale), -128, 127))
+    zp = int(np.clip(_round_half_away(-128.0 - lo / scale), -128, 127))
     return scale, zp
+
+
+def level_grid(levels: Tuple[float, float], quantization: str) -> Tuple[float, int]:
+    """The grid of a tensor whose values are the two spike ``levels``:
+    what calibration gives it whenever both levels occur, and what the
+    export gives it always (a neuron silent on the calibration data
+    included). int8 ``{0, 6}``: ``(6/255, -128)``; int16 ``{0, 6}``:
+    ``(6/32767, 0)``."""
+    return quantization_params(levels[0], levels[1], quantization)
 
 
 def _grid(quantization, zero_point):
@@ -232,12 +245,142 @@ def _grid(quantization, zero_point):
 
 
 # --------------------------------------------------------------------------
-# Graph analysis.
+# The scale plan: one positive factor per tensor.
 # --------------------------------------------------------------------------
 
 
-def _class(node):
-    return node.class_name
+def _edge_levels(neuron) -> Tuple[float, float]:
+    return spike_levels("saturate", neuron.off_value)
+
+
+def _level_factor(neuron) -> float:
+    """Edge spike value / trained spike value: 6 for {0, 1}, 1 for +-1."""
+    return _edge_levels(neuron)[1] / reference_levels(neuron.off_value)[1]
+
+
+def _passes_factor(node) -> bool:
+    """Whether a positive factor of the input passes to the output."""
+    if node.class_name == "GridQuantize":
+        return True
+    if layer_roles.is_homogeneous(node.class_name, node.layer):
+        return True
+    layer = node.layer
+    if node.class_name == "Activation":
+        return getattr(layer.activation, "__name__", "") in ("linear", "relu")
+    if node.class_name == "ReLU":
+        return layer.max_value is None and float(layer.threshold) == 0.0
+    return False
+
+
+@dataclasses.dataclass
+class ScalePlan:
+    """The factor ``f_t > 0`` of every tensor of the edge model relative to
+    the folded one (module docstring, "Levels and the scale plan").
+
+    Attributes:
+      factors: ``{TensorRef: f}``.
+      graph: the folded model's :class:`LayerGraph`.
+    """
+
+    factors: Dict[TensorRef, float]
+    graph: LayerGraph
+
+    def of(self, ref: TensorRef) -> float:
+        return self.factors[ref]
+
+    def kernel_scale(self, node) -> float:
+        """``f_out / f_in`` of a kernel layer's call."""
+        return self.of(node.output()) / self.of(node.inputs[0])
+
+    def bias_scale(self, node) -> float:
+        """``f_out`` of a kernel layer's call."""
+        return self.of(node.output())
+
+    def threshold_scale(self, node) -> float:
+        """``f_in`` of a neuron's call."""
+        return self.of(node.inputs[0])
+
+
+def scale_plan(graph: LayerGraph) -> ScalePlan:
+    """Solves for the factor of every tensor (module docstring): union the
+    tensors a homogeneous layer joins, fix the factors the levels, inputs,
+    outputs and other layers impose, give every free group factor 1.
+
+    Raises:
+      EdgeError: two different factors meet in one group (naming the neuron,
+        the layers on the way and the CLI flag that exports the model).
+    """
+    parent: Dict[TensorRef, TensorRef] = {}
+
+    def find(r):
+        parent.setdefault(r, r)
+        while parent[r] != r:
+            parent[r] = parent[parent[r]]
+            r = parent[r]
+        return r
+
+    def union(a, b):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[rb] = ra
+
+    rigid = []
+    for node in graph.nodes:
+        find(node.output())
+        if node.is_input or is_spiking_neuron(node.layer) or layer_roles.is_kernel(node.class_name):
+            continue
+        if _passes_factor(node):
+            for ref in node.inputs:
+                union(node.output(), ref)
+        else:
+            rigid.append(node)
+
+    fixed: Dict[TensorRef, Tuple[float, str, Optional[str]]] = {}   # root -> (factor, reason, neuron)
+
+    def fix(ref, factor, reason, neuron=None):
+        root = find(ref)
+        if root in fixed and fixed[root][0] != factor:
+            raise EdgeError(_conflict(graph, find, root, fixed[root], (factor, reason, neuron)))
+        if root not in fixed or neuron is not None:
+            fixed[root] = (factor, reason, neuron)
+
+    for node in graph.nodes:
+        if not node.is_input and is_spiking_neuron(node.layer):
+            levels = _edge_levels(node.layer)
+            fix(node.output(), _level_factor(node.layer), f"levels {{{levels[0]:g}, {levels[1]:g}}}", node.name)
+    for ref in graph.input_refs:
+        fix(ref, 1.0, f"the model input {ref.layer!r}")
+    for ref in graph.output_refs:
+        fix(ref, 1.0, "the model output")
+    for node in rigid:
+        reason = f"{node.name!r} ({node.class_name}), which needs its input as trained"
+        for ref in node.inputs:
+            fix(ref, 1.0, reason)
+        fix(node.output(), 1.0, reason)
+    factors = {}
+    for ref in list(parent):
+        root = find(ref)
+        factors[ref] = fixed[root][0] if root in fixed else 1.0
+    return ScalePlan(factors, graph)
+
+
+def _conflict(graph, find, root, a, b):
+    """One line: which spikes meet what, through which layers, and the flag."""
+    spikes, other = (a, b) if a[2] is not None else (b, a)
+    members = [n for n in graph.nodes if not n.is_input and find(n.output()) == root
+               and n.name != spikes[2] and n.name != other[2]]
+    path = ", ".join(f"{n.name!r} ({n.class_name})" for n in members) or "directly"
+    if spikes[2] is None:   # two fixed factors without a neuron cannot differ
+        return f"tensors of {path} would need two scales ({a[1]}, {b[1]})"
+    what = f"the spikes of neuron {other[2]!r} ({other[1]})" if other[2] is not None else other[1]
+    return (f"the spikes of neuron {spikes[2]!r} ({spikes[1]}: {spikes[0]:g} x the trained ones) reach {what} "
+            f"through {path} with no Conv/Depthwise/Dense in between to absorb the factor {spikes[0]:g}; "
+            f"the saturate neuron cannot write this model exactly: export it with {CLI_FLAG}")
+
+
+# --------------------------------------------------------------------------
+# Where each neuron goes.
+# --------------------------------------------------------------------------
 
 
 def _linear_activation(layer):
@@ -245,118 +388,116 @@ def _linear_activation(layer):
     return act is None or getattr(act, "__name__", "linear") == "linear"
 
 
-def _pool_is_subsample(layer):
-    size = getattr(layer, "pool_size", None)
-    return size is not None and all(int(s) == 1 for s in np.atleast_1d(size))
-
-
-def _levels_of(layer):
-    return (0.0, 6.0) if float(layer.off_value) == 0.0 else (-1.0, 1.0)
-
-
-def _analyse(graph: LayerGraph):
-    """Neuron nodes, their kinds (before format-specific fallbacks), the
-    layers whose kernels absorb the 1/6 of {0, 6} spikes, and each
-    producer's input kind."""
+def _neuron_nodes(graph):
     neurons = [n for n in graph.nodes if not n.is_input and is_spiking_neuron(n.layer)]
     for n in neurons:
         if not isinstance(n.layer, ThresholdNeuron):
             raise EdgeError(f"layer {n.name!r} ({n.class_name}) is not folded; call export.fold_batchnorm first")
         if n.call != 0 or len(graph.calls(n.name)) > 1:
             raise EdgeError(f"neuron {n.name!r} is called more than once; the edge export needs one call per layer")
-    candidates = {}
-    for n in neurons:
-        src = graph.producer(n.inputs[0])
-        if (not src.is_input and _class(src) in _PRODUCERS and _linear_activation(src.layer)
-                and graph.fanout(src) == 1 and len(graph.calls(src.name)) == 1):
-            candidates[n.name] = src.name
-    # Consumers of {0, 6} spikes: the kernels that carry the 1/6. A
-    # prescribed grid on the way (GridQuantize, e.g. after the pooling of a
-    # quantization-aware model) is scaled by 6 with the values it rounds.
-    absorb: Dict[str, List[str]] = {}
-    rescaled: Dict[str, float] = {}
-    for n in neurons:
-        if _levels_of(n.layer) != (0.0, 6.0):
-            continue
-        stack = list(graph.consumers(n))
-        if graph.output_uses(n):
-            raise EdgeError(f"neuron {n.name!r} is a model output; its {{0, 6}} spikes have no consumer to "
-                            "rescale (use neuron='compare')")
-        while stack:
-            c = stack.pop()
-            if _class(c) in _ABSORBERS:
-                absorb.setdefault(c.name, []).append(n.name)
-            elif (_class(c) in _LINEAR_PASS or _class(c) == "GridQuantize") and len(c.inputs) == 1:
-                if _class(c) == "GridQuantize":
-                    rescaled[c.name] = 6.0
-                if graph.output_uses(c):
-                    raise EdgeError(f"the spikes of {n.name!r} reach the model output through {c.name!r}; "
-                                    "no kernel can absorb the {0, 6} levels (use neuron='compare')")
-                stack.extend(graph.consumers(c))
-            else:
-                raise EdgeError(f"the spikes of {n.name!r} reach {c.name!r} ({c.class_name}), which cannot absorb "
-                                "the factor 1/6 of the {0, 6} spike levels into a kernel (use neuron='compare')")
-    for name in absorb:
-        if len(graph.calls(name)) > 1:
-            raise EdgeError(f"layer {name!r} reads spikes and is called more than once")
-    # What each candidate producer reads.
-    input_kind = {}
-    for n_name, p_name in candidates.items():
-        node = graph.calls(p_name)[0]
-        t = graph.producer(node.inputs[0])
-        kind = "integer"
-        while not t.is_input:
-            if is_spiking_neuron(t.layer):
-                kind = "spikes01" if _levels_of(t.layer) == (0.0, 6.0) else "spikes_pm"
-                break
-            cls = _class(t)
-            if cls in _LEVEL_PASS or (cls.startswith("AveragePooling") and _pool_is_subsample(t.layer)) or (
-                    cls.startswith("ZeroPadding")):
-                t = graph.producer(t.inputs[0])
-                continue
-            break
-        input_kind[n_name] = kind
-    # Zero padding keeps {0, 6} spikes two-level (0 is the off level) but not +-1 ones.
-    for n_name, kind in list(input_kind.items()):
-        if kind == "spikes_pm":
-            node = graph.calls(candidates[n_name])[0]
-            t = graph.producer(node.inputs[0])
-            while not is_spiking_neuron(t.layer):
-                if _class(t).startswith("ZeroPadding"):
-                    input_kind[n_name] = "integer"
-                    break
-                t = graph.producer(t.inputs[0])
-    return neurons, candidates, absorb, input_kind, rescaled
+    return neurons
 
 
-# --------------------------------------------------------------------------
-# Calibration ranges.
-# --------------------------------------------------------------------------
+def _producer(graph, neuron):
+    """The Conv/Depthwise/Dense a neuron can live in (its input, used only
+    by it, linear, one call), else ``None``."""
+    src = graph.producer(neuron.inputs[0])
+    if (not src.is_input and layer_roles.is_kernel(src.class_name) and _linear_activation(src.layer)
+            and graph.fanout(src) == 1 and len(graph.calls(src.name)) == 1):
+        return src
+    return None
 
 
-def _iter_inputs(representative_data):
-    for batch in representative_data():
-        batch = batch[0] if isinstance(batch, (list, tuple)) else batch
-        yield np.asarray(batch, dtype=np.float32)
+def _input_kind(graph, producer):
+    """What a producer's integer op accumulates: a lattice of {0, 6} or
+    +-1 spikes, or any integer."""
+    src = layer_roles.spike_source(graph, producer.inputs[0])
+    if src is None:
+        return "integer"
+    return "spikes01" if float(src.layer.off_value) == 0.0 else "spikes_pm"
 
 
-def _ranges(model, graph, refs: List[TensorRef], representative_data):
-    """Min/max of each tensor over the representative data."""
-    if not refs:
-        return {}
-    replay = graph.replay()
-    probe = keras.Model(replay.inputs[0] if len(replay.inputs) == 1 else replay.inputs,
-                        [replay.tensor(r) for r in refs])
-    lo = {r: np.inf for r in refs}
-    hi = {r: -np.inf for r in refs}
-    for x in _iter_inputs(representative_data):
-        outs = probe(x, training=False)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        for r, v in zip(refs, outs):
-            v = np.asarray(v)
-            lo[r] = min(lo[r], float(v.min()))
-            hi[r] = max(hi[r], float(v.max()))
-    return {r: (lo[r], hi[r]) for r in refs}
+class _Rows:
+    """A kernel as per-output-channel rows ``[C, taps]`` (a depthwise
+    kernel ``[..., in, mult]`` has ``in * mult`` channels, ``c = i mult + m``)."""
+
+    def __init__(self, kernel, depthwise):
+        self.shape = np.shape(kernel)
+        self.depthwise = depthwise
+        channels = self.shape[-2] * self.shape[-1] if depthwise else self.shape[-1]
+        self.rows = np.asarray(kernel, np.float64).reshape(-1, channels).T
+
+    def kernel(self, rows):
+        return np.asarray(rows).T.reshape(self.shape)
+
+    def centre_tap(self):
+        """Index of the centre spatial tap (of input channel 0)."""
+        taps = self.shape[:-2] if self.depthwise else self.shape[:-1]
+        centre = tuple(s // 2 for s in taps) if self.depthwise else tuple(s // 2 for s in taps[:-1]) + (0,)
+        return int(np.ravel_multi_index(centre, taps)) if taps else 0
+
+
+def _int8_weights(rows):
+    """Per-channel symmetric int8 weights as the converter makes them, and the
+    max |w| per channel (0 for zero channels)."""
+    m = np.max(np.abs(rows), axis=1)
+    safe = np.where(m > 0, m, 1.0)
+    q = np.trunc(127.0 * rows / safe[:, None] + np.copysign(0.5, rows))  # round half away from zero
+    return q, m
+
+
+def _shift(multiplier):
+    return max(0, math.frexp(multiplier)[1])
+
+
+def _conv_overflows(rows, input_kind, quantization):
+    """Whether a conv placement could overflow int32 for some input (the
+    bounds of :func:`_conv_int8_spikes`, :func:`_conv_integer`,
+    :func:`_conv_int16_spikes` without their bias, which can only lower them)."""
+    q, _ = _int8_weights(rows)
+    P, N = np.sum(np.maximum(q, 0), axis=1), np.sum(np.minimum(q, 0), axis=1)
+    if quantization == "int8":
+        if input_kind == "spikes01":
+            return float(np.max(255.0 * (P - N + 1) + 128.0)) * 2 ** _shift(INT8_SPIKE_CONV_MULTIPLIER) > INT32_MAX
+        return float(np.max(255.0 * (P - N) + 1.0)) * 2 ** _shift(INT8_INTEGER_CONV_MULTIPLIER) > INT32_MAX
+    if input_kind in ("spikes01", "spikes_pm"):
+        return float(np.max(32767.0 * (P - N + 1) + 16384.0)) * INT16_SPIKE_CONV_MULTIPLIER > INT32_MAX
+    return float(np.max(65535.0 * (P - N) + 1.0)) * INT16_SIGN_MULTIPLIER > INT32_MAX
+
+
+def _placement(graph, neuron, quantization):
+    """``(kind, producer node or None, input kind, reason)`` of one neuron."""
+    producer = _producer(graph, neuron)
+    if producer is None:
+        return "tensor", None, "tensor", None
+    ik = _input_kind(graph, producer)
+    if quantization == "float32":
+        return "conv", producer, ik, None
+    pm_levels = float(neuron.layer.off_value) == -1.0
+    # +-1 levels need |acc| > 0 on both sides of the decision, which an
+    # integer (non-lattice) accumulator cannot give: acc = 0 would land on
+    # the middle level. int8 +-1 spike inputs (zero point -1) are not a
+    # lattice at the borders either.
+    if pm_levels and (quantization == "int8" or ik == "integer"):
+        return "tensor", None, "tensor", "+-1 levels need a lattice on both sides of the decision"
+    rows = _Rows(producer.layer.get_weights()[0], layer_roles.is_depthwise(producer.class_name)).rows
+    if _conv_overflows(rows, ik, quantization):
+        return "tensor", None, "tensor", f"a {quantization} conv neuron on {producer.name!r} could overflow int32"
+    return "conv", producer, ik, None
+
+
+def neuron_kinds(folded: keras.Model, quantization: str) -> Dict[str, Tuple[str, Optional[str]]]:
+    """``{neuron name: (kind, producer)}``: how :func:`edge_model` places
+    each neuron of a folded model in ``quantization`` (``"conv"`` in its
+    producer, ``"tensor"`` as its own op). Depends on the weights only, not
+    on calibration; :mod:`export.qat` uses it to round exactly the tensors
+    the int8 model stores."""
+    graph = LayerGraph(folded)
+    out = {}
+    for n in _neuron_nodes(graph):
+        kind, producer, _, _ = _placement(graph, n, quantization)
+        out[n.name] = (kind, producer.name if producer is not None else None)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -364,42 +505,28 @@ def _ranges(model, graph, refs: List[TensorRef], representative_data):
 # --------------------------------------------------------------------------
 
 
-def _producer_reference(layer, neuron):
-    """Kernel ``W'`` (out channel last) and bias ``b'`` of ``u' = p (W x + b - theta)``
-    in float64; constant channels get a zero kernel and bias +-1."""
+def _producer_reference(layer, neuron, depthwise):
+    """Kernel rows ``W'`` and bias ``b'`` of ``u' = p (W x + b - theta)`` in
+    float64; constant channels get a zero kernel and bias +-1."""
     weights = layer.get_weights()
-    kernel = np.asarray(weights[0], np.float64)
-    bias = np.asarray(weights[1], np.float64) if layer.use_bias else np.zeros(kernel.shape[-1])
+    view = _Rows(weights[0], depthwise)
+    rows = view.rows
+    bias = np.asarray(weights[1], np.float64) if layer.use_bias else np.zeros(rows.shape[0])
     pol, th = neuron.polarity.astype(np.float64), neuron.thresholds.astype(np.float64)
-    k = kernel * pol
+    k = rows * pol[:, None]
     b = pol * (bias - th)
     const = pol == 0
     b = np.where(const, np.where(th == 1.0, 1.0, -1.0), b)
-    return k, b, const
+    return view, k, b, const
 
 
-def _channel_rows(kernel):
-    return kernel.reshape(-1, kernel.shape[-1]).T  # [C, taps]
-
-
-def _int8_weights(kernel):
-    """Per-channel symmetric int8 weights as the converter makes them, and the
-    max |w| per channel (0 for zero channels)."""
-    rows = _channel_rows(kernel)
-    m = np.max(np.abs(rows), axis=1)
-    safe = np.where(m > 0, m, 1.0)
-    q = np.trunc(127.0 * rows / safe[:, None] + np.copysign(0.5, rows))  # round half away from zero
-    return q, m
-
-
-def _unit_tap(kernel, channels):
+def _unit_tap(rows, channels, tap):
     """Gives zero-kernel channels one weight 1.0 at the centre tap (their
     decision is constant; a nonzero weight keeps the int8 scales sane)."""
-    kernel = kernel.copy()
-    centre = tuple(s // 2 for s in kernel.shape[:-2])
+    rows = rows.copy()
     for c in channels:
-        kernel[centre + (0, c)] = 1.0
-    return kernel
+        rows[c, tap] = 1.0
+    return rows
 
 
 def _constant(always, never, zero, bias):
@@ -414,37 +541,68 @@ def _constant(always, never, zero, bias):
 def _check_overflow(name, bound, multiplier, what):
     """The double-rounding requantization of TFLite/TFLM/CMSIS-NN computes
     ``acc * 2^shift`` in int32 first (shift = frexp exponent of M > 1)."""
-    shift = max(0, math.frexp(multiplier)[1])
+    shift = _shift(multiplier)
     if bound * 2 ** shift > INT32_MAX:
         raise EdgeError(f"neuron {name!r}: {what} accumulator bound {bound:.3g} x 2^{shift} overflows int32; "
-                        "use neuron='compare' for this model")
+                        f"export this model with {CLI_FLAG}")
 
 
-def _conv_int8_spikes(name, k, b, const):
-    """int8 conv reading {0, 6} spikes: lattice placement, gain for M = 3."""
-    zero = np.flatnonzero(np.max(np.abs(_channel_rows(k)), axis=1) == 0)
-    k = _unit_tap(k, zero)
+def _zero_channels(rows, tap):
+    zero = np.flatnonzero(np.max(np.abs(rows), axis=1) == 0)
+    return zero, _unit_tap(rows, zero, tap)
+
+
+def _conv_float(k, b, amplitude, levels):
+    """float32: the ramp below float32 resolution of u'."""
+    scale = np.sum(np.abs(k), axis=1) + np.abs(b)
+    scale = np.where(scale > 0, scale, 1.0)
+    gain = (levels[1] - levels[0]) * 2.0 ** FLOAT_RAMP_BITS / scale
+    return k * amplitude * gain[:, None], b * gain
+
+
+def _spike_lattice(k, b, tap, codes, signed=False):
+    """The lattice of a conv reading spikes whose two levels are ``codes``
+    integer steps apart (int8 {0, 6}: 255; int16: 32767): ``acc = codes K +
+    b_q`` with ``K`` the int8-weight sum of the firing inputs (of all inputs,
+    signed, for +-1 spikes). Returns the kernel (zero channels given a unit
+    tap), the largest ``|w|`` per channel, the weight step ``D``,
+    ``floor(b / D)`` moved to the decision no input can change for the
+    constant channels, the bias ``D (floor(b / D) + half / codes)`` placed
+    half a lattice step off (``half = codes // 2``), the largest ``|acc|``
+    and the constant channels."""
+    zero, k = _zero_channels(k, tap)
     q, m = _int8_weights(k)
-    P, N = np.sum(np.maximum(q, 0), axis=1), np.sum(np.minimum(q, 0), axis=1)
+    if signed:
+        P = np.sum(np.abs(q), axis=1)
+        N = -P
+    else:
+        P, N = np.sum(np.maximum(q, 0), axis=1), np.sum(np.minimum(q, 0), axis=1)
     step = m / 127.0
     fl = np.floor(b / step)
     always, never = _constant(fl + N >= 0, fl + P < 0, zero, b)
     fl = np.where(always, -N, np.where(never, -P - 1, fl))
-    b_new = step * (fl + 127.0 / 255.0)
+    half = codes // 2
+    b_new = step * (fl + half / codes)
+    bound = float(np.max(codes * np.maximum(P + fl, -(N + fl)) + half + 1.0))
+    return k, m, step, b_new, bound, always | never
+
+
+def _conv_int8_spikes(name, k, b, const, tap):
+    """int8 conv reading {0, 6} spikes: lattice placement, gain for M = 3."""
+    k, m, step, b_new, bound, constant = _spike_lattice(k, b, tap, 255)
     M = INT8_SPIKE_CONV_MULTIPLIER
-    gain = 762.0 * M / m          # s_w = G m / (6 * 127) = M
-    bound = float(np.max(255.0 * np.maximum(P + fl, -(N + fl)) + 128.0))
+    on = spike_levels("saturate", 0.0)[1]     # the input spikes are {0, on}: scale on / 255 = the output's
+    gain = on * 127.0 * M / m                 # s_w = G m / (on * 127) = M
     _check_overflow(name, bound, M, "int8")
-    kernel = k * gain / 6.0       # the 1/6: the input spikes are {0, 6}
+    kernel = k * gain[:, None] / on           # the 1/on of the input's factor
     info = dict(multiplier=M, min_abs_accumulator=127.0, max_abs_accumulator=bound,
-                constant_channels=int(np.sum(always | never | const)), step=step)
+                constant_channels=int(np.sum(constant | const)), step=step)
     return kernel, gain * b_new, info
 
 
-def _conv_integer(name, k, b, const, amplitude, s_in, z_in, quantization, s_out, multiplier):
+def _conv_integer(name, k, b, const, amplitude, s_in, z_in, quantization, s_out, multiplier, tap):
     """Conv reading arbitrary integers (an image): fires iff acc >= 1."""
-    zero = np.flatnonzero(np.max(np.abs(_channel_rows(k)), axis=1) == 0)
-    k = _unit_tap(k, zero)
+    zero, k = _zero_channels(k, tap)
     q, m = _int8_weights(k)
     dlo, dhi = _grid(quantization, z_in)
     kmin = np.sum(np.minimum(q * dlo, q * dhi), axis=1)
@@ -458,40 +616,28 @@ def _conv_integer(name, k, b, const, amplitude, s_in, z_in, quantization, s_out,
     info = dict(multiplier=multiplier, min_abs_accumulator=1.0, max_abs_accumulator=bound,
                 constant_channels=int(np.sum(always | never | const)), step=eps,
                 input_scale=float(s_in), input_zero_point=int(z_in))
-    return k * amplitude * gain, gain * eps * bq, info, bound
+    return k * amplitude * gain[:, None], gain * eps * bq, info, bound
 
 
-def _conv_int16_spikes(name, k, b, const, amplitude, pm):
+def _conv_int16_spikes(name, k, b, const, amplitude, pm, tap):
     """int16 conv reading spikes (q in {0, 32767} or {-32767, 32767}): the
     lattice is 32767 K; bias placed at 16383 (mod 32767); sign stage."""
-    zero = np.flatnonzero(np.max(np.abs(_channel_rows(k)), axis=1) == 0)
-    k = _unit_tap(k, zero)
-    q, m = _int8_weights(k)
-    if pm:
-        P = np.sum(np.abs(q), axis=1)
-        N = -P
-    else:
-        P, N = np.sum(np.maximum(q, 0), axis=1), np.sum(np.minimum(q, 0), axis=1)
-    step = m / 127.0
-    fl = np.floor(b / step)
-    always, never = _constant(fl + N >= 0, fl + P < 0, zero, b)
-    fl = np.where(always, -N, np.where(never, -P - 1, fl))
-    b_new = step * (fl + 16383.0 / 32767.0)
+    k, m, step, b_new, bound, constant = _spike_lattice(k, b, tap, 32767, signed=pm)
     M1 = INT16_SPIKE_CONV_MULTIPLIER
     gain = 127.0 * M1 / m           # M1 = s_in s_w / s_y = G m / 127 (either spike coding)
-    bound = float(np.max(32767.0 * np.maximum(P + fl, -(N + fl)) + 16384.0))
     if bound * M1 > INT32_MAX:
-        raise EdgeError(f"neuron {name!r}: int16 sign-stage result bound overflows int32")
+        raise EdgeError(f"neuron {name!r}: int16 sign-stage result bound overflows int32; "
+                        f"export this model with {CLI_FLAG}")
     info = dict(multiplier=M1, min_abs_accumulator=16383.0, max_abs_accumulator=bound,
-                constant_channels=int(np.sum(always | never | const)), step=step)
-    return k * amplitude * gain, gain * b_new, info
+                constant_channels=int(np.sum(constant | const)), step=step)
+    return k * amplitude * gain[:, None], gain * b_new, info
 
 
-def _tensor_integer(neuron, s_x, z_x, quantization, multiplier, s_out):
+def _tensor_integer(thresholds, polarity, s_x, z_x, quantization, multiplier, s_out):
     """Depthwise neuron on an integer grid: theta placed 63/127 of a step
     off the grid, so acc = +-127 (q - z - k) + 63 never comes near 0."""
-    th = neuron.thresholds.astype(np.float64)
-    pol = neuron.polarity
+    th = thresholds.astype(np.float64)
+    pol = polarity
     lo, hi = _grid(quantization, z_x)
     ratio = th / s_x
     k_pos = np.clip(np.ceil(ratio - 1e-12 * np.abs(ratio)), lo, hi + 1)   # fires iff q - z >= k
@@ -510,9 +656,241 @@ def _tensor_integer(neuron, s_x, z_x, quantization, multiplier, s_out):
     return theta.astype(np.float32), new_pol, np.full(th.size, gain), info
 
 
+def _int16_level_gain(levels):
+    """Gain of the int16 level stage: M2 = s_y (G2 / 127) / s_out with
+    s_y = 1/32767 and s_out = (on level) / 32767."""
+    on = levels[1]
+    return INT16_LEVEL_MULTIPLIER * 127.0 * on
+
+
+# --------------------------------------------------------------------------
+# Placing one neuron.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Site:
+    """A neuron of the folded graph and its placement."""
+
+    node: object
+    kind: str
+    producer: object
+    input_kind: str
+    input_factor: float
+    reason: Optional[str] = None
+
+    @property
+    def name(self):
+        return self.node.name
+
+
+def _place_conv(site, quantization, grid, bias_scale, amplitude):
+    """Producer weights ``(kernel, bias)``, the clamp-only neuron's level
+    gain and the :class:`EdgeNeuron` of a neuron fused into its producer."""
+    name, layer, producer = site.name, site.node.layer, site.producer
+    depthwise = layer_roles.is_depthwise(producer.class_name)
+    view, k, b, const = _producer_reference(producer.layer, layer, depthwise)
+    tap = view.centre_tap()
+    levels = _edge_levels(layer)
+    ik = site.input_kind
+    level_gain = None
+    if quantization == "float32":
+        kernel, bias = _conv_float(k, b, amplitude, levels)
+        info = dict(constant_channels=int(np.sum(const)))
+        ik = "float"
+    elif quantization == "int8" and ik == "spikes01":
+        kernel, bias, info = _conv_int8_spikes(name, k, b, const, tap)
+    elif quantization == "int8":
+        s_in, z_in = grid
+        kernel, bias, info, bound = _conv_integer(name, k, b, const, amplitude, s_in, z_in, quantization,
+                                                  (levels[1] - levels[0]) / 255.0, INT8_INTEGER_CONV_MULTIPLIER,
+                                                  tap)
+        bias = bias * (bias_scale / s_in if bias_scale is not None else 1.0)
+        _check_overflow(name, bound, INT8_INTEGER_CONV_MULTIPLIER, "int8")
+        ik = "integer"
+    elif ik in ("spikes01", "spikes_pm"):
+        kernel, bias, info = _conv_int16_spikes(name, k, b, const, amplitude, ik == "spikes_pm", tap)
+        level_gain = _int16_level_gain(levels)
+        info["level_multiplier"] = INT16_LEVEL_MULTIPLIER
+    else:  # int16x8, integer input, {0, 6} levels
+        s_in, z_in = grid
+        kernel, bias, info, bound = _conv_integer(name, k, b, const, amplitude, s_in, z_in, quantization,
+                                                  1.0 / 32767.0, INT16_SIGN_MULTIPLIER, tap)
+        if bound * INT16_SIGN_MULTIPLIER > INT32_MAX:
+            raise EdgeError(f"neuron {name!r}: int16 sign-stage result bound overflows int32; "
+                            f"export this model with {CLI_FLAG}")
+        level_gain = _int16_level_gain(levels)
+        info["level_multiplier"] = INT16_LEVEL_MULTIPLIER
+        ik = "integer"
+    plan = EdgeNeuron(name, "conv", producer.name, levels, ik, input_factor=site.input_factor, **info)
+    return (view.kernel(kernel).astype(np.float32), bias.astype(np.float32)), level_gain, plan
+
+
+def _place_tensor(site, quantization, grid, bias_scale):
+    """The placed ThresholdNeuron arguments and the :class:`EdgeNeuron` of a
+    neuron written as its own 1x1 depthwise op (thresholds in edge units)."""
+    layer, f = site.node.layer, site.input_factor
+    levels = _edge_levels(layer)
+    th = layer.thresholds.astype(np.float64) * f
+    pol = layer.polarity
+    if quantization == "float32":
+        gain = (levels[1] - levels[0]) * 2.0 ** FLOAT_RAMP_BITS / np.maximum(np.abs(th), 2.0 ** -10)
+        args = dict(thresholds=th, polarity=pol, gain=gain, level_gain=None)
+        return args, EdgeNeuron(site.name, "tensor", None, levels, "float", constant_channels=int(np.sum(pol == 0)),
+                                input_factor=f, reason=site.reason)
+    s_x, z_x = grid
+    if quantization == "int8":
+        theta, new_pol, gain, info = _tensor_integer(th, pol, s_x, z_x, quantization, INT8_DEPTHWISE_MULTIPLIER,
+                                                     (levels[1] - levels[0]) / 255.0)
+        # bias = -G p theta: scaled with the converter's bias input scale
+        theta = (theta * ((bias_scale if bias_scale is not None else s_x) / s_x)).astype(np.float32)
+        _check_overflow(site.name, info["max_abs_accumulator"], INT8_DEPTHWISE_MULTIPLIER, "int8")
+        level_gain = None
+    else:
+        theta, new_pol, gain, info = _tensor_integer(th, pol, s_x, z_x, quantization, INT16_SIGN_MULTIPLIER,
+                                                     1.0 / 32767.0)
+        level_gain = _int16_level_gain(levels)
+        info["level_multiplier"] = INT16_LEVEL_MULTIPLIER
+    info["step"] = info["step"] / f     # in the folded model's units
+    args = dict(thresholds=theta, polarity=new_pol, gain=gain, level_gain=level_gain)
+    return args, EdgeNeuron(site.name, "tensor", None, levels, "tensor", input_factor=f, reason=site.reason, **info)
+
+
 # --------------------------------------------------------------------------
 # The rewrite.
 # --------------------------------------------------------------------------
+
+
+def _sites(graph, scales, quantization):
+    sites = []
+    for n in _neuron_nodes(graph):
+        kind, producer, ik, reason = _placement(graph, n, quantization)
+        sites.append(_Site(n, kind, producer, ik, scales.threshold_scale(n), reason))
+    return sites
+
+
+def _prescribed_grids(graph, scales):
+    """Grids a model prescribes itself (GridQuantize layers, e.g. of a
+    quantization-aware fine-tuned model, :mod:`export.qat`), in edge units."""
+    return {n.name: (n.layer.scale * scales.of(n.output()), n.layer.zero_point)
+            for n in graph.nodes if not n.is_input and n.class_name == "GridQuantize"}
+
+
+def _grid_needs(graph, sites, quantization, prescribed):
+    """``({neuron: TensorRef to calibrate}, {neuron: known grid})``: the
+    integer grid each placement depends on -- a depthwise neuron's input,
+    an integer-reading conv neuron's producer input. A grid that spike
+    levels or a prescribed GridQuantize fix is known, not calibrated."""
+    if quantization == "float32":
+        return {}, {}
+    needed, known = {}, {}
+    for site in sites:
+        if site.kind == "tensor":
+            ref = site.node.inputs[0]
+        elif site.input_kind == "integer" or (quantization == "int8" and site.input_kind == "spikes_pm"):
+            ref = site.producer.inputs[0]
+        else:
+            continue
+        source = layer_roles.spike_source(graph, ref)
+        producer = graph.producer(ref)
+        if source is not None:
+            known[site.name] = level_grid(_edge_levels(source.layer), quantization)
+        elif not producer.is_input and producer.name in prescribed and quantization == "int8":
+            known[site.name] = prescribed[producer.name]
+        else:
+            # int16x8 drops prescribed grids (the 16x8 quantizer rejects
+            # fake-quant ops): calibrate what they rounded.
+            while not producer.is_input and producer.name in prescribed:
+                ref = producer.inputs[0]
+                producer = graph.producer(ref)
+            needed[site.name] = ref
+    return needed, known
+
+
+def _kernel_layer(node, weights, integer, **overrides):
+    """A fresh float32 copy of a kernel layer (config ``overrides``) with
+    ``weights`` (kernel rounded to its int8 grid for the integer formats)."""
+    layer = node.layer
+    config = layer.get_config()
+    config["dtype"] = "float32"
+    config.update(overrides)
+    weights = list(weights)
+    if integer:
+        weights[0] = fake_quantize_kernel(weights[0], node.class_name)
+    return type(layer).from_config(config), [np.asarray(w, np.float32) for w in weights]
+
+
+def _build_edge_model(graph, scales, sites, quantization, grids, calibrated, prescribed, bias_scales, name):
+    """The edge Keras model for ``grids`` and the per-neuron plans.
+    ``calibrated``: ``{neuron: TensorRef}`` of the grids measured by
+    calibration; int8 prescribes them (GridQuantize) so the converter uses
+    exactly the grid the placement assumed."""
+    integer = quantization != "float32"
+    plans: Dict[str, EdgeNeuron] = {}
+    producer_weights: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    neurons: Dict[str, ThresholdNeuron] = {}
+    for site in sites:
+        layer = site.node.layer
+        levels = _edge_levels(layer)
+        base = dict(name=site.name, trainable=False, surrogate=layer.surrogate, off_value=levels[0],
+                    on_value=levels[1], formulation="saturate", dtype="float32")
+        grid = grids.get(site.name)
+        if site.kind == "conv":
+            amplitude = 1.0 / scales.of(site.producer.inputs[0])
+            weights, level_gain, plan = _place_conv(site, quantization, grid, bias_scales.get(site.name), amplitude)
+            producer_weights[site.producer.name] = weights
+            neurons[site.name] = ThresholdNeuron(0.0, 1, gain=1.0, level_gain=level_gain, **base)
+        else:
+            args, plan = _place_tensor(site, quantization, grid, bias_scales.get(site.name))
+            neurons[site.name] = ThresholdNeuron(args["thresholds"], args["polarity"], gain=args["gain"],
+                                                 level_gain=args["level_gain"], **base)
+        plans[site.name] = plan
+    # The int8 grids a placement assumed are prescribed (GridQuantize), not
+    # calibrated, unless the model prescribes them itself.
+    fixed = {ref: grids[name] for name, ref in calibrated.items()} if quantization == "int8" else {}
+    scaled = []
+
+    def call(node, args, kwargs):
+        if node.name in neurons:
+            return neurons[node.name](*args, **kwargs)
+        if node.name in prescribed:
+            # int8 only: the 16x8 quantizer rejects fake-quant ops (int16
+            # grids are calibrated), and a float32 graph would write them as
+            # uint8 QUANTIZE/DEQUANTIZE pairs (not edge ops; TFLM cannot run them).
+            if quantization != "int8":
+                return args[0]
+            scale, zp = prescribed[node.name]
+            return GridQuantize(scale, zp, name=node.name)(*args, **kwargs)
+        layer = node.layer
+        if node.name in producer_weights or (layer_roles.is_kernel(node.class_name) and layer.get_weights()):
+            if node.name in producer_weights:
+                new, weights = _kernel_layer(node, producer_weights[node.name], integer, activation="linear",
+                                             use_bias=True)
+            else:
+                weights = [np.asarray(w, np.float64) for w in layer.get_weights()]
+                k_scale, b_scale = scales.kernel_scale(node), scales.bias_scale(node)
+                if k_scale != 1.0 or b_scale != 1.0:
+                    scaled.append(node.name)
+                weights[0] = weights[0] * k_scale
+                if len(weights) > 1:
+                    weights[1] = weights[1] * b_scale
+                new, weights = _kernel_layer(node, weights, integer)
+            out = new(*args, **kwargs)
+            new.set_weights(weights)
+        else:
+            out = _fresh(layer)(*args, **kwargs)
+        ref = TensorRef(node.name, node.call, 0)
+        if ref in fixed:
+            scale, zp = fixed[ref]
+            out = GridQuantize(scale, zp, name=f"{node.name}_grid")(out)
+        return out
+
+    # The source model's name: TFLite tensor names carry it (twice), so a
+    # longer one costs file size.
+    model = graph.replay(call).model(name=name)
+    factors = {n.name: scales.of(n.output()) for n in graph.nodes if scales.of(n.output()) != 1.0}
+    return EdgePlan(model, quantization, plans, sorted(set(scaled)), dict(grids),
+                    bias_input_scales=dict(bias_scales), factors=factors)
 
 
 def edge_model(folded: keras.Model, quantization: str = "int8",
@@ -545,191 +923,28 @@ def edge_model(folded: keras.Model, quantization: str = "int8",
       An :class:`EdgePlan`.
 
     Raises:
-      EdgeError: spikes that reach a layer which cannot absorb the {0, 6}
-        levels, an unfolded neuron, or a channel whose accumulator could
-        overflow a runtime's int32 rescaling.
+      EdgeError: spikes that reach a layer which cannot absorb their factor,
+        an unfolded neuron, or a channel whose accumulator could overflow a
+        runtime's int32 rescaling.
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
-    integer = quantization != "float32"
-    if integer and representative_data is None:
+    if quantization != "float32" and representative_data is None:
         raise ValueError(f"{quantization} needs representative_data to place the thresholds on its integer grid")
     overrides = dict(input_quantization or {})
     bias_scales = dict(bias_input_scales or {})
     graph = LayerGraph(folded)
-    neurons, candidates, absorb, input_kind, rescaled = _analyse(graph)
-    # Grids the model prescribes itself (GridQuantize layers, e.g. of a
-    # quantization-aware fine-tuned model, export.qat): taken as they are.
-    prescribed = {n.name: (n.layer.scale * rescaled.get(n.name, 1.0), n.layer.zero_point)
-                  for n in graph.nodes if not n.is_input and _class(n) == "GridQuantize"}
+    scales = scale_plan(graph)
+    sites = _sites(graph, scales, quantization)
+    prescribed = _prescribed_grids(graph, scales)
+    needed, known = _grid_needs(graph, sites, quantization, prescribed)
 
-    # Format-specific choice of kind.
-    kinds = {}
-    for n in neurons:
-        levels = _levels_of(n.layer)
-        kind = "conv" if n.name in candidates else "tensor"
-        if kind == "conv" and integer:
-            ik = input_kind[n.name]
-            # +-1 levels need |acc| > 0 on both sides of the decision, which
-            # an integer (non-lattice) accumulator cannot give: acc = 0 would
-            # land on the middle level. int8 +-1 spike inputs (zero point -1)
-            # are not a lattice at the borders either.
-            if quantization == "int8" and levels == (-1.0, 1.0):
-                kind = "tensor"
-            if quantization == "int16x8" and ik == "integer" and levels == (-1.0, 1.0):
-                kind = "tensor"
-        kinds[n.name] = kind
-
-    # Integer grids the plan depends on: the calibrated quantization of
-    # each depthwise neuron's input and of each image-reading conv's input.
-    needed: Dict[str, TensorRef] = {}
-    for n in neurons:
-        if not integer:
-            continue
-        if kinds[n.name] == "tensor":
-            needed[n.name] = n.inputs[0]
-        elif input_kind[n.name] == "integer" or (quantization == "int8" and input_kind[n.name] == "spikes_pm"):
-            needed[n.name] = graph.calls(candidates[n.name])[0].inputs[0]
-    for name, ref in list(needed.items()):
-        producer = graph.producer(ref)
-        if producer.is_input or producer.name not in prescribed:
-            continue
-        if quantization == "int8":
-            overrides.setdefault(name, prescribed[producer.name])
-        else:   # the prescribed grid is dropped (see make): calibrate what it rounded
-            while not producer.is_input and producer.name in prescribed:
-                ref = producer.inputs[0]
-                producer = graph.producer(ref)
-            needed[name] = ref
+    calibrated = {name: ref for name, ref in needed.items()
+                  if graph.producer(ref).is_input or graph.producer(ref).name not in prescribed}
 
     def build(grids):
-        # int8: the grids are prescribed (GridQuantize), not calibrated.
-        fixed = {}
-        if quantization == "int8":
-            for name, ref in needed.items():
-                producer = graph.producer(ref)
-                if not producer.is_input and producer.name not in prescribed:
-                    fixed[ref] = grids[name]
-        plans: Dict[str, EdgeNeuron] = {}
-        new_weights: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
-        new_neurons: Dict[str, ThresholdNeuron] = {}
-        kernel_scale = {name: 1.0 / 6.0 for name in absorb}
-        for n in neurons:
-            layer = n.layer
-            levels = _levels_of(layer)
-            off, on = levels
-            s_out8 = (on - off) / 255.0
-            base = dict(name=n.name, trainable=False, surrogate=layer.surrogate, off_value=off, on_value=on,
-                        formulation="saturate", dtype="float32")
-            if kinds[n.name] == "conv":
-                p_name = candidates[n.name]
-                producer = graph.layer(p_name)
-                k, b, const = _producer_reference(producer, layer)
-                amplitude = kernel_scale.get(p_name, 1.0)
-                ik = input_kind[n.name]
-                level_gain = None
-                if quantization == "float32":
-                    rows = _channel_rows(k)
-                    scale = np.sum(np.abs(rows), axis=1) + np.abs(b)
-                    scale = np.where(scale > 0, scale, 1.0)
-                    gain = (on - off) * 2.0 ** FLOAT_RAMP_BITS / scale
-                    kernel, bias = k * amplitude * gain, b * gain
-                    info = dict(constant_channels=int(np.sum(const)))
-                    ik_used = "float"
-                elif quantization == "int8" and ik == "spikes01":
-                    kernel, bias, info = _conv_int8_spikes(n.name, k, b, const)
-                    ik_used = ik
-                elif quantization == "int8":
-                    s_in, z_in = grids[n.name]
-                    kernel, bias, info, bound = _conv_integer(n.name, k, b, const, amplitude, s_in, z_in, quantization,
-                                                              s_out8, INT8_INTEGER_CONV_MULTIPLIER)
-                    bias = bias * (bias_scales.get(n.name, s_in) / s_in)
-                    _check_overflow(n.name, bound, INT8_INTEGER_CONV_MULTIPLIER, "int8")
-                    ik_used = "integer"
-                elif ik in ("spikes01", "spikes_pm"):
-                    kernel, bias, info = _conv_int16_spikes(n.name, k, b, const, amplitude, ik == "spikes_pm")
-                    level_gain = _int16_level_gain(levels)
-                    info["level_multiplier"] = INT16_LEVEL_MULTIPLIER
-                    ik_used = ik
-                else:  # int16x8, integer input, {0, 6} levels
-                    s_in, z_in = grids[n.name]
-                    kernel, bias, info, bound = _conv_integer(n.name, k, b, const, amplitude, s_in, z_in, quantization,
-                                                              1.0 / 32767.0, INT16_SIGN_MULTIPLIER)
-                    if bound * INT16_SIGN_MULTIPLIER > INT32_MAX:
-                        raise EdgeError(f"neuron {n.name!r}: int16 sign-stage result bound overflows int32")
-                    level_gain = _int16_level_gain(levels)
-                    info["level_multiplier"] = INT16_LEVEL_MULTIPLIER
-                    ik_used = "integer"
-                new_weights[p_name] = (kernel.astype(np.float32), bias.astype(np.float32))
-                new_neurons[n.name] = ThresholdNeuron(0.0, 1, gain=1.0, level_gain=level_gain, **base)
-                plans[n.name] = EdgeNeuron(n.name, "conv", p_name, levels, ik_used, **info)
-            else:
-                th = layer.thresholds.astype(np.float64)
-                pol = layer.polarity
-                if quantization == "float32":
-                    gain = (on - off) * 2.0 ** FLOAT_RAMP_BITS / np.maximum(np.abs(th), 2.0 ** -10)
-                    new_neurons[n.name] = ThresholdNeuron(th, pol, gain=gain, **base)
-                    plans[n.name] = EdgeNeuron(n.name, "tensor", None, levels, "float",
-                                               constant_channels=int(np.sum(pol == 0)))
-                    continue
-                s_x, z_x = grids[n.name]
-                if quantization == "int8":
-                    theta, new_pol, gain, info = _tensor_integer(layer, s_x, z_x, quantization,
-                                                                 INT8_DEPTHWISE_MULTIPLIER, s_out8)
-                    # bias = -G p theta: scaled with the converter's bias input scale
-                    theta = (theta * (bias_scales.get(n.name, s_x) / s_x)).astype(np.float32)
-                    _check_overflow(n.name, info["max_abs_accumulator"], INT8_DEPTHWISE_MULTIPLIER, "int8")
-                    level_gain = None
-                else:
-                    theta, new_pol, gain, info = _tensor_integer(layer, s_x, z_x, quantization,
-                                                                 INT16_SIGN_MULTIPLIER, 1.0 / 32767.0)
-                    level_gain = _int16_level_gain(levels)
-                    info["level_multiplier"] = INT16_LEVEL_MULTIPLIER
-                new_neurons[n.name] = ThresholdNeuron(theta, new_pol, gain=gain, level_gain=level_gain, **base)
-                plans[n.name] = EdgeNeuron(n.name, "tensor", None, levels, "tensor", **info)
-
-        def make(node, args, kwargs):
-            if node.name in new_neurons:
-                return new_neurons[node.name](*args, **kwargs)
-            if node.name in prescribed:
-                # int8 only: the 16x8 quantizer rejects fake-quant ops (int16
-                # grids are calibrated), and a float32 graph would write them as
-                # uint8 QUANTIZE/DEQUANTIZE pairs (not edge ops; TFLM cannot run them).
-                if quantization != "int8":
-                    return args[0]
-                scale, zp = prescribed[node.name]
-                return GridQuantize(scale, zp, name=node.name)(*args, **kwargs)
-            layer = node.layer
-            if node.name in new_weights or node.name in kernel_scale or (integer and _has_kernel(node)):
-                config = layer.get_config()
-                config["dtype"] = "float32"
-                weights = [np.asarray(w) for w in layer.get_weights()]
-                if node.name in new_weights:
-                    config.update(activation="linear", use_bias=True)
-                    weights = list(new_weights[node.name])
-                elif node.name in kernel_scale:
-                    weights[0] = np.asarray(weights[0], np.float64) * kernel_scale[node.name]
-                if integer:
-                    weights[0] = fake_quantize_kernel(weights[0], node.class_name)
-                new = type(layer).from_config(config)
-                out = new(*args, **kwargs)
-                new.set_weights([np.asarray(w, np.float32) for w in weights])
-                return out
-            return _fresh(layer)(*args, **kwargs)
-
-        def call(node, args, kwargs):
-            out = make(node, args, kwargs)
-            ref = TensorRef(node.name, node.call, 0)
-            if ref in fixed:
-                scale, zp = fixed[ref]
-                out = GridQuantize(scale, zp, name=f"{node.name}_grid")(out)
-            return out
-
-        # The source model's name: TFLite tensor names carry it (twice), so a
-        # longer one costs file size.
-        model = graph.replay(call).model(name=folded.name)
-        return EdgePlan(model, quantization, plans, sorted(kernel_scale), dict(grids),
-                        bias_input_scales=dict(bias_scales))
+        return _build_edge_model(graph, scales, sites, quantization, grids, calibrated, prescribed, bias_scales,
+                                 folded.name)
 
     # The converter calibrates the edge model itself: its weights are
     # int8-rounded and its decisions near thresholds differ a little from the
@@ -739,26 +954,21 @@ def edge_model(folded: keras.Model, quantization: str = "int8",
     # (int8 also prescribes each grid with GridQuantize; the converter still
     # quantizes the depthwise neuron's bias with the calibrated range of the
     # tensor before it, so the two must agree.)
-    todo = [r for name, r in needed.items() if name not in overrides]
-    source, source_graph = folded, graph
-    grids = None
+    todo = [name for name in needed if name not in overrides]
+    source, grids, plan = folded, None, None
     for _ in range(len(todo) + 2):
-        ranges = _ranges(source, source_graph, list(dict.fromkeys(todo)), representative_data) if todo else {}
-        new_grids = {name: tuple(overrides[name]) if name in overrides else
-                     quantization_params(*ranges[ref], quantization) for name, ref in needed.items()}
+        ranges = tensor_ranges(source, [needed[n] for n in todo], representative_data) if todo else {}
+        new_grids = {**known, **{name: quantization_params(*ranges[needed[name]], quantization)
+                                 for name in todo}, **{n: tuple(g) for n, g in overrides.items()}}
         if new_grids == grids:
             return plan
         grids = new_grids
         plan = build(grids)
         if not todo:
             return plan
-        source, source_graph = plan.model, LayerGraph(plan.model)
+        source = plan.model
     plan.unsettled = True
     return plan
-
-
-def _has_kernel(node):
-    return node.class_name in _ABSORBERS and bool(node.layer.get_weights())
 
 
 def fake_quantize_kernel(kernel, class_name="Conv2D"):
@@ -767,14 +977,9 @@ def fake_quantize_kernel(kernel, class_name="Conv2D"):
     zero). Converting a model with such kernels quantizes them losslessly,
     so the float model and the integer one share their weights."""
     kernel = np.asarray(kernel, np.float64)
-    if class_name.startswith("DepthwiseConv"):
-        flat = kernel.reshape(-1, kernel.shape[-2] * kernel.shape[-1])   # out channel = in * mult + m
-    else:
-        flat = kernel.reshape(-1, kernel.shape[-1])
-    m = np.max(np.abs(flat), axis=0)
-    safe = np.where(m > 0, m, 1.0)
-    q = np.trunc(127.0 * flat / safe + np.copysign(0.5, flat))
-    return (q * safe / 127.0).reshape(kernel.shape)
+    view = _Rows(kernel, class_name.startswith("DepthwiseConv"))
+    q, m = _int8_weights(view.rows)
+    return view.kernel(q * np.where(m > 0, m, 1.0)[:, None] / 127.0)
 
 
 def _fresh(layer):
@@ -790,10 +995,3 @@ def _fresh(layer):
             layer.get_build_config() else None
         new.set_weights(weights)
     return new
-
-
-def _int16_level_gain(levels):
-    """Gain of the int16 level stage: M2 = s_y (G2 / 127) / s_out with
-    s_y = 1/32767 and s_out = (on level) / 32767."""
-    on = levels[1]
-    return INT16_LEVEL_MULTIPLIER * 127.0 * on

@@ -49,12 +49,11 @@ import keras
 import numpy as np
 
 from export.neurons import ThresholdNeuron
+from s2nn_keras import layer_roles
 from s2nn_keras.graph import GraphError, LayerGraph
 from s2nn_keras.layers import is_spiking_neuron
 
 __all__ = ["FoldError", "fold_batchnorm", "fold_batchnorm_with_report", "bn_affine"]
-
-_LINEAR = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "DepthwiseConv1D", "Dense")
 
 
 class FoldError(ValueError):
@@ -122,7 +121,7 @@ class _Graph:
 def _linear_foldable(graph, name):
     """True if layer ``name`` is a Conv/Dense with a linear activation whose
     output is consumed by exactly one layer."""
-    if graph.cls.get(name) not in _LINEAR:
+    if not layer_roles.is_kernel(graph.cls.get(name, "")):
         return False
     layer = graph.layer(name)
     act = getattr(layer, "activation", None)
@@ -190,10 +189,11 @@ def _fold_linear(layer, g=None, b=None, shift=0.0):
     threshold shift folded in: out' = g*(W x + c) + b - shift."""
     weights = layer.get_weights()
     kernel = np.asarray(weights[0], dtype=np.float64)
-    out_ch = kernel.shape[-1] * (1 if type(layer).__name__ not in ("DepthwiseConv2D", "DepthwiseConv1D") else kernel.shape[-2])
+    depthwise = layer_roles.is_depthwise(type(layer).__name__)
+    out_ch = kernel.shape[-1] * (kernel.shape[-2] if depthwise else 1)
     bias = np.asarray(weights[1], dtype=np.float64) if layer.use_bias else np.zeros(out_ch)
     if g is not None:
-        if type(layer).__name__ in ("DepthwiseConv2D", "DepthwiseConv1D"):
+        if depthwise:
             # kernel [..., in, mult]; output channel = in_index * mult + m.
             kernel = kernel * g.reshape(kernel.shape[-2], kernel.shape[-1])
         else:

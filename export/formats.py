@@ -5,6 +5,8 @@ Pure constants (no TensorFlow import), so command-line front ends
 TensorFlow loads.
 """
 
+from export.formulations import DEFAULT_FORMULATION, selectable_formulations
+
 #: TFLite formats ``export.to_tflite`` writes: no quantization, full-integer
 #: int8 (int8 weights per channel, int8 activations and I/O), and int16
 #: activations with int8 weights.
@@ -12,7 +14,7 @@ QUANTIZATIONS = ("float32", "int8", "int16x8")
 DEFAULT_FORMATS = QUANTIZATIONS
 
 #: How a spiking neuron is written in the flatbuffer (``to_tflite(neuron=...)``,
-#: ``python -m export --neuron``):
+#: ``python -m export --neuron``; the registry is :mod:`export.formulations`):
 #:
 #: * ``"saturate"`` (default): the step is a saturating clamp fused into the
 #:   convolution that produces the neuron's input (threshold in its bias, a
@@ -22,18 +24,45 @@ DEFAULT_FORMATS = QUANTIZATIONS
 #: * ``"compare"``: the earlier formulation (``GREATER_EQUAL`` /
 #:   ``LESS_EQUAL`` / logical ops / ``SELECT_V2`` in float32 and int8, the
 #:   ``ramp`` neuron in int16x8), kept for the ablation.
-NEURON_FORMULATIONS = ("saturate", "compare")
-DEFAULT_NEURON = "saturate"
+NEURON_FORMULATIONS = selectable_formulations()
+DEFAULT_NEURON = DEFAULT_FORMULATION
+
+#: The edge op set: ``{builtin op: how TFLite Micro runs it on a Cortex-M}``.
+#: Every op is one Arm's Ethos-U compiler Vela places on the NPU (checked
+#: against the installed ``ethos-u-vela``'s own supported-operator table by
+#: ``tests/export/test_formats.py``).
+#: The TFLite Micro column comes from tflite-micro's CMSIS-NN kernel
+#: directory (``tensorflow/lite/micro/kernels/cmsis_nn/*.cc``, commit
+#: 90b983c, 2026-08-20, which register these ops over CMSIS-NN functions
+#: ``arm_convolve_*``, ``arm_depthwise_conv_*``, ``arm_fully_connected_*``,
+#: ``arm_elementwise_add_*``, ``arm_avgpool_s8/s16``, ``arm_max_pool_s8/s16``,
+#: ``arm_maximum_s8``/``arm_minimum_s8``, ``arm_pad_s8``; CMSIS-NN commit
+#: 99f736a): ``"cmsis-nn"``: an optimized CMSIS-NN kernel; ``"reference"``:
+#: TFLite Micro's portable reference kernel (CMSIS-NN has none; slower);
+#: ``"memory"``: no arithmetic (a view or a copy).
+EDGE_OP_KERNELS = {
+    "CONV_2D": "cmsis-nn",
+    "DEPTHWISE_CONV_2D": "cmsis-nn",
+    "FULLY_CONNECTED": "cmsis-nn",
+    "ADD": "cmsis-nn",
+    "AVERAGE_POOL_2D": "cmsis-nn",
+    "MAX_POOL_2D": "cmsis-nn",
+    "MAXIMUM": "cmsis-nn",
+    "MINIMUM": "cmsis-nn",
+    "PAD": "cmsis-nn",
+    "MEAN": "reference",
+    "RELU": "reference",
+    "RELU6": "reference",
+    "RELU_N1_TO_1": "reference",
+    "QUANTIZE": "reference",
+    "RESHAPE": "memory",
+}
 
 #: Builtin ops every runtime we target (XNNPACK, CMSIS-NN / TFLite Micro,
 #: Arm Ethos-U55 via Vela) runs for int8. The default int8 and int16x8
-#: exports use only these; QUANTIZE / DEQUANTIZE only at the model
-#: boundary (``export.tflite.boundary_ops`` checks where they sit).
-EDGE_OPS = frozenset({
-    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MEAN", "AVERAGE_POOL_2D",
-    "RESHAPE", "RELU", "RELU6", "RELU_N1_TO_1", "MINIMUM", "MAXIMUM",
-    "QUANTIZE", "DEQUANTIZE",
-})
+#: exports use only these; QUANTIZE only at the model boundary
+#: (``export.pipeline.boundary_ops`` checks where it sits).
+EDGE_OPS = frozenset(EDGE_OP_KERNELS)
 
 #: Ops of the ``"compare"`` neuron (float32 and int8).
 COMPARE_OPS = frozenset({"GREATER_EQUAL", "LESS_EQUAL", "LOGICAL_AND", "LOGICAL_OR", "SELECT_V2"})
@@ -44,8 +73,3 @@ FORBIDDEN_EDGE_OPS = frozenset({
     "GREATER", "GREATER_EQUAL", "LESS", "LESS_EQUAL", "EQUAL", "NOT_EQUAL", "SELECT", "SELECT_V2",
     "LOGICAL_AND", "LOGICAL_OR", "LOGICAL_NOT", "CAST", "GATHER", "GATHER_ND",
 })
-
-#: The two spike levels of the ``"saturate"`` neuron as real (dequantized)
-#: values, by the neuron's off value: ``{0, 6}`` for {0, 1} neurons (the
-#: consumers' kernels carry the factor 1/6), ``{-1, +1}`` for ``ste_b``.
-SATURATE_LEVELS = {0.0: (0.0, 6.0), -1.0: (-1.0, 1.0)}

@@ -37,8 +37,8 @@ Three formulations of the same step function are available:
   and ``p`` live in that layer's weights and bias (``gain = 1``,
   ``thresholds = 0``: the layer is just the clamp); otherwise the affine is
   one 1x1 depthwise convolution with a bias inside this layer. The
-  ``{0, 6}`` levels need every consumer's kernel divided by 6, which
-  :func:`export.edge.edge_model` does. Why the integer models get exactly
+  ``{0, 6}`` levels are 6 times the trained ones, a factor every reader of
+  the spikes absorbs (:func:`export.edge.edge_model`). Why the integer models get exactly
   two levels and the exact integer decision: docs/EXPORT.md.
 
 ``"compare"`` (the ablation, float32 and int8 TFLite): only comparison and
@@ -52,20 +52,21 @@ Three formulations of the same step function are available:
   for ``p_c = 0``) followed by the saturating ramp ``s = clip(z * gain, 0, 1)``.
   It equals the step wherever ``|u - theta| >= 1/gain``. Exact ties
   ``z == 0`` give 0 here and 1 in ``"compare"``.
+
+The formulations, their levels and ops are registered in
+:mod:`export.formulations`. TensorFlow is imported only when the layer
+runs, so importing this module (what registers the layer for
+``keras.saving.load_model``, see :mod:`export.layers`) stays cheap.
 """
 
 from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-__all__ = ["ThresholdNeuron", "FORMULATIONS", "SATURATE_LEVELS"]
+from export.formulations import available_formulations, get_formulation
 
-FORMULATIONS = ("saturate", "compare", "ramp")
-#: Allowed ``(off_value, on_value)`` of the saturate formulation: the clamps
-#: TFLite fuses into a convolution (RELU6 and RELU_N1_TO_1).
-SATURATE_LEVELS = ((0.0, 6.0), (-1.0, 1.0))
+__all__ = ["ThresholdNeuron"]
 
 
 @keras.saving.register_keras_serializable(package="s2nn_export")
@@ -103,18 +104,16 @@ class ThresholdNeuron(keras.layers.Layer):
     def __init__(self, thresholds=0.0, polarity=1, off_value=0.0, formulation="compare",
                  gain=1.0, surrogate=None, on_value=None, level_gain=None, **kwargs):
         super().__init__(**kwargs)
-        if formulation not in FORMULATIONS:
-            raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
+        if formulation not in available_formulations():
+            raise ValueError(f"formulation must be one of {available_formulations()}, got {formulation!r}")
         if off_value not in (0.0, -1.0):
             raise ValueError(f"off_value must be 0.0 or -1.0, got {off_value!r}")
+        levels = get_formulation(formulation).levels_for(off_value)
         if on_value is None:
-            on_value = 6.0 if (formulation == "saturate" and off_value == 0.0) else 1.0
-        if formulation == "saturate":
-            if (float(off_value), float(on_value)) not in SATURATE_LEVELS:
-                raise ValueError(f"layer {self.name!r}: the saturate formulation needs (off_value, on_value) "
-                                 f"in {SATURATE_LEVELS}, got ({off_value}, {on_value})")
-        elif on_value != 1.0:
-            raise ValueError(f"on_value must be 1.0 for the {formulation} formulation, got {on_value!r}")
+            on_value = levels[1]
+        if (float(off_value), float(on_value)) != levels:
+            raise ValueError(f"layer {self.name!r}: the {formulation} formulation writes the levels {levels} for "
+                             f"off_value {off_value}, got on_value {on_value!r}")
         if level_gain is not None and (formulation != "saturate" or not level_gain > 0):
             raise ValueError(f"level_gain must be None or > 0 (saturate formulation only), got {level_gain!r}")
         th = np.atleast_1d(np.asarray(thresholds, dtype=np.float32))
@@ -191,6 +190,8 @@ class ThresholdNeuron(keras.layers.Layer):
         super().build(input_shape)
 
     def _spike_bool(self, u):
+        import tensorflow as tf
+
         th, pol = self._th, self._pol
         pos, neg, const = pol > 0, pol < 0, pol == 0
         terms = []
@@ -218,6 +219,8 @@ class ThresholdNeuron(keras.layers.Layer):
     def _as_4d(u):
         """``u`` as ``[N, positions, 1, C]`` (a RESHAPE in TFLite) and the
         function that restores its shape; 4-D inputs pass unchanged."""
+        import tensorflow as tf
+
         if len(u.shape) == 4:
             return u, lambda t: t
         shape = tf.shape(u)
@@ -229,6 +232,8 @@ class ThresholdNeuron(keras.layers.Layer):
         """``x * scale + shift`` per channel of a 4-D ``x`` as one 1x1
         depthwise convolution with a bias: TFLite keeps it as a single
         DEPTHWISE_CONV_2D and fuses the clamp that follows into it."""
+        import tensorflow as tf
+
         kernel = tf.constant(np.asarray(scale, np.float32).reshape(1, 1, -1, 1), x.dtype)
         z = tf.nn.depthwise_conv2d(x, kernel, strides=[1, 1, 1, 1], padding="VALID")
         if shift is not None:
@@ -236,30 +241,61 @@ class ThresholdNeuron(keras.layers.Layer):
         return z
 
     def _clamp(self, z, low, high):
-        if (low, high) == (0.0, 6.0):
+        import tensorflow as tf
+
+        if (low, high) == (0.0, 6.0):   # the RELU6 levels: written as relu6, which TFLite fuses
             return tf.nn.relu6(z)
         return tf.clip_by_value(z, low, high)
 
-    def _saturate(self, u):
-        th, pol, g = self._th, self._pol, self._gain
-        if self.affine_in_producer and self.level_gain is None:
-            return self._clamp(u, self.off_value, self.on_value)
-        x, restore = self._as_4d(u)
-        if self.affine_in_producer:
-            z = x
+    def depthwise_stage(self):
+        """``(kernel, bias)`` of the neuron's per-channel affine
+        ``z = G p (u - theta)`` (``+-G`` for a constant channel) as the
+        float32 1x1 depthwise kernel ``[1, 1, C, 1]`` and bias ``[C]`` the
+        converter quantizes (``saturate``: ``G`` per channel; ``ramp``: one
+        gain), or ``None`` when the affine lives in the producer."""
+        th, pol = self._th, self._pol
+        fires = np.where(th == 1.0, 1.0, -1.0)
+        if self.formulation == "saturate":
+            if self.affine_in_producer:
+                return None
+            g = self._gain
+            # constant channels: kernel 0, bias +-G (G >= the level range, so the clamp saturates)
+            scale, shift = g * pol, np.where(pol == 0, g * fires, -g * pol * th)
+        elif self.formulation == "ramp":
+            if np.all(pol == 1) and np.all(th == 0.0):
+                return None
+            gain = float(self._gain[0])
+            scale, shift = gain * pol, gain * np.where(pol == 0, fires, -pol * th)
         else:
-            # z = G p (u - theta); constant channels: kernel 0, bias +-G
-            # (G >= the level range, so the clamp saturates).
-            fires = np.where(th == 1.0, 1.0, -1.0)
-            z = self._depthwise(x, g * pol, np.where(pol == 0, g * fires, -g * pol * th))
+            raise ValueError(f"the {self.formulation} formulation has no depthwise stage")
+        return (np.asarray(scale, np.float32).reshape(1, 1, -1, 1), np.asarray(shift, np.float32))
+
+    def _saturate(self, u):
+        import tensorflow as tf
+
+        th = self._th
+        if self.affine_in_producer:
+            if self.level_gain is None:
+                return self._clamp(u, self.off_value, self.on_value)
+            # The sign stage's clamp goes right after the producer (fused
+            # into it), before any reshape to 4-D.
+            z, restore = self._as_4d(tf.clip_by_value(u, -1.0, 1.0))
+        else:
+            x, restore = self._as_4d(u)
+            kernel, bias = self.depthwise_stage()
+            z = self._depthwise(x, kernel, bias)
+            if self.level_gain is not None:
+                z = tf.clip_by_value(z, -1.0, 1.0)
         if self.level_gain is not None:
-            z = self._depthwise(tf.clip_by_value(z, -1.0, 1.0), np.full(th.size, self.level_gain))
+            z = self._depthwise(z, np.full(th.size, self.level_gain))
         return restore(self._clamp(z, self.off_value, self.on_value))
 
     def _ramp(self, u):
-        th, pol = self._th, self._pol
+        import tensorflow as tf
+
+        stage = self.depthwise_stage()
         gain = float(self._gain[0])
-        if np.all(pol == 1) and np.all(th == 0.0):
+        if stage is None:
             # The threshold already sits in the producer's bias: z = u.
             z = u * tf.constant(gain, u.dtype) if gain != 1.0 else u
         else:
@@ -267,20 +303,19 @@ class ThresholdNeuron(keras.layers.Layer):
             # channels. One per-channel affine; on 4-D inputs it is written
             # as a 1x1 depthwise convolution with a bias so TFLite keeps it
             # as a single DEPTHWISE_CONV_2D whose int16 output is z itself.
-            scale = (gain * pol).astype(np.float32)
-            shift = (gain * np.where(pol == 0, np.where(th == 1.0, 1.0, -1.0), -pol * th)).astype(np.float32)
+            kernel, shift = stage
             if len(u.shape) == 4:
-                kernel = tf.constant(scale.reshape(1, 1, -1, 1), u.dtype)
-                z = tf.nn.depthwise_conv2d(u, kernel, strides=[1, 1, 1, 1], padding="VALID")
-                z = tf.nn.bias_add(z, tf.constant(shift, u.dtype))
+                z = self._depthwise(u, kernel, shift)
             else:
-                z = u * tf.constant(scale, u.dtype) + tf.constant(shift, u.dtype)
+                z = u * tf.constant(kernel.reshape(-1), u.dtype) + tf.constant(shift, u.dtype)
         s = tf.minimum(tf.nn.relu(z), tf.constant(1.0, u.dtype))
         if self.off_value != 0.0:
             s = s * 2.0 - 1.0
         return s
 
     def call(self, inputs):
+        import tensorflow as tf
+
         u = inputs if inputs.dtype.is_floating else tf.cast(inputs, tf.float32)
         if self.formulation == "ramp":
             return self._ramp(u)

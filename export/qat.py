@@ -14,20 +14,22 @@ arithmetic (fixed-point vs float rounding of a few values that land within
 
 What the QAT model simulates (``quantization_aware_model``):
 
-* **weights**: every Conv1D/2D/3D and Dense kernel is rounded to the
-  per-output-channel symmetric int8 grid (scale ``max|W_c| / 127``, round
-  half away from zero) in the forward pass; the backward pass is the
-  identity (STE): ``W_q = W + stop_gradient(q(W) - W)``. The export's
-  per-channel factors are positive (BN scale ``|g_c|``, neuron gain ``G_c``,
-  ``1/6`` for {0, 6} spikes) or signs, and symmetric per-channel rounding
-  commutes with them: quantizing ``W`` gives the integers the converter
-  writes for the folded kernel. :func:`inference_model` stores ``q(W)``
-  itself, so the converter's own rounding is lossless.
+* **weights**: every Conv1D/2D/3D, DepthwiseConv1D/2D and Dense kernel is
+  rounded to the per-output-channel symmetric int8 grid (scale
+  ``max|W_c| / 127``, round half away from zero) in the forward pass
+  (:mod:`export.layers`' ``QAT*`` layers); the backward pass is the
+  identity (STE). The export's per-channel factors are positive (BN scale
+  ``|g_c|``, neuron gain ``G_c``, the scale plan's factors of
+  :func:`export.edge.scale_plan`) or signs, and symmetric per-channel
+  rounding commutes with them: quantizing ``W`` gives the integers the
+  converter writes for the folded kernel. :func:`inference_model` stores
+  ``q(W)`` itself, so the converter's own rounding is lossless.
 * **activations**: every tensor the int8 model stores in int8 that is not
-  a spike map -- the model input, the output of every Conv/Dense whose
-  result is not fused into a neuron (the stem, the second conv of each
-  block, the shortcuts, the logits), every residual sum (``Add``) and every
-  averaging pool (``GlobalAveragePooling``) -- goes through an
+  a spike map -- the model input, the output of every Conv/Depthwise/Dense
+  whose result is not fused into a neuron (:func:`export.edge.neuron_kinds`:
+  the stem, the second conv of each block, the shortcuts, the logits, a
+  layer whose neuron is written as its own op), every merge (the residual
+  ``Add``) and every average (pooling) -- goes through an
   :class:`ActivationQuantizer`: ``x -> (clip(round(x / s) + z, -128, 127) -
   z) s`` (TensorFlow's ``fake_quant_with_min_max_vars``, gradient 1 inside
   the range, 0 outside) on a fixed per-tensor grid ``(s, z)``.
@@ -83,25 +85,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import keras
 import numpy as np
 
+from export.layers import (QAT_CLASSES, ActivationQuantizer, QATConv1D, QATConv2D, QATConv3D, QATDense,
+                           QATDepthwiseConv1D, QATDepthwiseConv2D, fake_quantize_per_channel)
+from export.verify import TASKS, agreement, model_logits
+from s2nn_keras import layer_roles
 from s2nn_keras.graph import GraphError, LayerGraph, TensorRef
 from s2nn_keras.layers import is_spiking_neuron
 
 __all__ = ["QATConfig", "QATError", "QATResult", "ActivationQuantizer", "QATConv1D", "QATConv2D", "QATConv3D",
-           "QATDense", "fake_quantize_per_channel", "quantization_aware_model", "calibrate", "grids",
-           "fine_tune", "inference_model", "quantization_aware_fine_tune", "distillation_match",
-           "spike_average_grid"]
+           "QATDepthwiseConv1D", "QATDepthwiseConv2D", "QATDense", "fake_quantize_per_channel",
+           "quantization_aware_model", "calibrate", "grids", "fine_tune", "inference_model",
+           "quantization_aware_fine_tune", "distillation_match", "spike_average_grid"]
 
-_CONVS = ("Conv1D", "Conv2D", "Conv3D")
-_PRODUCERS = _CONVS + ("Dense",)
-# Layers whose output the int8 model rounds onto a new grid.
-_MERGES = ("Add",)
-_AVERAGES = ("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-             "AveragePooling1D", "AveragePooling2D", "AveragePooling3D")
-# Layers that keep their input's values (and int8 grid).
-_KEEP = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "Flatten", "Reshape",
-         "Identity", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
-         "Cropping3D", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D",
-         "GlobalMaxPooling2D", "GlobalMaxPooling3D")
+_PLAIN_CLASSES = {v: k for k, v in QAT_CLASSES.items()}
 
 
 class QATError(ValueError):
@@ -110,170 +106,12 @@ class QATError(ValueError):
 
 
 # --------------------------------------------------------------------------
-# Fake quantization.
-# --------------------------------------------------------------------------
-
-
-def fake_quantize_per_channel(kernel, channel_axis: int = -1):
-    """``kernel`` on its per-output-channel symmetric int8 grid with a
-    straight-through gradient.
-
-    Forward: ``s_c = max|W_c| / 127`` (1 for an all-zero channel),
-    ``q = sign(W / s) floor(|W / s| + 1/2)`` (round half away from zero, as
-    :func:`export.edge.fake_quantize_kernel` and the TFLite converter),
-    result exactly ``q s`` (float32). Backward: the identity (a custom
-    gradient; ``W + stop_gradient(q s - W)`` would be off the grid by an ulp).
-
-    Example:
-      >>> import numpy as np
-      >>> w = np.array([[0.5, -2.0], [1.0, 0.01]], np.float32)
-      >>> np.round(np.asarray(fake_quantize_per_channel(w)) * 127).tolist()
-      [[64.0, -254.0], [127.0, 1.0]]
-    """
-    import tensorflow as tf
-
-    w = tf.convert_to_tensor(kernel)
-    axis = channel_axis % len(w.shape)
-    axes = [i for i in range(len(w.shape)) if i != axis]
-
-    @tf.custom_gradient
-    def quantize(w):
-        m = tf.reduce_max(tf.abs(w), axis=axes, keepdims=True)
-        s = tf.where(m > 0, m / 127.0, tf.ones_like(m))
-        x = w / s
-        q = tf.sign(x) * tf.floor(tf.abs(x) + 0.5)
-        return q * s, lambda dy: dy
-
-    return quantize(w)
-
-
-@keras.saving.register_keras_serializable(package="s2nn_export")
-class ActivationQuantizer(keras.layers.Layer):
-    """Fake quantization onto a per-tensor int8 grid ``(scale s, zero point
-    z)``: ``x -> (clip(round(x / s) + z, -128, 127) - z) s``, i.e.
-    ``tf.quantization.fake_quant_with_min_max_vars`` over ``[(-128 - z) s,
-    (127 - z) s]`` held in two non-trainable variables (gradient 1 inside the
-    range, 0 outside: STE). The range is the float32 value of the same
-    float64 product that :class:`export.edge.GridQuantize` passes to
-    ``fake_quant_with_min_max_args``, so both round every value alike.
-
-    While ``active`` is False (before :func:`calibrate` sets a grid) it
-    passes its input through. A ``fixed`` grid (an average of spikes,
-    :func:`spike_average_grid`) is active from the start and
-    :func:`calibrate` leaves it. :func:`inference_model` writes it as an
-    :class:`export.edge.GridQuantize` with the same grid.
-    """
-
-    def __init__(self, scale: float = 1.0, zero_point: int = 0, active: bool = False, fixed: bool = False,
-                 **kwargs):
-        super().__init__(**kwargs)
-        self.scale, self.zero_point = float(scale), int(zero_point)
-        self.active = bool(active) or bool(fixed)
-        self.fixed = bool(fixed)
-
-    def _range(self):
-        from export.edge import grid_range
-
-        return grid_range(self.scale, self.zero_point)
-
-    def build(self, input_shape):
-        lo, hi = self._range()
-        self.minimum = self.add_weight(shape=(), initializer=keras.initializers.Constant(lo), trainable=False,
-                                       name="minimum")
-        self.maximum = self.add_weight(shape=(), initializer=keras.initializers.Constant(hi), trainable=False,
-                                       name="maximum")
-        super().build(input_shape)
-
-    @property
-    def grid(self) -> Tuple[float, int]:
-        """``(scale, zero_point)``."""
-        return self.scale, self.zero_point
-
-    def set_grid(self, scale: float, zero_point: int):
-        """Sets the grid and activates the quantizer."""
-        self.scale, self.zero_point = float(scale), int(zero_point)
-        lo, hi = self._range()
-        self.minimum.assign(lo)
-        self.maximum.assign(hi)
-        self.active = True
-
-    def call(self, x):
-        if not self.active:
-            return x
-        import tensorflow as tf
-
-        return tf.quantization.fake_quant_with_min_max_vars(x, self.minimum, self.maximum, num_bits=8)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(scale=self.scale, zero_point=self.zero_point, active=self.active, fixed=self.fixed)
-        return config
-
-
-def _kernel_quantized_call(base):
-    """A subclass of ``base`` (a Conv) whose convolution uses the fake-quantized kernel."""
-
-    class _QAT(base):
-        def convolution_op(self, inputs, kernel):
-            return super().convolution_op(inputs, fake_quantize_per_channel(kernel))
-
-    return _QAT
-
-
-@keras.saving.register_keras_serializable(package="s2nn_export")
-class QATConv1D(_kernel_quantized_call(keras.layers.Conv1D)):
-    """``Conv1D`` whose forward pass uses :func:`fake_quantize_per_channel` of its kernel."""
-
-
-@keras.saving.register_keras_serializable(package="s2nn_export")
-class QATConv2D(_kernel_quantized_call(keras.layers.Conv2D)):
-    """``Conv2D`` whose forward pass uses :func:`fake_quantize_per_channel` of its kernel."""
-
-
-@keras.saving.register_keras_serializable(package="s2nn_export")
-class QATConv3D(_kernel_quantized_call(keras.layers.Conv3D)):
-    """``Conv3D`` whose forward pass uses :func:`fake_quantize_per_channel` of its kernel."""
-
-
-@keras.saving.register_keras_serializable(package="s2nn_export")
-class QATDense(keras.layers.Dense):
-    """``Dense`` whose forward pass uses :func:`fake_quantize_per_channel` of its kernel."""
-
-    def call(self, inputs, training=None):
-        from keras import ops
-
-        x = ops.matmul(inputs, fake_quantize_per_channel(self.kernel))
-        if self.bias is not None:
-            x = ops.add(x, self.bias)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
-
-
-_QAT_CLASSES = {"Conv1D": QATConv1D, "Conv2D": QATConv2D, "Conv3D": QATConv3D, "Dense": QATDense}
-_PLAIN_CLASSES = {v: k for k, v in _QAT_CLASSES.items()}
-
-
-# --------------------------------------------------------------------------
 # The rewrite.
 # --------------------------------------------------------------------------
 
 
-def _linear(layer):
-    act = getattr(layer, "activation", None)
-    return act is None or getattr(act, "__name__", "linear") == "linear"
-
-
 def _is_bn(node):
     return node.class_name == "BatchNormalization"
-
-
-def _pool_is_subsample(layer):
-    size = getattr(layer, "pool_size", None)
-    return size is not None and all(int(s) == 1 for s in np.atleast_1d(size))
 
 
 def spike_average_grid(count: int, off_value: float = 0.0) -> Tuple[float, int]:
@@ -305,68 +143,67 @@ def _spike_average(graph, node):
         if getattr(layer, "data_format", "channels_last") != "channels_last" or None in shape[1:-1]:
             return None
         count = int(np.prod(shape[1:-1]))
-    elif getattr(layer, "padding", "valid") == "valid":
+    elif getattr(layer, "padding", "valid") == "valid" and hasattr(layer, "pool_size"):
         count = int(np.prod(np.atleast_1d(layer.pool_size)))
     else:
         return None
-    t = graph.producer(node.inputs[0])
-    while not t.is_input and t.class_name in _KEEP and not t.class_name.startswith(("ZeroPadding", "Global")):
-        t = graph.producer(t.inputs[0])
-    if t.is_input or not is_spiking_neuron(t.layer):
+    source = layer_roles.spike_source(graph, node.inputs[0])
+    if source is None:
         return None
-    return count, float(getattr(t.layer, "off_value", 0.0))
+    return count, float(getattr(source.layer, "off_value", 0.0))
+
+
+def _fused_producers(model) -> List[str]:
+    """The Conv/Depthwise/Dense layers the int8 export fuses a neuron into
+    (:func:`export.edge.neuron_kinds` of the folded model): their outputs
+    are not stored, so they are not rounded."""
+    from export.edge import neuron_kinds
+    from export.fold import fold_batchnorm
+
+    return [p for kind, p in neuron_kinds(fold_batchnorm(model), "int8").values() if kind == "conv"]
 
 
 def _quantized_points(graph: LayerGraph) -> Tuple[List[TensorRef], List[str], Dict[Tuple[str, int], Tuple[float, int]]]:
     """The tensors the int8 model rounds (each gets an ActivationQuantizer),
-    the Conv/Dense layers whose output is fused into a neuron, and the fixed
-    grids of averages of spikes (:func:`spike_average_grid`)."""
-    fused = []
+    the Conv/Depthwise/Dense layers whose output is fused into a neuron, and
+    the fixed grids of averages of spikes (:func:`spike_average_grid`)."""
     for n in graph.nodes:
-        if n.is_input or not is_spiking_neuron(n.layer):
-            continue
-        src = graph.producer(n.inputs[0])
-        if not src.is_input and _is_bn(src) and graph.fanout(src) == 1 and not graph.output_uses(src):
-            src = graph.producer(src.inputs[0])
-        if (not src.is_input and src.class_name in _PRODUCERS and _linear(src.layer) and graph.fanout(src) == 1
-                and not graph.output_uses(src)):
-            fused.append(src.name)
+        if not n.is_input and len(graph.calls(n.name)) > 1:
+            raise QATError(f"layer {n.name!r} is called {len(graph.calls(n.name))} times; quantization-aware "
+                           "fine-tuning needs one call per layer")
+    fused = _fused_producers(graph.model)
     points = []
     exact = {}
     for n in graph.nodes:
         if n.is_input:
             points.append(n.output())
             continue
-        if len(graph.calls(n.name)) > 1:
-            raise QATError(f"layer {n.name!r} is called {len(graph.calls(n.name))} times; quantization-aware "
-                           "fine-tuning needs one call per layer")
         cls = n.class_name
-        if cls in _PRODUCERS:
+        role = layer_roles.role(cls, n.layer)
+        if role == "kernel":
             if n.name in fused:
                 continue
             out = n
             consumers = graph.consumers(n)
             # A BN right after the conv folds into it: the int8 model rounds after the BN.
-            if (_linear(n.layer) and len(consumers) == 1 and _is_bn(consumers[0]) and not graph.output_uses(n)):
+            linear = getattr(getattr(n.layer, "activation", None), "__name__", "linear") == "linear"
+            if linear and len(consumers) == 1 and _is_bn(consumers[0]) and not graph.output_uses(n):
                 out = consumers[0]
             points.append(out.output())
-        elif cls in _MERGES:
+        elif role in ("merge", "average"):
             points.append(n.output())
-        elif cls in _AVERAGES:
-            if not (cls.startswith("AveragePooling") and _pool_is_subsample(n.layer)):
-                points.append(n.output())
-                average = _spike_average(graph, n)
-                if average is not None:
-                    exact[(n.name, n.call)] = spike_average_grid(*average)
-        elif is_spiking_neuron(n.layer) or _is_bn(n) or cls in _KEEP:
+            average = _spike_average(graph, n) if role == "average" else None
+            if average is not None:
+                exact[(n.name, n.call)] = spike_average_grid(*average)
+        elif is_spiking_neuron(n.layer) or _is_bn(n) or layer_roles.keeps_values(cls, n.layer):
             continue
         elif n.layer.weights:
             raise QATError(f"layer {n.name!r} ({cls}) has weights quantization-aware fine-tuning does not "
-                           f"simulate; supported: {', '.join(_PRODUCERS)}, BatchNormalization")
+                           f"simulate; supported: {', '.join(layer_roles.KERNEL_LAYERS)}, BatchNormalization")
         else:
             raise QATError(f"layer {n.name!r} ({cls}) is not supported by quantization-aware fine-tuning "
-                           f"(supported: {', '.join(_PRODUCERS + _MERGES + _AVERAGES + _KEEP)}, "
-                           "BatchNormalization, spiking neurons)")
+                           f"(supported: the layers of s2nn_keras.layer_roles.ROLES, BatchNormalization, "
+                           "spiking neurons)")
     return points, fused, exact
 
 
@@ -401,8 +238,8 @@ def quantization_aware_model(model: keras.Model) -> keras.Model:
 
     def call(node, args, kwargs):
         layer = node.layer
-        if node.class_name in _QAT_CLASSES:
-            new = _copy(layer, _QAT_CLASSES[node.class_name])
+        if node.class_name in QAT_CLASSES:
+            new = _copy(layer, QAT_CLASSES[node.class_name])
         elif _is_bn(node):
             new = _copy(layer)
             new.trainable = False
@@ -458,8 +295,7 @@ def calibrate(model: keras.Model, images, batch_size: int = 100, max_rounds: Opt
     Returns:
       ``{"rounds": int, "settled": bool, "grids": {name: [scale, zero_point]}}``.
     """
-    import tensorflow as tf
-
+    from export.calibration import RangeProbe
     from export.edge import quantization_params
 
     quantizers = [q for q in _quantizers(model) if not q.fixed]
@@ -469,26 +305,19 @@ def calibrate(model: keras.Model, images, batch_size: int = 100, max_rounds: Opt
     images = np.asarray(images, np.float32)
     if len(images) == 0:
         raise ValueError("calibration needs at least one image")
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    probe = keras.Model(inputs, [q.input for q in quantizers])
+    graph = LayerGraph(model)
+    refs = [graph.calls(q.name)[0].inputs[0] for q in quantizers]
     max_rounds = max_rounds or len(quantizers) + 2
     current = {q.name: (q.grid if q.active else None) for q in quantizers}
-    traced = {}  # one trace per on/off pattern (the grids themselves are variables)
-
-    def ranges(x):
-        outs = probe(x, training=False)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        return tf.stack([tf.reduce_min(o) for o in outs]), tf.stack([tf.reduce_max(o) for o in outs])
+    probes = {}  # one trace per on/off pattern (the grids themselves are variables)
 
     for rounds in range(1, max_rounds + 1):
         state = tuple(q.active for q in quantizers)
-        run = traced.setdefault(state, tf.function(ranges))
-        lo = np.full(len(quantizers), np.inf)
-        hi = np.full(len(quantizers), -np.inf)
-        for start in range(0, len(images), batch_size):
-            a, b = run(images[start:start + batch_size])
-            lo, hi = np.minimum(lo, np.asarray(a, np.float64)), np.maximum(hi, np.asarray(b, np.float64))
-        new = {q.name: quantization_params(lo[i], hi[i], "int8") for i, q in enumerate(quantizers)}
+        if state not in probes:
+            probes[state] = RangeProbe(model, refs, traced=True)
+        probe = probes[state]
+        ranges = probe(images, batch_size)
+        new = {q.name: quantization_params(*ranges[r], "int8") for q, r in zip(quantizers, refs)}
         new = {k: (float(np.float32(s)), int(z)) for k, (s, z) in new.items()}
         if new == current:
             return {"rounds": rounds, "settled": True, "grids": {**{k: list(v) for k, v in new.items()}, **fixed}}
@@ -518,6 +347,10 @@ class QATConfig:
       train_examples: use only the first ``train_examples`` training
         images (``None``: all).
       seed: order of the images.
+      task: what the model's outputs are (:data:`export.verify.TASKS`):
+        ``"classification"`` (logits; distillation by cross-entropy on the
+        teacher's softmax) or ``"regression"`` (e.g. the autoencoder's
+        reconstruction; distillation by mean squared error).
     """
 
     epochs: float = 0.25
@@ -526,6 +359,7 @@ class QATConfig:
     learning_rate: float = 3e-5
     train_examples: Optional[int] = None
     seed: int = 0
+    task: str = "classification"
 
     def __post_init__(self):
         if not (isinstance(self.epochs, (int, float)) and self.epochs >= 0 and math.isfinite(self.epochs)):
@@ -538,6 +372,8 @@ class QATConfig:
             raise ValueError(f"QAT learning_rate must be > 0, got {self.learning_rate!r}")
         if self.train_examples is not None and not (isinstance(self.train_examples, int) and self.train_examples >= 1):
             raise ValueError(f"QAT train_examples must be an integer >= 1, got {self.train_examples!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"QAT task must be one of {', '.join(TASKS)}, got {self.task!r}")
 
     def num_steps(self, num_images: int) -> int:
         if self.steps is not None:
@@ -549,7 +385,8 @@ def fine_tune(model: keras.Model, teacher: keras.Model, images, config: QATConfi
     """Fine-tunes a calibrated QAT model in place to reproduce ``teacher``
     (the trained float model): Adam on the cross-entropy between the
     teacher's softmax and the QAT model's (knowledge distillation at
-    temperature 1), via ``model.fit`` -- dropout active, BN frozen,
+    temperature 1; for ``config.task == "regression"`` the mean squared
+    error between their outputs), via ``model.fit`` -- dropout active, BN frozen,
     surrogate gradients through the neurons, straight through the fake
     quantization. No labels: the float model's own predictions are the
     targets, which is what the export is checked against.
@@ -581,13 +418,16 @@ def fine_tune(model: keras.Model, teacher: keras.Model, images, config: QATConfi
     x = images[order]
     x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
     t0 = time.perf_counter()
-    logits = np.asarray(teacher.predict(x, batch_size=256, verbose=0), np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
-    targets = np.exp(logits)
-    targets = (targets / targets.sum(axis=1, keepdims=True)).astype(np.float32)
+    outputs = np.asarray(teacher.predict(x, batch_size=256, verbose=0), np.float64)
+    if config.task == "regression":
+        targets, loss = outputs.astype(np.float32), keras.losses.MeanSquaredError()
+    else:
+        outputs -= outputs.max(axis=1, keepdims=True)
+        targets = np.exp(outputs)
+        targets = (targets / targets.sum(axis=1, keepdims=True)).astype(np.float32)
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True)
     t1 = time.perf_counter()
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss)
     history = model.fit(x, targets, batch_size=config.batch_size, epochs=1, shuffle=False, verbose=0)
     out["teacher_seconds"] = t1 - t0
     out["seconds"] = time.perf_counter() - t1
@@ -622,7 +462,8 @@ def inference_model(model: keras.Model, name: Optional[str] = None) -> keras.Mod
             new = _copy(layer, getattr(keras.layers, _PLAIN_CLASSES[type(layer)]))
             out = new(*args, **kwargs)
             weights = layer.get_weights()
-            weights[0] = np.asarray(fake_quantize_per_channel(weights[0]), np.float32)
+            axes = (-2, -1) if layer_roles.is_depthwise(_PLAIN_CLASSES[type(layer)]) else -1
+            weights[0] = np.asarray(fake_quantize_per_channel(weights[0], axes), np.float32)
             new.set_weights(weights)
             return out
         new = _copy(layer)
@@ -634,23 +475,23 @@ def inference_model(model: keras.Model, name: Optional[str] = None) -> keras.Mod
     return graph.replay(call).model(name=name or model.name)
 
 
-def _logits(model, images, batch_size=256):
-    return np.concatenate([np.asarray(model(images[i:i + batch_size], training=False), np.float64)
-                           for i in range(0, len(images), batch_size)])
-
-
 def _log_softmax(logits):
     z = logits - logits.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def distillation_match(teacher_logits, student_logits) -> Dict[str, float]:
+def distillation_match(teacher_logits, student_logits, task: str = "classification") -> Dict[str, float]:
     """How closely a student reproduces a teacher on the same images:
-    ``{"kl": mean KL(teacher softmax || student softmax), "agreement":
-    fraction with the same top-1}``."""
-    t, s = _log_softmax(np.asarray(teacher_logits, np.float64)), _log_softmax(np.asarray(student_logits, np.float64))
+    ``{"kl": mean KL(teacher softmax || student softmax), "agreement"}``
+    for classification, ``{"mse", "agreement"}`` for regression (agreement
+    as :func:`export.verify.agreement` defines it)."""
+    t, s = np.asarray(teacher_logits, np.float64), np.asarray(student_logits, np.float64)
+    match = agreement(t, s, task)["agreement"]
+    if task == "regression":
+        return {"mse": float(np.mean((t - s) ** 2)), "agreement": match}
+    t, s = _log_softmax(t), _log_softmax(s)
     kl = float(np.mean(np.sum(np.exp(t) * (t - s), axis=1)))
-    return {"kl": kl, "agreement": float(np.mean(t.argmax(1) == s.argmax(1)))}
+    return {"kl": kl, "agreement": match}
 
 
 @dataclasses.dataclass
@@ -681,12 +522,12 @@ def quantization_aware_fine_tune(model: keras.Model, images, calibration_images,
         calibration_images = calibration_images.astype(np.float32) / 255.0
     qat = quantization_aware_model(model)
     before = calibrate(qat, calibration_images)
-    teacher = _logits(model, calibration_images)
-    match_before = distillation_match(teacher, _logits(qat, calibration_images))
+    teacher = model_logits(model, calibration_images)
+    match_before = distillation_match(teacher, model_logits(qat, calibration_images), config.task)
     train = fine_tune(qat, model, images, config)
     after = calibrate(qat, calibration_images) if train["steps"] else before
     deployed = inference_model(qat, name=model.name)
-    match_after = distillation_match(teacher, _logits(deployed, calibration_images))
+    match_after = distillation_match(teacher, model_logits(deployed, calibration_images), config.task)
     report = {"config": dataclasses.asdict(config), **train,
               "calibration_match": {"before": match_before, "after": match_after},
               "calibration_rounds": [before["rounds"], after["rounds"]],

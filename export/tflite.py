@@ -24,6 +24,12 @@ How a neuron is written (``neuron=``, see :mod:`export.formats`):
   (:func:`int8_threshold_model`); int16x8, whose quantizer has no
   comparison ops, the ``ramp`` neuron (:func:`ramp_model`).
 
+Every spiking model first has the thresholds of neurons that read spikes
+settled between the two levels (:func:`settle_spike_thresholds`), and every
+integer model the grids of its spike tensors from their levels
+(:func:`export.spike_grids.fix_spike_grids`: a neuron that never fires on
+the calibration images exports like any other).
+
 A model with no spiking neuron (the ReLU baseline) is converted as it is,
 its BatchNorms left to the converter (it merges conv+BN and writes the
 pre-activation BNs as MUL + ADD), with the same converter settings. With ``merge_shortcuts=True`` every model
@@ -46,18 +52,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from export.calibration import tensor_ranges
 from export.formats import DEFAULT_NEURON, NEURON_FORMULATIONS, QUANTIZATIONS
+from export.formulations import get_formulation
 from export.neurons import ThresholdNeuron
+from s2nn_keras import layer_roles
+from s2nn_keras.graph import LayerGraph
 from s2nn_keras.layers import is_spiking_neuron
 
-
-def _single(tensors):
-    """A lone input as itself (Keras warns when a one-input model gets a list)."""
-    return tensors[0] if len(tensors) == 1 else tensors
-
-
 __all__ = ["QUANTIZATIONS", "Conversion", "convert", "to_tflite", "ensure_folded", "is_spiking_model",
-           "replace_neurons", "merge_strided_shortcuts", "ramp_model", "int8_threshold_model", "spike_tensors", "level_codes", "op_names"]
+           "replace_neurons", "merge_strided_shortcuts", "settle_spike_thresholds", "ramp_model",
+           "int8_threshold_model", "spike_tensors", "neuron_ops", "decision_op", "level_codes", "op_names"]
 
 INT16_MAX = 32767.0
 MAX_CONVERSIONS = 3
@@ -142,34 +147,71 @@ def replace_neurons(model: keras.Model, make: Callable[[ThresholdNeuron], keras.
     return new
 
 
-_with_neurons = replace_neurons  # old private name, kept until benchmarks/ switch to replace_neurons
+def _neuron_refs(model):
+    """The folded neurons of ``model`` and the TensorRef of each one's input."""
+    graph = LayerGraph(model)
+    nodes = [n for n in graph.nodes if not n.is_input and isinstance(n.layer, ThresholdNeuron)]
+    return [n.layer for n in nodes], [n.inputs[0] for n in nodes], graph
 
 
-def _iter_batches(representative_data, limit=None):
-    for i, batch in enumerate(representative_data()):
-        if limit is not None and i >= limit:
-            break
-        yield batch[0] if isinstance(batch, (list, tuple)) else batch
+def settle_spike_thresholds(model: keras.Model) -> keras.Model:
+    """The folded model with the threshold of every neuron that reads
+    another neuron's spikes (directly, or through layers that keep values:
+    :func:`s2nn_keras.layer_roles.spike_source`) moved to the middle of the
+    two levels, or the channel made constant.
+
+    Such a neuron sees only the values ``off`` and 1: with ``p = +1`` it
+    fires always if ``theta <= off``, never if ``theta > 1``, else exactly on
+    1 -- the same as ``theta = (off + 1) / 2`` (``p = -1`` mirrored). The
+    function is unchanged on every input the model can produce, and the
+    threshold lies half a level away from both values, where no rounding
+    (of a grid, a ramp or a float tie) can reach it; a threshold on a level
+    (``theta = 1``, the default ``u_th``) would tie there. Returns ``model``
+    itself when no neuron reads spikes."""
+    neurons, refs, graph = _neuron_refs(model)
+    placed = {}
+    for layer, ref in zip(neurons, refs):
+        source = layer_roles.spike_source(graph, ref)
+        if source is None:
+            continue
+        off = float(source.layer.off_value)
+        th, pol = layer.thresholds.astype(np.float64), layer.polarity.copy()
+        mid = (off + 1.0) / 2.0
+        pos_always, pos_never = (pol > 0) & (th <= off), (pol > 0) & (th > 1.0)
+        neg_never, neg_always = (pol < 0) & (th < off), (pol < 0) & (th >= 1.0)
+        new_th = np.where(pol != 0, mid, th)
+        new_th = np.where(pos_always | neg_always, 1.0, np.where(pos_never | neg_never, 0.0, new_th))
+        new_pol = np.where(pos_always | neg_always | pos_never | neg_never, 0, pol)
+        if not (np.array_equal(new_th, th) and np.array_equal(new_pol, pol)):
+            placed[layer.name] = (new_th.astype(np.float32), new_pol)
+    if not placed:
+        return model
+
+    def make(layer):
+        config = layer.get_config()
+        if layer.name in placed:
+            th, pol = placed[layer.name]
+            config.update(thresholds=[float(v) for v in th], polarity=[int(v) for v in pol])
+        return ThresholdNeuron.from_config(config)
+
+    return replace_neurons(model, make)
 
 
 def ramp_model(model: keras.Model, representative_data: Callable[[], Iterable]) -> keras.Model:
     """The folded model with every neuron in the ``"ramp"`` formulation and
     its gain set to ``32767 / max|z|`` measured on ``representative_data``
     (``z`` = neuron input relative to its threshold; see module docstring)."""
-    neurons = [l for l in model.layers if isinstance(l, ThresholdNeuron)]
+    neurons, refs, _ = _neuron_refs(model)
     if not neurons:
         return model
-    probe = keras.Model(_single(model.inputs), [l.input for l in neurons])
-    zmax = np.zeros(len(neurons))
-    for x in _iter_batches(representative_data):
-        outs = probe(np.asarray(x, dtype=np.float32), training=False)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        for i, (layer, u) in enumerate(zip(neurons, outs)):
-            u = np.asarray(u, dtype=np.float64)
-            pol, th = layer.polarity, layer.thresholds
-            z = np.where(pol != 0, pol * (u - th), 1.0)
-            zmax[i] = max(zmax[i], float(np.max(np.abs(z))))
-    gains = {l.name: INT16_MAX / (z if z > 0 else 1.0) for l, z in zip(neurons, zmax)}
+    ranges = tensor_ranges(model, refs, representative_data, per_channel=True)
+    gains = {}
+    for layer, ref in zip(neurons, refs):
+        lo, hi = ranges[ref]
+        th, pol = layer.thresholds.astype(np.float64), layer.polarity
+        z = np.where(pol != 0, np.maximum(np.abs(lo - th), np.abs(hi - th)), 1.0)
+        zmax = float(np.max(z))
+        gains[layer.name] = INT16_MAX / (zmax if zmax > 0 else 1.0)
 
     def make(layer):
         config = layer.get_config()
@@ -177,20 +219,6 @@ def ramp_model(model: keras.Model, representative_data: Callable[[], Iterable]) 
         return ThresholdNeuron.from_config(config)
 
     return replace_neurons(model, make)
-
-
-def _neuron_input_ranges(model, neurons, representative_data):
-    probe = keras.Model(_single(model.inputs), [l.input for l in neurons])
-    lo = np.full(len(neurons), np.inf)
-    hi = np.full(len(neurons), -np.inf)
-    for x in _iter_batches(representative_data):
-        outs = probe(np.asarray(x, dtype=np.float32), training=False)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        for i, u in enumerate(outs):
-            u = np.asarray(u)
-            lo[i] = min(lo[i], float(u.min()))
-            hi[i] = max(hi[i], float(u.max()))
-    return lo, hi
 
 
 def int8_threshold_model(model: keras.Model, representative_data: Callable[[], Iterable]) -> keras.Model:
@@ -212,12 +240,13 @@ def int8_threshold_model(model: keras.Model, representative_data: Callable[[], I
     step of a threshold. Thresholds that are exactly 0 (moved into a conv
     bias) are already exact and stay.
     """
-    neurons = [l for l in model.layers if isinstance(l, ThresholdNeuron)]
+    neurons, refs, _ = _neuron_refs(model)
     if not neurons:
         return model
-    lo, hi = _neuron_input_ranges(model, neurons, representative_data)
+    ranges = tensor_ranges(model, refs, representative_data)
     placed = {}
-    for layer, rmin, rmax in zip(neurons, lo, hi):
+    for layer, ref in zip(neurons, refs):
+        rmin, rmax = ranges[ref]
         th, pol = layer.thresholds.astype(np.float64), layer.polarity
         if np.all(th[pol != 0] == 0.0) or not np.isfinite(rmin):
             continue
@@ -307,6 +336,9 @@ class Conversion:
         converts again when a grid it assumed differs from the converter's).
       grids: per neuron with an integer input grid, ``{"assumed": [scale,
         zero point], "actual": [...]}`` read back from the flatbuffer.
+      spike_grids: per neuron whose spike tensor calibration gave another
+        grid than its levels' (it never fired on the calibration data), what
+        :func:`export.spike_grids.fix_spike_grids` repaired.
     """
 
     flatbuffer: bytes
@@ -317,26 +349,24 @@ class Conversion:
     spike_tensors: Dict[str, int] = dataclasses.field(default_factory=dict)
     conversions: int = 1
     grids: Dict[str, Dict] = dataclasses.field(default_factory=dict)
+    spike_grids: Dict[str, Dict] = dataclasses.field(default_factory=dict)
 
 
-def spike_tensors(tflite_model, neuron_names) -> Dict[str, int]:
+def spike_tensors(tflite_model, neuron_names, producers: Optional[Dict[str, str]] = None) -> Dict[str, int]:
     """``{neuron name: tensor index}``: the tensor each neuron layer writes
-    in the main subgraph -- the output of the last operator (in execution
-    order) whose output tensor name carries the layer's name scope in its
-    first ``;``-separated part (the converter names a fused op after its
-    activation, so a conv with the neuron's clamp fused into it is found by
-    the neuron's name). Raises ``ValueError`` for a neuron it cannot find."""
+    in the main subgraph -- the output of the last of its operators
+    (:func:`neuron_ops`). Raises ``ValueError`` for a neuron it cannot find.
+    ``producers``: ``{neuron: layer}`` of neurons fused into a
+    Conv/Depthwise/Dense, whose op may be named after the layer only."""
     from export.flatbuffer import read_model
 
     graph = read_model(tflite_model).main if not hasattr(tflite_model, "main") else tflite_model.main
     found = {}
     for name in neuron_names:
-        for op in graph.operators:
-            for t in op.outputs:
-                if t >= 0 and _scope_in(graph.tensors[t].name.split(";")[0], name):
-                    found[name] = t
-        if name not in found:
+        ops = neuron_ops(graph, name, (producers or {}).get(name))
+        if not ops:
             raise ValueError(f"no tensor of neuron layer {name!r} in the flatbuffer")
+        found[name] = ops[-1].outputs[0]
     return found
 
 
@@ -346,11 +376,39 @@ def _scope_in(tensor_name, layer_name):
     return re.search(r"(^|/)" + re.escape(layer_name) + r"(_\d+)?(/|:|$)", tensor_name) is not None
 
 
-def _first_op_of(graph, name):
-    for op in graph.operators:
-        if any(t >= 0 and _scope_in(graph.tensors[t].name.split(";")[0], name) for t in op.outputs):
-            return op
-    return None
+_WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def _carries(graph, tensor, name):
+    return tensor >= 0 and any(_scope_in(part, name) for part in graph.tensors[tensor].name.split(";"))
+
+
+def neuron_ops(graph, name, producer: Optional[str] = None):
+    """The operators (in execution order) of the main subgraph ``graph``
+    (:func:`export.flatbuffer.read_model`) that compute neuron ``name``:
+    those whose output tensor carries the layer's scope in any of its
+    ``;``-separated parts (the converter names a fused op after what is
+    fused into it: ``.../act_1/Relu6;.../conv_1/BiasAdd``, a
+    ``FULLY_CONNECTED``: ``.../dense_1/MatMul;.../act_1/Relu6``) and, for a
+    neuron fused into ``producer``, the Conv/Depthwise/Dense whose weights
+    carry that layer's scope (the int16x8 sign stage is named after it only)."""
+    return [op for op in graph.operators
+            if any(_carries(graph, t, name) for t in op.outputs)
+            or (producer is not None and op.name in _WEIGHTED_OPS and _carries(graph, op.inputs[1], producer))]
+
+
+def decision_op(graph, name, producer: Optional[str] = None):
+    """The operator that makes neuron ``name``'s decision: its first op
+    with weights (the producer it is fused into, or its depthwise op), else
+    its first op; ``None`` if it has none. Its input 0 is the neuron's
+    input (the producer's input for a fused neuron)."""
+    ops = neuron_ops(graph, name, producer)
+    weighted = [op for op in ops if op.name in _WEIGHTED_OPS]
+    return (weighted or ops or [None])[0]
+
+
+def _producers(plan) -> Dict[str, str]:
+    return {} if plan is None else {n: p.producer for n, p in plan.neurons.items() if p.producer is not None}
 
 
 def _read_grids(flatbuffer, plan) -> Dict[str, Dict]:
@@ -364,7 +422,7 @@ def _read_grids(flatbuffer, plan) -> Dict[str, Dict]:
     graph = read_model(flatbuffer).main
     out = {}
     for name, assumed in plan.assumed_inputs.items():
-        op = _first_op_of(graph, name)
+        op = decision_op(graph, name, _producers(plan).get(name))
         if op is None:
             raise RuntimeError(f"saturate export: no operator of neuron {name!r} in the flatbuffer")
         q = graph.tensors[op.inputs[0]].quantization
@@ -385,12 +443,13 @@ def _read_grids(flatbuffer, plan) -> Dict[str, Dict]:
     return out
 
 
-def _check_levels(flatbuffer, plan, tensors):
+def _check_levels(flatbuffer, levels, tensors):
     """Every spike tensor must give its two levels two distinct codes at the
     ends of its integer range, each within half a step of the level. (int8
     {0, 6} and int16 levels are exact; int8 +-1 (ste_b) reads as
-    ``+-1 + 1/255``: 255 steps cannot put 0 half-way.) A layer that never
-    fired on the calibration data has no room for its on level."""
+    ``+-1 + 1/255``: 255 steps cannot put 0 half-way.) After
+    :func:`export.spike_grids.fix_spike_grids` this holds by construction;
+    the check makes sure of it."""
     from export.flatbuffer import read_model
 
     graph = read_model(flatbuffer).main
@@ -400,14 +459,13 @@ def _check_levels(flatbuffer, plan, tensors):
         q = tensor.quantization
         if q is None:  # float32
             continue
-        codes = level_codes(q, tensor.dtype, plan.neurons[name].levels)
+        codes = level_codes(q, tensor.dtype, levels[name])
         scale, zp = float(q.scales[0]), int(q.zero_points[0])
         info = np.iinfo(tensor.dtype)
         reals = [(c - zp) * scale for c in codes]
-        if (codes[0] == codes[1] or any(abs(r - l) > 0.5001 * scale for r, l in zip(reals, plan.neurons[name].levels))
+        if (codes[0] == codes[1] or any(abs(r - l) > 0.5001 * scale for r, l in zip(reals, levels[name]))
                 or codes[1] < info.max - 1 - (0 if info.bits == 8 else 1)):
-            bad.append(f"{name} (scale {scale:.6g}, zero point {zp}; levels {plan.neurons[name].levels} -> codes "
-                       f"{codes}: did the neuron ever fire on the calibration data?)")
+            bad.append(f"{name} (scale {scale:.6g}, zero point {zp}; levels {levels[name]} -> codes {codes})")
     if bad:
         from export.edge import EdgeError
 
@@ -420,6 +478,24 @@ def level_codes(quantization, dtype, levels):
     info = np.iinfo(dtype)
     scale, zp = float(quantization.scales[0]), int(quantization.zero_points[0])
     return tuple(int(np.clip(np.round(level / scale) + zp, info.min, info.max)) for level in levels)
+
+
+def _spike_levels(model, names, formulation):
+    """``{neuron: (off, on)}`` of the spikes ``formulation`` writes."""
+    entry = get_formulation(formulation)
+    return {n: entry.levels_for(model.get_layer(n).off_value) for n in names}
+
+
+def _finish(flat, model, names, quantization, formulation, plan=None):
+    """Spike tensors, spike grids from the levels (a neuron silent on the
+    calibration data included), and the two-level check."""
+    from export.spike_grids import fix_spike_grids
+
+    tensors = spike_tensors(flat, names, _producers(plan))
+    levels = _spike_levels(model, names, formulation)
+    flat, fixed = fix_spike_grids(flat, model, tensors, levels, quantization)
+    _check_levels(flat, levels, tensors)
+    return flat, tensors, fixed
 
 
 def convert(model: keras.Model, quantization: str = "float32",
@@ -437,10 +513,15 @@ def convert(model: keras.Model, quantization: str = "float32",
         iterable of input lists ``[batch]`` (float32 images in the model's
         input convention), as ``TFLiteConverter.representative_dataset``
         takes. Real data, a few hundred images, is what calibration needs.
-      neuron: ``"saturate"`` (default, edge ops only) or ``"compare"``.
+      neuron: ``"saturate"`` (default, edge ops only) or ``"compare"``
+        (:mod:`export.formulations`).
       merge_shortcuts: first rewrite ``AveragePooling2D(1, s) -> 1x1 Conv2D``
         as one strided 1x1 conv (:func:`merge_strided_shortcuts`; the whole
         graph then runs in one XNNPACK partition).
+
+    Every spiking model first gets :func:`settle_spike_thresholds` (the
+    same function), and every integer model the grids of its spike tensors
+    from their levels (:func:`export.spike_grids.fix_spike_grids`).
 
     Raises:
       ValueError: bad arguments; :class:`export.FoldError` /
@@ -453,14 +534,17 @@ def convert(model: keras.Model, quantization: str = "float32",
         model = merge_strided_shortcuts(model)
     if not is_spiking_model(model):
         return Conversion(_convert_keras(model, quantization, representative_data), quantization, None, model)
+    model = settle_spike_thresholds(model)
     names = [l.name for l in model.layers if is_spiking_neuron(l)]
+    formulation = get_formulation(neuron).for_format(quantization).name
     if neuron == "compare":
-        if quantization == "int16x8":
+        if formulation == "ramp":
             model = ramp_model(model, representative_data)
         elif quantization == "int8":
             model = int8_threshold_model(model, representative_data)
         flat = _convert_keras(model, quantization, representative_data)
-        return Conversion(flat, quantization, neuron, model, spike_tensors=spike_tensors(flat, names))
+        flat, tensors, fixed = _finish(flat, model, names, quantization, formulation)
+        return Conversion(flat, quantization, neuron, model, spike_tensors=tensors, spike_grids=fixed)
 
     from export.edge import edge_model
 
@@ -471,6 +555,7 @@ def convert(model: keras.Model, quantization: str = "float32",
         plan = edge_model(model, quantization, representative_data, input_quantization=overrides,
                           bias_input_scales=bias_scales)
         flat = _convert_keras(plan.model, quantization, representative_data)
+        flat, tensors, fixed = _finish(flat, plan.model, names, quantization, formulation, plan)
         grids = _read_grids(flat, plan) if plan.assumed_inputs else {}
         wrong = {n: g for n, g in grids.items() if not g["equal"] and g["actual"] is not None}
         if not wrong:
@@ -483,9 +568,7 @@ def convert(model: keras.Model, quantization: str = "float32",
     else:
         raise RuntimeError(f"saturate {quantization} export: the converter's grids of {sorted(wrong)} still differ "
                            f"from the placement after {MAX_CONVERSIONS} conversions")
-    tensors = spike_tensors(flat, names)
-    _check_levels(flat, plan, tensors)
-    return Conversion(flat, quantization, neuron, plan.model, plan, tensors, attempt, grids)
+    return Conversion(flat, quantization, neuron, plan.model, plan, tensors, attempt, grids, fixed)
 
 
 def to_tflite(model: keras.Model, quantization: str = "float32",

@@ -35,7 +35,8 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["verify_fold", "verify_spikes", "teacher_model", "probe_model", "rounding_tolerance"]
+__all__ = ["agreement", "TASKS", "REGRESSION_TOLERANCE", "verify_fold", "verify_spikes", "teacher_model",
+           "probe_model", "model_logits", "rounding_tolerance"]
 
 _EPS32 = 2.0 ** -24  # float32 unit roundoff
 
@@ -54,6 +55,90 @@ def model_logits(model, images, batch_size=256) -> np.ndarray:
     """``model``'s float32 outputs (inference mode) on ``images``, in batches."""
     return np.concatenate([np.asarray(model(images[sl], training=False), np.float32)
                            for sl in batches(len(images), batch_size)])
+
+
+#: What a model's outputs mean (:func:`agreement`).
+TASKS = ("classification", "regression")
+#: Regression: an example agrees when the RMS difference of its outputs is
+#: at most this fraction of the reference outputs' range over the set.
+REGRESSION_TOLERANCE = 0.01
+
+
+def _ranks(x):
+    """Ranks 1..n of ``x``, ties given their average rank."""
+    x = np.asarray(x, np.float64)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    values, inverse = np.unique(x, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    counts = np.bincount(inverse)
+    return (sums / counts)[inverse]
+
+
+def _spearman(a, b):
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = np.sqrt(np.sum(ra * ra) * np.sum(rb * rb))
+    return float(np.sum(ra * rb) / denom) if denom > 0 else (1.0 if np.array_equal(ra, rb) else 0.0)
+
+
+def agreement(reference_outputs, outputs, task: str = "classification", inputs=None) -> Dict:
+    """How often a deployed model gives the same answer as its reference
+    (the Keras model) on the same examples: the one definition every
+    check, report and benchmark of the export uses.
+
+    * ``"classification"``: an example agrees when the two outputs have the
+      same argmax (the predicted class).
+    * ``"regression"`` (e.g. the MLPerf Tiny autoencoder): an example agrees
+      when the RMS difference of its outputs,
+      ``sqrt(mean_j (y_j - r_j)^2)``, is at most
+      :data:`REGRESSION_TOLERANCE` (1 %) of the range ``max(r) - min(r)`` of
+      the reference outputs over the whole set -- about 2.5 steps of an int8
+      output that spans that range (``range / 255``). With ``inputs`` (the
+      examples the model reconstructs) it also gives the Spearman rank
+      correlation of the per-example reconstruction errors
+      ``mean_j (x_j - y_j)^2`` (the anomaly score) of the two models.
+
+    Args:
+      reference_outputs, outputs: arrays ``[N, ...]`` (the first axis the examples).
+      task: one of :data:`TASKS`.
+      inputs: regression only, optional: the inputs ``[N, ...]`` (same shape as the outputs).
+
+    Returns:
+      ``{"task", "examples", "agreement"}`` (the agreeing fraction; 1.0 for
+      no examples), and for regression ``"tolerance"`` (absolute),
+      ``"reference_range"``, ``"rms_mean"``, ``"rms_max"`` and, with
+      ``inputs``, ``"score_spearman"``.
+
+    Example:
+      >>> import numpy as np
+      >>> agreement(np.array([[0.1, 0.9], [0.8, 0.2]]), np.array([[0.3, 0.7], [0.4, 0.6]]))["agreement"]
+      0.5
+      >>> ref = np.linspace(0, 1, 20).reshape(2, 10)
+      >>> agreement(ref, ref + 0.005, "regression")["agreement"]
+      1.0
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    ref, out = np.asarray(reference_outputs, np.float64), np.asarray(outputs, np.float64)
+    if ref.shape != out.shape:
+        raise ValueError(f"reference outputs {ref.shape} and outputs {out.shape} differ in shape")
+    n = int(ref.shape[0]) if ref.ndim else 0
+    result = {"task": task, "examples": n}
+    if task == "classification":
+        result["agreement"] = float(np.mean(ref.argmax(-1) == out.argmax(-1))) if n else 1.0
+        return result
+    ref2, out2 = ref.reshape(n, -1), out.reshape(n, -1)
+    span = float(ref2.max() - ref2.min()) if n else 0.0
+    rms = np.sqrt(np.mean((out2 - ref2) ** 2, axis=1)) if n else np.zeros(0)
+    tol = REGRESSION_TOLERANCE * span
+    result.update(agreement=float(np.mean(rms <= tol)) if n else 1.0, tolerance=tol, reference_range=span,
+                  rms_mean=float(rms.mean()) if n else 0.0, rms_max=float(rms.max()) if n else 0.0)
+    if inputs is not None and n:
+        x = np.asarray(inputs, np.float64).reshape(n, -1)
+        result["score_spearman"] = _spearman(np.mean((x - ref2) ** 2, axis=1), np.mean((x - out2) ** 2, axis=1))
+    return result
 
 
 def verify_fold(model, folded, images, batch_size=256) -> Dict:
@@ -156,41 +241,41 @@ def _neuron_inputs(conversion):
     """Per neuron, the tensor its first operator reads (the conv's input
     for a neuron fused into a conv, the depthwise neuron's input)."""
     from export.flatbuffer import read_model
-    from export.tflite import _first_op_of
+    from export.tflite import decision_op
 
     graph = read_model(conversion.flatbuffer).main
+    plan = conversion.plan
     out = {}
     for name in conversion.spike_tensors:
-        op = _first_op_of(graph, name)
-        out[name] = op.inputs[0]
+        producer = plan.neurons[name].producer if plan is not None else None
+        out[name] = decision_op(graph, name, producer).inputs[0]
     return out
 
 
 def _same_inputs(a, b, conversion, name, spike_shape):
     """Boolean mask over the spike tensor: positions whose whole receptive
-    field (all input channels; the producer conv's kernel window) is
-    bit-identical in the two runs."""
+    field is bit-identical in the two runs -- all input channels and, for a
+    neuron fused into a Conv/Depthwise, that layer's kernel window; for a
+    Dense, the input vector of the same position; anything else, the whole
+    example."""
     import tensorflow as tf
 
     differ = a != b
-    if differ.ndim != 4 or len(spike_shape) != 4:
-        per_image = differ.reshape(len(differ), -1).any(axis=1)
-        return np.broadcast_to(~per_image.reshape((-1,) + (1,) * (len(spike_shape) - 1)), spike_shape)
-    mask = differ.any(axis=-1, keepdims=True).astype(np.float32)
-    kernel, strides, padding = (1, 1), (1, 1), "VALID"
     plan = conversion.plan
+    layer = None
     if plan is not None and plan.neurons[name].kind == "conv":
         layer = plan.model.get_layer(plan.neurons[name].producer)
-        kernel, strides = tuple(layer.kernel_size), tuple(layer.strides)
-        padding = layer.padding.upper()
-    elif conversion.neuron == "compare":
-        layer = None
-    if kernel != (1, 1) or strides != (1, 1):
-        mask = tf.nn.max_pool2d(mask, kernel, strides, padding).numpy()
-    if mask.shape[1:3] != tuple(spike_shape[1:3]):  # e.g. a compare neuron reading another shape
-        per_image = differ.reshape(len(differ), -1).any(axis=1)
-        return np.broadcast_to(~per_image.reshape(-1, 1, 1, 1), spike_shape)
-    return np.broadcast_to(mask == 0, spike_shape)
+    window = getattr(layer, "kernel_size", None)
+    if differ.ndim == 4 and len(spike_shape) == 4:
+        mask = differ.any(axis=-1, keepdims=True).astype(np.float32)
+        if window is not None and (tuple(window) != (1, 1) or tuple(layer.strides) != (1, 1)):
+            mask = tf.nn.max_pool2d(mask, tuple(window), tuple(layer.strides), layer.padding.upper()).numpy()
+        if mask.shape[1:3] == tuple(spike_shape[1:3]):
+            return np.broadcast_to(mask == 0, spike_shape)
+    elif differ.shape[:-1] == tuple(spike_shape[:-1]):   # each position reads its own input vector
+        return np.broadcast_to(~differ.any(axis=-1, keepdims=True), spike_shape)
+    per_image = differ.reshape(len(differ), -1).any(axis=1)
+    return np.broadcast_to(~per_image.reshape((-1,) + (1,) * (len(spike_shape) - 1)), spike_shape)
 
 
 def rounding_tolerance(folded, plan, name, u) -> np.ndarray:
@@ -205,14 +290,19 @@ def rounding_tolerance(folded, plan, name, u) -> np.ndarray:
     tensor (one multiply-add) ``S = |u| + |theta|``. Returns the bound,
     broadcast to ``u``'s shape, in the units of ``u``.
     """
+    from s2nn_keras import layer_roles
+
     layer = folded.get_layer(name)
     theta = np.abs(layer.thresholds.astype(np.float64))
     neuron = plan.neurons[name] if plan is not None and name in plan.neurons else None
     if neuron is not None and neuron.kind == "conv" and neuron.producer is not None:
         producer = folded.get_layer(neuron.producer)
         kernel = np.abs(np.asarray(producer.kernel, np.float64))
-        fan_in = int(np.prod(kernel.shape[:-1]))
-        l1 = kernel.reshape(-1, kernel.shape[-1]).sum(axis=0)
+        channels = kernel.shape[-2] * kernel.shape[-1] if layer_roles.is_depthwise(type(producer).__name__) \
+            else kernel.shape[-1]
+        rows = kernel.reshape(-1, channels)
+        fan_in = int(rows.shape[0])
+        l1 = rows.sum(axis=0)
         bias = np.abs(np.asarray(producer.bias, np.float64)) if getattr(producer, "use_bias", False) else 0.0
         bound = 2.0 * (fan_in + 1) * _EPS32 * (l1 + bias + theta)
         return np.broadcast_to(bound, np.shape(u))
@@ -260,7 +350,12 @@ def verify_spikes(conversion, folded, images, runtimes: Sequence[str] = ("litert
         n = len(images)
         if rt == "tflm" and max_tflm_examples is not None:
             n = min(n, int(max_tflm_examples))
-        runs[rt] = run_spikes(conversion.flatbuffer, probe, images[:n], rt)
+        logits, spikes = run_spikes(conversion.flatbuffer, probe, images[:n], rt)
+        for name in names:   # a 2-D neuron's spikes can come out of its 4-D depthwise op
+            shape = (len(spikes[name]),) + tuple(folded.get_layer(name).output.shape[1:])
+            if spikes[name].shape != shape and spikes[name].size == int(np.prod(shape)):
+                spikes[name] = spikes[name].reshape(shape)
+        runs[rt] = (logits, spikes)
 
     nonbinary = {rt: {n: int(np.sum((s[n] != codes[n][0]) & (s[n] != codes[n][1]))) for n in names}
                  for rt, (_, s) in runs.items()}

@@ -79,6 +79,7 @@ from s2nn_keras.firing import DEFAULT_BATCH_SIZE, SpikeCounter, neuron_outputs
 from s2nn_keras.flops import node_flops
 from s2nn_keras.graph import LayerGraph, TensorRef
 from s2nn_keras.layers import is_spiking_neuron
+from s2nn_keras import layer_roles
 
 __all__ = ["HOROWITZ_2014", "PRESETS", "CONVENTIONS", "INPUT_KINDS", "SPIKE_KINDS", "energies", "charge",
            "assemble_report", "resolve_inputs", "measure_rates", "energy_report"]
@@ -237,27 +238,6 @@ def assemble_report(rows: List[dict], *, convention: str, preset: str, e_mac_pj:
 # Which spikes each layer receives.
 # --------------------------------------------------------------------------
 
-_TRANSPARENT = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "Reshape", "Flatten",
-                "Permute", "Identity", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D",
-                "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D", "RepeatVector")
-_MAXPOOL = ("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
-            "GlobalMaxPooling3D")
-_AVGPOOL = ("AveragePooling1D", "AveragePooling2D", "AveragePooling3D", "GlobalAveragePooling1D",
-            "GlobalAveragePooling2D", "GlobalAveragePooling3D")
-
-
-def _of(layer, names):
-    return isinstance(layer, tuple(getattr(keras.layers, n) for n in names if hasattr(keras.layers, n)))
-
-
-def _pool_elements(layer):
-    size = getattr(layer, "pool_size", None)
-    if size is None:
-        return None
-    size = size if isinstance(size, (tuple, list)) else (size,)
-    return math.prod(int(s) for s in size)
-
-
 def _resolve(graph: LayerGraph, ref: TensorRef):
     """``(kind, rate_ref, description)`` for a tensor feeding a Conv/Dense."""
     node = graph.producer(ref)
@@ -272,9 +252,10 @@ def _resolve(graph: LayerGraph, ref: TensorRef):
     first = node.inputs[0]
     if isinstance(op, keras.layers.Activation) and getattr(op.activation, "__name__", "") == "linear":
         return _resolve(graph, first)
-    if _of(op, _TRANSPARENT):
+    kind_of_layer = layer_roles.role(node.class_name, op)
+    if layer_roles.is_rate_transparent(node.class_name, op):
         return _resolve(graph, first)
-    if _of(op, _AVGPOOL) and _pool_elements(op) == 1:
+    if kind_of_layer == "subsample":
         # A 1-element window only subsamples (PreActResNet's strided
         # shortcut): the output is still binary, R is measured on it.
         kind, _, desc = _resolve(graph, first)
@@ -283,12 +264,12 @@ def _resolve(graph: LayerGraph, ref: TensorRef):
         if kind.startswith("pooled_"):
             return _resolve(graph, first)
         return "real", None, f"output of {type(op).__name__} '{node.key}' of non-spikes"
-    if _of(op, _MAXPOOL):
+    if kind_of_layer == "max_pool":
         kind, _, desc = _resolve(graph, first)
         if kind in ("spikes", "signed_spikes"):
             return kind, ref, f"{desc} via {type(op).__name__} '{node.key}'"
         return "real", None, f"output of {type(op).__name__} '{node.key}' of non-spikes"
-    if _of(op, _AVGPOOL):
+    if kind_of_layer == "average":
         kind, rate_ref, desc = _resolve(graph, first)
         if kind in ("spikes", "signed_spikes"):
             return "pooled_" + kind, rate_ref, f"{desc} via {type(op).__name__} '{node.key}' (average)"

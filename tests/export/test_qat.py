@@ -122,14 +122,37 @@ def test_qat_rejects_what_it_cannot_simulate():
     with pytest.raises(QATError, match="spiking"):
         quantization_aware_model(_tiny("relu"))
     inputs = keras.Input((8, 8, 2))
-    h = keras.layers.DepthwiseConv2D(3, name="dw")(inputs)
+    h = keras.layers.Conv2DTranspose(2, 3, name="up")(inputs)
     out = keras.layers.Dense(2)(keras.layers.Flatten()(S2Activation(name="act")(h)))
-    with pytest.raises(QATError, match="dw"):
+    with pytest.raises(QATError, match="up.*weights"):
         quantization_aware_model(keras.Model(inputs, out))
-    h = keras.layers.Concatenate(name="cat")([inputs, inputs])
+    h = keras.layers.Multiply(name="mul")([inputs, inputs])
     out = keras.layers.Dense(2)(keras.layers.Flatten()(S2Activation(name="act")(h)))
-    with pytest.raises(QATError, match="cat"):
+    with pytest.raises(QATError, match="mul"):
         quantization_aware_model(keras.Model(inputs, out))
+
+
+def test_qat_simulates_depthwise_kernels_and_merges():
+    """A DepthwiseConv2D becomes QATDepthwiseConv2D (kernel on its int8 grid per
+    output channel), a Concatenate gets its output rounded like an Add."""
+    from export.layers import QATDepthwiseConv2D
+
+    inputs = keras.Input((8, 8, 2))
+    h = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(inputs)
+    h = keras.layers.Concatenate(name="cat")([h, h])
+    out = keras.layers.Dense(2)(keras.layers.Flatten()(S2Activation(name="act")(h)))
+    qat = quantization_aware_model(keras.Model(inputs, out))
+    dw = qat.get_layer("dw")
+    assert isinstance(dw, QATDepthwiseConv2D)
+    assert isinstance(qat.get_layer("cat_quant"), ActivationQuantizer)
+    x = np.random.default_rng(0).normal(size=(3, 8, 8, 2)).astype("float32")
+    kernel = dw.get_weights()[0]
+    np.testing.assert_allclose(np.asarray(fake_quantize_per_channel(kernel, (-2, -1))),
+                               fake_quantize_kernel(kernel, "DepthwiseConv2D"), rtol=1e-6, atol=1e-7)
+    plain = keras.layers.DepthwiseConv2D(3, depth_multiplier=2)
+    plain.build((None, 8, 8, 2))
+    plain.set_weights([fake_quantize_kernel(kernel, "DepthwiseConv2D"), dw.get_weights()[1]])
+    np.testing.assert_allclose(np.asarray(dw(x)), np.asarray(plain(x)), rtol=1e-5, atol=1e-6)
 
 
 def test_calibration_is_a_fixed_point_of_the_quantized_model(tiny, data):

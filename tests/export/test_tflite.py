@@ -146,7 +146,12 @@ def test_export_run_writes_report_and_c_array(trained_model, fmnist, tmp_path):
         on_disk = json.load(f)
     assert on_disk["fold"]["predictions_equal"] and report["fold"]["predictions_equal"]
     assert set(on_disk["formats"]) == {"float32", "int8"}
-    assert report.report is not None and report["formats"] is report.report["formats"]
+    # the returned report is the one written: same files, sizes, ops and figures per format
+    for q in ("float32", "int8"):
+        mem, disk = report["formats"][q], on_disk["formats"][q]
+        assert (mem["file"], mem["size_bytes"], mem["ops"]) == (disk["file"], disk["size_bytes"], disk["ops"])
+        assert mem["litert"]["agreement_with_keras"] == pytest.approx(disk["litert"]["agreement_with_keras"])
+        assert mem["spikes"]["elements"] == disk["spikes"]["elements"] > 0
     for q, entry in on_disk["formats"].items():
         assert os.path.getsize(os.path.join(out, entry["file"])) == entry["size_bytes"]
         assert entry["bn_residue_ops"] == 0
@@ -272,16 +277,18 @@ def test_int8_threshold_placement_keeps_the_integer_decision(folded, calibration
     """Half-LSB placement: on the calibrated int8 grid of each neuron's input
     the moved threshold makes exactly the decision of the original one, and
     it sits half a step away from every grid point."""
-    import keras
+    from export.calibration import tensor_ranges
     from export.neurons import ThresholdNeuron
-    from export.tflite import _neuron_input_ranges, int8_threshold_model
+    from export.tflite import int8_threshold_model
+    from s2nn_keras.graph import LayerGraph
 
     model = folded[0]
     placed = int8_threshold_model(model, calibration)
-    neurons = [l for l in model.layers if isinstance(l, ThresholdNeuron)]
-    lo, hi = _neuron_input_ranges(model, neurons, calibration)
+    nodes = [n for n in LayerGraph(model).nodes if not n.is_input and isinstance(n.layer, ThresholdNeuron)]
+    ranges = tensor_ranges(model, [n.inputs[0] for n in nodes], calibration)
     moved = 0
-    for layer, rmin, rmax in zip(neurons, lo, hi):
+    for node in nodes:
+        layer, (rmin, rmax) = node.layer, ranges[node.inputs[0]]
         new = placed.get_layer(layer.name)
         th, pol, th2 = layer.thresholds, layer.polarity, new.thresholds
         assert list(new.polarity) == list(pol)

@@ -1,0 +1,92 @@
+"""export.layers registers every Keras layer the export writes into a model,
+without importing TensorFlow: folded, quantization-aware and QAT-training
+models load with plain keras.saving.load_model after `import export.layers`."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import keras
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+NO_TF = textwrap.dedent(r"""
+    import os, sys
+    class _BlockTensorFlow:
+        def find_spec(self, name, path=None, target=None):
+            if name == "tensorflow" or name.startswith("tensorflow."):
+                raise ImportError(f"No module named {name!r} (blocked by the test)")
+    sys.meta_path.insert(0, _BlockTensorFlow())
+    import keras
+    import export
+    import export.layers
+    for name in ("ThresholdNeuron", "GridQuantize", "ActivationQuantizer", "QATConv1D", "QATConv2D", "QATConv3D",
+                 "QATDepthwiseConv1D", "QATDepthwiseConv2D", "QATDense"):
+        assert keras.saving.get_registered_object("s2nn_export>" + name) is getattr(export.layers, name), name
+    assert "tensorflow" not in sys.modules
+    print("OK", keras.backend.backend())
+""")
+
+LOAD = textwrap.dedent(r"""
+    import sys
+    import numpy as np
+    import keras
+    import export.layers  # noqa: F401  (the one import a user needs)
+    x = np.load(sys.argv[1])
+    for path in sys.argv[2:]:
+        model = keras.saving.load_model(path)
+        np.save(path + ".npy", np.asarray(model(x, training=False)))
+    print("OK")
+""")
+
+
+def test_registry_imports_without_tensorflow():
+    pytest.importorskip("jax")
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", NO_TF], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=300)
+    assert proc.returncode == 0 and "OK jax" in proc.stdout, proc.stderr[-3000:]
+
+
+def _model():
+    from s2nn_keras import S2Activation
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((8, 8, 2), name="x")
+    h = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    h = S2Activation(name="act1")(keras.layers.BatchNormalization(name="bn1")(h))
+    h = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    h = S2Activation(name="act2")(keras.layers.BatchNormalization(name="bn2")(h))
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(h))
+
+
+def test_every_export_model_loads_after_importing_the_registry(tmp_path):
+    from export.fold import fold_batchnorm
+    from export.qat import calibrate, inference_model, quantization_aware_model
+
+    model = _model()
+    x = np.random.default_rng(0).normal(1.0, 1.0, (16, 8, 8, 2)).astype("float32")
+    for _ in range(5):
+        model(x, training=True)
+    qat = quantization_aware_model(model)
+    calibrate(qat, x)
+    models = {"folded": fold_batchnorm(model), "qat_train": qat, "qat": inference_model(qat)}
+    kinds = {name: {type(l).__name__ for l in m.layers} for name, m in models.items()}
+    assert "ThresholdNeuron" in kinds["folded"] and "GridQuantize" in kinds["qat"]
+    assert {"ActivationQuantizer", "QATConv2D", "QATDepthwiseConv2D", "QATDense"} <= kinds["qat_train"]
+    paths = []
+    for name, m in models.items():
+        paths.append(str(tmp_path / f"{name}.keras"))
+        m.save(paths[-1])
+    np.save(tmp_path / "x.npy", x)
+    proc = subprocess.run([sys.executable, "-c", LOAD, str(tmp_path / "x.npy")] + paths, capture_output=True,
+                          text=True, cwd=REPO, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+    for name, path in zip(models, paths):
+        np.testing.assert_array_equal(np.load(path + ".npy"), np.asarray(models[name](x, training=False)),
+                                      err_msg=name)
