@@ -152,20 +152,22 @@ def _run(args) -> int:
         if not vela.available():
             raise cli.CLIError("--ethos_u needs Arm Vela: pip install 's2nn_keras[edge]'")
         reporters.append(vela.reporter(args.ethos_u))
+    from export.cli_data import check_input_shape, load_dataset, load_npz
+
+    qat_wanted = args.qat_epochs > 0
+    data = None
+    if args.data is not None:  # NumPy only: a bad file is told before TensorFlow loads
+        data = load_npz(args.data, args.max_test_examples, need_train=qat_wanted)
     from export.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()  # TF's C++ start-up lines would bury the one-line errors
-    from export.cli_data import check_input_shape, load_dataset, load_npz
     from export.loader import load_model, register_layers
     from export.quiet import silenced_stderr
 
     with silenced_stderr():  # device initialisation logs "failed call to cuInit" on CPU hosts
         register_layers()
     model = load_model(args.model)
-    qat_wanted = args.qat_epochs > 0
-    if args.data is not None:
-        data = load_npz(args.data, args.max_test_examples, need_train=qat_wanted)
-    else:
+    if data is None:
         data = load_dataset(args.dataset or "fashion_mnist", args.data_dir, args.max_test_examples)
     if len(model.inputs) == 1:
         check_input_shape(data, model.inputs[0].shape[1:], f"model {args.model!r}")

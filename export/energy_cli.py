@@ -26,13 +26,8 @@ PROG = "python -m export.energy"
 
 
 def parser():
-    from export.quiet import import_tensorflow_quietly
-
-    # Before anything imports Keras: with the TensorFlow backend that
-    # imports TensorFlow, whose start-up lines would bury our one line.
-    import_tensorflow_quietly()
-    from s2nn_keras.energy import CONVENTIONS, PRESETS
-
+    # No TensorFlow here: bad files and flags are told in a second; the
+    # convention and preset names are checked once Keras is imported (_run).
     p = cli.Parser(prog=PROG, description="Appendix B energy report (FLOPs, firing rates, E_Full/E_Method).")
     p.add_argument("--model", required=True, help="a .keras model (or a .tflite file for a TFLite-only report)")
     p.add_argument("--dataset", default=None, help="fashion_mnist (default), cifar10 or cifar100; not with --data")
@@ -42,8 +37,9 @@ def parser():
     p.add_argument("--max_test_examples", type=int, default=1000, help="test examples measured (0 = all)")
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--output_dir", default="energy_report")
-    p.add_argument("--convention", default="default", choices=list(CONVENTIONS))
-    p.add_argument("--preset", default="45nm_fp32", choices=list(PRESETS))
+    p.add_argument("--convention", default="default",
+                   help="what R(l) charges (s2nn_keras.energy.CONVENTIONS: default, paper, ...)")
+    p.add_argument("--preset", default="45nm_fp32", help="E_MAC / E_AC values (s2nn_keras.energy.PRESETS)")
     p.add_argument("--e_mac_pj", type=float, default=None, help="user E_MAC in pJ (with --e_ac_pj)")
     p.add_argument("--e_ac_pj", type=float, default=None, help="user E_AC in pJ (with --e_mac_pj)")
     p.add_argument("--tflite", action="append", default=[], metavar="PATH",
@@ -57,17 +53,13 @@ def parser():
 
 
 def _validate(args):
+    """The flags and files, without TensorFlow."""
     from export.loader import check_model_file
-    from s2nn_keras.energy import energies
 
     if args.max_test_examples < 0:
         raise cli.CLIError(f"--max_test_examples must be >= 0, got {args.max_test_examples}")
     if args.batch_size < 1:
         raise cli.CLIError(f"--batch_size must be >= 1, got {args.batch_size}")
-    try:
-        energies(args.preset, args.e_mac_pj, args.e_ac_pj)
-    except ValueError as err:
-        raise cli.CLIError(str(err)) from None
     if args.data is not None and (args.dataset is not None or args.data_dir is not None):
         raise cli.CLIError("--data replaces --dataset/--data_dir: give one or the other")
     tflite_model = args.model.endswith(".tflite")
@@ -102,17 +94,37 @@ def _tflite_input_shape(path):
     return tuple(int(d) if d > 0 else None for d in graph.tensors[graph.inputs[0]].shape_signature[1:])
 
 
+def _validate_energies(args):
+    from s2nn_keras.energy import CONVENTIONS, PRESETS, energies
+
+    for flag, value, valid in (("--convention", args.convention, CONVENTIONS), ("--preset", args.preset, PRESETS)):
+        if value not in valid:
+            raise cli.CLIError(f"{flag}: invalid choice {value!r} (choose from {', '.join(valid)})")
+    try:
+        energies(args.preset, args.e_mac_pj, args.e_ac_pj)
+    except ValueError as err:
+        raise cli.CLIError(str(err)) from None
+
+
 def _run(args) -> int:
     _validate(args)
+    from export.cli_data import check_input_shape, load_dataset, load_npz
+
+    n = args.max_test_examples or None
+    data = load_npz(args.data, n) if args.data is not None else None  # NumPy only: before TensorFlow
+    # Before anything imports Keras: with the TensorFlow backend that
+    # imports TensorFlow, whose start-up lines would bury our one line.
+    from export.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    _validate_energies(args)
     import logging
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warnings; errors are ours
-    from export.cli_data import check_input_shape, load_dataset, load_npz
     from s2nn_keras.datasets import to_float
 
-    n = args.max_test_examples or None
-    data = (load_npz(args.data, n) if args.data is not None
-            else load_dataset(args.dataset or "fashion_mnist", args.data_dir, n, need_train=False))
+    if data is None:
+        data = load_dataset(args.dataset or "fashion_mnist", args.data_dir, n, need_train=False)
     images = data.test_images
     x = to_float(images) if images.dtype == "uint8" else images.astype("float32")
     from export.energy_report import format_table, write_energy_report, write_files

@@ -106,16 +106,16 @@ def _err_line(capsys):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert energy.main(["--model", str(tmp_path / "missing.keras")]) == 2
     assert "does not exist" in _err_line(capsys)
-    assert energy.main(["--model", "m.keras", "--preset", "3nm"]) == 2
-    assert "invalid choice" in _err_line(capsys)
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a zip")
     assert energy.main(["--model", str(bad), "--max_test_examples", "4"]) == 2
     assert "is not a Keras model file (not a zip archive" in _err_line(capsys)
-    assert energy.main(["--model", str(bad), "--e_mac_pj", "1"]) == 2
-    assert "both" in _err_line(capsys)
     good = str(tmp_path / "m.keras")
     _known_spike_model().save(good)
+    assert energy.main(["--model", good, "--e_mac_pj", "1"]) == 2
+    assert "both" in _err_line(capsys)
+    assert energy.main(["--model", good, "--preset", "3nm"]) == 2
+    assert "--preset: invalid choice '3nm'" in _err_line(capsys)
     assert energy.main(["--model", good, "--dataset", "mnist"]) == 2
     assert "unknown dataset 'mnist'" in _err_line(capsys)
     assert energy.main(["--model", good, "--data", str(tmp_path / "none.npz")]) == 2
