@@ -112,7 +112,7 @@ def load_model(path, compile: bool = False):
         (one-line message naming the file).
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise ModelFileError(f"expected the path of a .keras model file, got a {type(path).__name__}")
+        raise ModelFileError(f"expected the path of a .keras model file, got an object of type {type(path).__name__}")
     path = os.fspath(path)
     check_model_file(path)
     register_layers()
