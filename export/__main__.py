@@ -192,7 +192,8 @@ def _run(args) -> int:
         c_array=not args.no_c_array, neuron=args.neuron, threshold_in_bias=not args.no_threshold_in_bias,
         merge_shortcuts=args.merge_shortcuts, spike_checks=not args.no_spike_checks, reporters=tuple(reporters),
         qat=qat, qat_images=train if qat is not None else None, task=args.task, verbose=not args.quiet,
-        extra={"model_path": args.model, "data": data.source}, allow_failed_checks=args.allow_failed_checks)
+        extra={"model_path": args.model, "data": data.source,
+                                   **({} if args.data else {"dataset": data.source})}, allow_failed_checks=args.allow_failed_checks)
     result = export_run(model, config)
     checks = result.report["checks"]
     if not checks["passed"]:  # kept only because --allow_failed_checks asked for it

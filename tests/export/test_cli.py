@@ -134,7 +134,7 @@ def test_zoo_default(workdir, name):
 @pytest.mark.parametrize("name", [_zoo_param(n, slow=True) for n in zoo.ZOO if n != "sequential_cnn"])
 def test_zoo_slow(workdir, name):
     """Every other zoo model, every format, through both CLIs."""
-    report, energy = _walk_zoo_model(workdir, name, ("--max_test_examples", "100", "--max_tflm_examples", "10"))
+    report, energy = _walk_zoo_model(workdir, name, ("--max_test_examples", "60", "--max_tflm_examples", "5"))
     assert set(report["formats"]) == {"float32", "int8", "int16x8"}
     assert report["task"] == zoo.ZOO[name].task
     assert energy["layers"]
