@@ -284,13 +284,17 @@ def test_tflite_report_int16x8(trained_tiny, neuron):
 
 
 def test_tflite_report_standalone_cli(trained_tiny, tmp_path):
-    model, x, _, _ = trained_tiny
+    model, x, keras_rep, _ = trained_tiny
     path = tmp_path / "m.tflite"
     path.write_bytes(_convert(model, "int8", lambda: [x[:64]]))
     out_dir = tmp_path / "tfl"
     assert energy.main(["--model", str(path), "--max_test_examples", "16", "--output_dir", str(out_dir)]) == 0
     saved = json.loads((out_dir / "energy_report.json").read_text())
     assert saved["source"] == "tflite" and saved["num_examples"] == 16
+    # rows named by the Keras layers (read from the converter's tensor names), not by 200-character tensor names
+    # (in the flatbuffer's op order, which may differ from the Keras layer order)
+    assert sorted(r["name"] for r in saved["layers"]) == sorted(r["name"] for r in keras_rep["layers"])
+    assert all(len(r["input_source"]) < 120 for r in saved["layers"]), [r["input_source"] for r in saved["layers"]]
     assert [r["input_kind"] for r in saved["layers"]][:2] == ["image", "spikes"]
     assert saved["layers"][-1]["input_kind"] == "pooled_spikes"
     assert math.isfinite(saved["efficiency"]) and saved["efficiency"] > 1.0
