@@ -169,27 +169,12 @@ class Runner:
     def __init__(self, name, model_bytes, runtime, arena=None):
         from export import runtimes as R
 
-        self.name, self.runtime, self.R = name, runtime, R
-        if runtime.startswith("litert"):
-            from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-            resolver = (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if runtime == "litert_noxnn"
-                        else OpResolverType.AUTO)
-            self.interp = Interpreter(model_content=model_bytes, num_threads=1,
-                                      experimental_op_resolver_type=resolver)
-            self.interp.allocate_tensors()
-            self.inp = self.interp.get_input_details()[0]
-            self.out = self.interp.get_output_details()[0]
-        elif runtime == "tflm":
-            if arena is None:
-                arena = R.tflm_arena_size(model_bytes)
-            from tflite_micro.python.tflite_micro import runtime as tflm
-
-            self.interp = tflm.Interpreter.from_bytes(bytes(model_bytes), arena_size=int(arena))
-            self.inp = self.interp.get_input_details(0)
-            self.out = self.interp.get_output_details(0)
-        else:
+        names = {"litert": "litert", "litert_noxnn": "litert_builtin", "tflm": "tflm"}
+        if runtime not in names:
             raise ValueError(f"unknown runtime {runtime!r}; valid: litert, litert_noxnn, tflm")
+        self.name, self.runtime, self.R = name, runtime, R
+        kwargs = {"arena_size": arena} if runtime == "tflm" else {"num_threads": 1}
+        self.session = R.Session(model_bytes, names[runtime], **kwargs)
 
     def predict(self, image):
         """``(float32 output of one image, invoke wall seconds, invoke CPU seconds)``.
@@ -197,17 +182,10 @@ class Runner:
         CPU time is the process's (all threads, ``time.process_time``): on a
         shared, oversubscribed machine it leaves out the time the process
         waited for a core, which wall time cannot."""
-        R = self.R
-        if self.runtime.startswith("litert"):
-            self.interp.set_tensor(self.inp["index"], R.quantize(image[None], self.inp))
-            c0, t0 = time.process_time(), time.perf_counter()
-            self.interp.invoke()
-            dt, dc = time.perf_counter() - t0, time.process_time() - c0
-            out = R.dequantize(self.interp.get_tensor(self.out["index"]), self.out)[0]
-        else:
-            self.interp.set_input(R.quantize(image[None], self.inp), 0)
-            c0, t0 = time.process_time(), time.perf_counter()
-            self.interp.invoke()
-            dt, dc = time.perf_counter() - t0, time.process_time() - c0
-            out = R.dequantize(self.interp.get_output(0), self.out)[0]
+        s = self.session
+        s.set_input(s.quantize_input(image[None]))
+        c0 = time.process_time()
+        dt = s.invoke()
+        dc = time.process_time() - c0
+        out = self.R.dequantize(s.output(0), s.outputs[0])[0]
         return out, dt, dc

@@ -2,18 +2,19 @@
 thresholds (paper §4.3, Eq. 27) and verified TFLite models for LiteRT and
 TensorFlow Lite Micro.
 
-    from export import fold_batchnorm, to_tflite, export_run, QATConfig
+    from export import fold_batchnorm, to_tflite, export_run, ExportConfig, QATConfig
 
     folded = fold_batchnorm(model)                      # no BN left
     tflite_bytes = to_tflite(folded, "int8", representative_data)       # edge ops only
     ablation = to_tflite(folded, "int8", representative_data, neuron="compare")
     relu_bytes = to_tflite(relu_model, "int8", representative_data)     # same settings
     conv = convert(folded, "int8", representative_data)  # bytes + how: plan, spike tensors
-    result = export_run("run/model.keras", "run/export", images, labels)
-    result.report["formats"]["int8"]["spikes"]["two_level"]
+    result = export_run("run/model.keras", ExportConfig("run/export", images, labels))
+    result.report["checks"]["passed"], result.report["formats"]["int8"]["spikes"]["two_level"]
     # quantization-aware fine-tuning first: the int8 model then matches Keras
-    result = export_run(model, "run/export", images, labels, calibration_images=train_images[-500:],
-                        qat=QATConfig(epochs=0.1), qat_images=train_images)
+    result = export_run(model, ExportConfig("run/export", images, labels, calibration_images=train_images[-500:],
+                                            qat=QATConfig(epochs=0.1), qat_images=train_images))
+    model = load_model("run/export/model_qat.keras")     # any .keras file the export writes
 
 CLI: ``python -m export --model RUN/model.keras --output_dir RUN/export``.
 See docs/EXPORT.md. Importing this package is cheap: the TensorFlow-heavy
@@ -23,8 +24,9 @@ modules load on first use of a name below.
 from export.lazy import lazy_attributes
 
 __all__ = ["fold_batchnorm", "fold_batchnorm_with_report", "FoldError", "ThresholdNeuron",
-           "to_tflite", "convert", "Conversion", "edge_model", "EdgeError", "export_run", "ExportResult",
-           "FormatReporter", "load_model", "replace_neurons", "QATConfig", "quantization_aware_fine_tune"]
+           "to_tflite", "convert", "Conversion", "edge_model", "EdgeError", "export_run", "ExportConfig",
+           "ExportConfigError", "ExportResult", "ExportCheckError", "FormatReporter", "CheckResult", "load_model",
+           "ModelFileError", "replace_neurons", "QATConfig", "quantization_aware_fine_tune"]
 
 _LAZY = {
     "fold_batchnorm": "export.fold",
@@ -38,9 +40,14 @@ _LAZY = {
     "edge_model": "export.edge",
     "EdgeError": "export.edge",
     "export_run": "export.pipeline",
+    "ExportConfig": "export.pipeline",
+    "ExportConfigError": "export.pipeline",
     "ExportResult": "export.pipeline",
     "FormatReporter": "export.pipeline",
-    "load_model": "export.pipeline",
+    "ExportCheckError": "export.checks",
+    "CheckResult": "export.checks",
+    "load_model": "export.loader",
+    "ModelFileError": "export.loader",
     "QATConfig": "export.qat",
     "quantization_aware_fine_tune": "export.qat",
 }

@@ -4,7 +4,8 @@ FLOPs (Eq. B.1) come from the weight and feature-map shapes of every
 ``CONV_2D``, ``DEPTHWISE_CONV_2D``, ``TRANSPOSE_CONV``, ``CONV_3D`` and
 ``FULLY_CONNECTED`` op, read with :mod:`export.flatbuffer`. The firing
 rates (Eq. B.2) are read from the interpreter's intermediate tensors
-(``experimental_preserve_all_tensors``, builtin kernels, no delegate).
+(:func:`export.runtimes.interpreter` with ``preserve_all_tensors``:
+builtin kernels, no delegate).
 
 Finding the spikes does not depend on how the neuron is written (a
 ``GREATER_EQUAL``/``SELECT_V2`` comparison, a saturating ``RELU6`` fused
@@ -66,11 +67,12 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from export import flatbuffer
+from export.runtimes import interpreter
 from s2nn_keras.energy import CONVENTIONS, assemble_report, energies, resolve_inputs
 from s2nn_keras.firing import iter_batches
 
 __all__ = ["NEAR_BINARY_TOLERANCE", "TRANSPARENT_OPS", "AVERAGE_OPS", "COMPUTE_OPS", "tflite_energy_report",
-           "compare_rates", "quantization_of", "interpreter", "read_positions"]
+           "compare_rates", "quantization_of", "read_positions", "keras_layer_name", "tensor_label"]
 
 #: Largest fraction of off-level values a tensor may hold and still be read as spikes.
 NEAR_BINARY_TOLERANCE = 1e-3
@@ -83,25 +85,6 @@ _NO_RULE = frozenset({"BATCH_MATMUL", "CONV_3D_TRANSPOSE"})
 _KERAS_TYPE = {"CONV_2D": "Conv2D", "CONV_3D": "Conv3D", "DEPTHWISE_CONV_2D": "DepthwiseConv2D",
                "TRANSPOSE_CONV": "Conv2DTranspose", "FULLY_CONNECTED": "Dense"}
 _MAX_FLOAT_LEVELS = 256
-
-
-def interpreter(model_content: bytes):
-    """A LiteRT interpreter (TensorFlow's when LiteRT is absent) that keeps
-    every intermediate tensor and runs builtin kernels only (no delegate)."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    except ImportError:  # pragma: no cover - fall back to TF's interpreter
-        try:
-            import tensorflow as tf
-        except ImportError:
-            raise ImportError("running a TFLite model needs LiteRT: pip install 's2nn_keras[tf]'") from None
-        Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Interpreter(model_content=model_content, experimental_preserve_all_tensors=True,
-                           experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 
 
 # --------------------------------------------------------------------------
@@ -352,6 +335,50 @@ class _Levels:
 # --------------------------------------------------------------------------
 
 
+_SCOPE_SUFFIX = re.compile(r"_\d+$")
+_COMPUTE_SCOPES = ("convolution", "depthwise", "MatMul", "BiasAdd", "Conv2D", "Conv3D", "conv1d", "Tensordot",
+                   "conv2d_transpose", "add")
+
+
+def keras_layer_name(graph, op) -> Optional[str]:
+    """The Keras layer a compute op came from, read from the converter's
+    tensor names (``<model>_1/<model>_1/<layer>_1/convolution``): the scope
+    above the weight tensor's op name, else above the output's first
+    compute op (each without the ``_N`` the name scope appends); ``None``
+    when neither has one."""
+    _, w_idx = _data_and_weights(op)
+    candidates = [graph.tensors[w_idx].name.split(";")[0]] if w_idx >= 0 else []
+    candidates += [part for part in graph.tensors[op.outputs[0]].name.split(";")
+                   if part.rsplit("/", 1)[-1] in _COMPUTE_SCOPES]
+    for name in candidates:
+        parts = name.split("/")
+        if len(parts) >= 2 and parts[-1] in _COMPUTE_SCOPES:
+            return _SCOPE_SUFFIX.sub("", parts[-2]) or parts[-2]
+    return None
+
+
+def tensor_label(name: str) -> str:
+    """A short label of a converter tensor name: ``<layer>/<op>`` of its
+    first fused part (``act2/Relu6`` for ``m_1/m_1/act2_1/Relu6;m_1/...``),
+    the name itself when it has no scope."""
+    parts = name.split(";")[0].split("/")
+    if len(parts) >= 2:
+        return f"{_SCOPE_SUFFIX.sub('', parts[-2]) or parts[-2]}/{parts[-1]}"
+    return parts[0]
+
+
+def _row_names(graph, rows):
+    """A short, unique name per row without a Keras model: the Keras layer
+    name when the tensor names carry it, else the output tensor name
+    (repeated names get ``#2``, ``#3``, ...)."""
+    names, seen = [], {}
+    for row in rows:
+        name = keras_layer_name(graph, row["op"]) or row["tflite_name"]
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return names
+
+
 def _layer_name_in(tensor_name, layer_name):
     return re.search(r"(^|/)" + re.escape(layer_name) + r"(_\d+)?(/|:|;|$)", tensor_name) is not None
 
@@ -438,7 +465,9 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
       keras_model: optional; names the rows after its Conv/Dense layers (by
         layer name in the TFLite tensor names, then by order among layers
         with equal FLOPs), takes the spike kind of each row from it, and
-        leaves out compute ops with no Keras counterpart.
+        leaves out compute ops with no Keras counterpart. Without it, each
+        row is named after the Keras layer its tensor names carry
+        (:func:`keras_layer_name`), else after its output tensor.
 
     Returns:
       The dict of :func:`s2nn_keras.energy.energy_report` with ``source =
@@ -466,7 +495,7 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
         if _is_neuron_gain_candidate(graph, row["op"]):
             measured.add((row["op"].outputs[0], None))
     levels = {key: _Levels(graph.tensors[key[0]]) for key in sorted(measured, key=lambda k: (k[0], k[1] or ()))}
-    interp = interpreter(tflite_model)
+    interp = interpreter(tflite_model, "litert_builtin", num_threads=None, preserve_all_tensors=True)
     n_examples = 0
     for n in _feed(interp, graph, data, batch_size):
         n_examples += n
@@ -485,6 +514,7 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
         for r in keras_rows:
             r.pop("rate_ref", None)
     matches = _match_keras(rows, keras_rows) if keras_rows else [None] * len(rows)
+    own_names = _row_names(graph, rows)
     notes, out_rows = [], []
     spiking = False
 
@@ -498,9 +528,9 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
         act = f"+{p.fused_activation}" if p.fused_activation not in (None, "NONE") else ""
         return p.name + act
 
-    for row, match in zip(rows, matches):
+    for row, match, own_name in zip(rows, matches, own_names):
         op = row["op"]
-        short = row["tflite_name"] if len(row["tflite_name"]) <= 60 else "..." + row["tflite_name"][-57:]
+        short = tensor_label(row["tflite_name"])
         if keras_rows and match is None:
             notes.append(f"TFLite op {op.index} ({op.name} '{short}', {row['flops']:,} FLOPs) has no Conv/Dense "
                          "counterpart in the Keras model (a neuron's per-channel gain or affine); not counted")
@@ -512,11 +542,11 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
                              "spikes: a neuron's per-channel gain, not a network layer; not counted")
                 continue
         krow = keras_rows[match] if match is not None else None
-        name = krow["name"] if krow else row["tflite_name"]
+        name = krow["name"] if krow else own_name
         direct, source = row["direct"], row["source"]
         kind, rate, desc, levels_used, measured_key = "real", None, None, None, None
         if row["is_input"]:
-            kind, desc = "image", f"model input '{graph.tensors[direct].name}'"
+            kind, desc = "image", f"model input '{tensor_label(graph.tensors[direct].name)}'"
         else:
             sel = row["direct_selection"]
             for t, path, pooled, key in ((direct, row["direct_path"], False, (direct, sel)),
@@ -537,12 +567,12 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
                 if key[1] is not None:
                     where = (f" at the {len(key[1][0])}x{len(key[1][1])} positions the strided 1x1 "
                              f"{op.name} reads")
-                desc = (f"spike tensor '{graph.tensors[t].name}' ({producer_text(t)}){via(path)}{where}"
+                desc = (f"spike tensor '{tensor_label(graph.tensors[t].name)}' ({producer_text(t)}){via(path)}{where}"
                         + (" (average)" if pooled else ""))
                 spiking = True
                 break
             if desc is None:
-                desc = f"tensor '{graph.tensors[direct].name}'{via(row['direct_path'])} (real-valued)"
+                desc = f"tensor '{tensor_label(graph.tensors[direct].name)}'{via(row['direct_path'])} (real-valued)"
         new = collections.OrderedDict(name=name, type=row["type"], flops=row["flops"], input_kind=kind,
                                       input_source=desc, firing_rate=rate, tflite_op=op.index,
                                       tflite_name=row["tflite_name"])
@@ -552,7 +582,7 @@ def tflite_energy_report(tflite_model, data, convention: str = "default", preset
             s = summaries[measured_key]
             if s["offlevel"] > 0:
                 new["nonbinary_fraction"] = s["offlevel"]
-                notes.append(f"{name}: {s['offlevel']:.2e} of the values of '{graph.tensors[measured_key[0]].name}' "
+                notes.append(f"{name}: {s['offlevel']:.2e} of the values of '{tensor_label(graph.tensors[measured_key[0]].name)}' "
                              "are not on the two spike levels; counted as spikes when above the midpoint")
             if row["unmapped_stride"] and measured_key[1] is None and measured_key[0] == direct:
                 notes.append(f"{name}: R measured over the whole input, not only the positions the strided 1x1 "

@@ -1,31 +1,45 @@
 """Runs TFLite flatbuffers in LiteRT (``ai-edge-litert``) and TensorFlow
 Lite Micro (``tflite-micro``'s Python interpreter), one image at a time.
 
-Inputs are float32 images in the model's convention; for integer models they
-are quantized with the input tensor's scale and zero point
-(``q = clip(round(x / scale) + zero_point)``) and the outputs dequantized
-(``(q - zero_point) * scale``), exactly what firmware does around the model.
+:func:`interpreter` is the export's one interpreter factory, for the three
+runtimes every check uses (:data:`RUNTIMES`):
+
+* ``"litert"``: LiteRT with its default XNNPACK delegate;
+* ``"litert_builtin"``: LiteRT builtin kernels only
+  (``OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES``);
+* ``"tflm"``: the TensorFlow Lite Micro interpreter (reference kernels),
+  with a tensor arena measured by :func:`tflm_arena_size` unless given.
+
+:class:`Session` puts one API over both interpreter kinds (set the input,
+invoke, read the outputs). Inputs are float32 images in the model's
+convention; for integer models they are quantized with the input tensor's
+scale and zero point (``q = clip(round(x / scale) + zero_point)``) and the
+outputs dequantized (``(q - zero_point) * scale``), exactly what firmware
+does around the model.
+
+Example::
+
+    from export.runtimes import Session, run_litert
+
+    run_litert(flat, images)["outputs"]               # [N, ...] float32
+    s = Session(flat, "tflm")
+    raw = s.run(s.quantize_input(images[:1]))        # every output, raw codes
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import sys
-import tempfile
 import time
-from typing import Dict
+import warnings
+from typing import Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["run_litert", "run_tflm", "tflm_arena_size", "quantize", "dequantize", "quiet_stderr",
-           "filtered_stderr", "CHATTER"]
+from export.quiet import filtered_stderr, silenced_stderr
 
-#: C-level stderr lines of the converter and LiteRT that are information,
-#: not warnings: dropped by :func:`filtered_stderr`.
-CHATTER = (re.compile(r"^fully_quantize: "), re.compile(r"^INFO: "), re.compile(r"^I\d{4} "),
-           re.compile(r"^WARNING: All log messages before absl::InitializeLog"))
+__all__ = ["RUNTIMES", "interpreter", "Session", "run_litert", "run_tflm", "tflm_arena_size", "quantize",
+           "dequantize"]
+
+RUNTIMES = ("litert", "litert_builtin", "tflm")
 
 
 def _qparams(details):
@@ -56,71 +70,117 @@ def dequantize(q, details):
     return ((np.asarray(q, np.float64) - zp) * scale).astype(np.float32)
 
 
+def interpreter(tflite_model: bytes, runtime: str = "litert", *, num_threads: Optional[int] = 1,
+                arena_size: Optional[int] = None, preserve_all_tensors: bool = False):
+    """The interpreter of ``runtime`` (:data:`RUNTIMES`) over ``tflite_model``,
+    tensors allocated.
+
+    Args:
+      num_threads: LiteRT threads (default one: what a microcontroller has,
+        and comparable latencies; ``None``: LiteRT's default).
+      arena_size: TFLite Micro tensor arena in bytes (default: the smallest
+        that works, :func:`tflm_arena_size`).
+      preserve_all_tensors: LiteRT keeps every intermediate tensor readable
+        (``get_tensor`` on any index; builtin kernels only -- a delegate's
+        tensors are not readable).
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    flat = bytes(tflite_model)
+    if runtime == "tflm":
+        try:
+            from tflite_micro.python.tflite_micro import runtime as tflm
+        except ImportError:
+            raise ImportError("running TFLite Micro needs tflite-micro: pip install 's2nn_keras[tf]'") from None
+        size = tflm_arena_size(flat) if arena_size is None else int(arena_size)
+        return tflm.Interpreter.from_bytes(flat, arena_size=size)
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        raise ImportError("running a TFLite model needs LiteRT: pip install 's2nn_keras[tf]'") from None
+    kwargs = {} if num_threads is None else {"num_threads": int(num_threads)}
+    if runtime == "litert_builtin":
+        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    if preserve_all_tensors:
+        kwargs["experimental_preserve_all_tensors"] = True
+    with warnings.catch_warnings(), filtered_stderr():
+        warnings.simplefilter("ignore")
+        interp = Interpreter(model_content=flat, **kwargs)
+        interp.allocate_tensors()
+    return interp
+
+
+class Session:
+    """One flatbuffer in one runtime, behind one API.
+
+    Attributes:
+      runtime: one of :data:`RUNTIMES`.
+      interp: the underlying interpreter (:func:`interpreter`).
+      inputs, outputs: the tensor details (``dtype``, quantization, ...) of
+        the model inputs and outputs, in order.
+    """
+
+    def __init__(self, tflite_model: bytes, runtime: str = "litert", **kwargs):
+        self.runtime = runtime
+        self.interp = interpreter(tflite_model, runtime, **kwargs)
+        if runtime == "tflm":  # the TFLM binding has no tensor counts: the flatbuffer's main subgraph
+            from export.flatbuffer import schema
+
+            graph = schema().Model.GetRootAs(bytes(tflite_model), 0).Subgraphs(0)
+            self.inputs = [self.interp.get_input_details(i) for i in range(graph.InputsLength())]
+            self.outputs = [self.interp.get_output_details(i) for i in range(graph.OutputsLength())]
+        else:
+            self.inputs = self.interp.get_input_details()
+            self.outputs = self.interp.get_output_details()
+
+    def quantize_input(self, x):
+        """Float inputs in the input tensor's dtype."""
+        return quantize(x, self.inputs[0])
+
+    def set_input(self, q) -> None:
+        """Sets the (already quantized) first input."""
+        if self.runtime == "tflm":
+            self.interp.set_input(q, 0)
+        else:
+            self.interp.set_tensor(self.inputs[0]["index"], q)
+
+    def invoke(self) -> float:
+        """Runs the model; returns the seconds ``invoke()`` took."""
+        start = time.perf_counter()
+        self.interp.invoke()
+        return time.perf_counter() - start
+
+    def output(self, i: int = 0) -> np.ndarray:
+        """Output ``i``, raw (its own dtype: int8/int16 codes, or float32)."""
+        if self.runtime == "tflm":
+            return np.array(self.interp.get_output(i))
+        return np.array(self.interp.get_tensor(self.outputs[i]["index"]))
+
+    def run(self, q) -> List[np.ndarray]:
+        """Sets ``q`` (quantized, batch 1), invokes, returns every output raw."""
+        self.set_input(q)
+        self.invoke()
+        return [self.output(i) for i in range(len(self.outputs))]
+
+    def predict(self, images: np.ndarray) -> Dict:
+        """Every image (float32, one at a time) through the model:
+        ``{"outputs": first output dequantized [N, ...], "latency_ms": mean
+        invoke time per image}``."""
+        outputs, seconds = [], 0.0
+        for image in images:
+            self.set_input(self.quantize_input(image[None]))
+            seconds += self.invoke()
+            outputs.append(dequantize(self.output(0), self.outputs[0])[0])
+        return {"outputs": np.stack(outputs), "latency_ms": 1e3 * seconds / max(len(images), 1)}
+
+
 def run_litert(tflite_model: bytes, images: np.ndarray, num_threads: int = 1) -> Dict:
-    """Runs every image through LiteRT.
+    """Runs every image through LiteRT (default delegates, ``num_threads``).
 
     Returns ``{"outputs": float32 [N, ...], "latency_ms": mean invoke time per
-    image}`` (host CPU, ``num_threads`` threads, LiteRT's default delegates).
+    image}`` (host CPU).
     """
-    from ai_edge_litert.interpreter import Interpreter
-
-    with filtered_stderr():
-        interp = Interpreter(model_content=tflite_model, num_threads=num_threads)
-        interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    outputs, seconds = [], 0.0
-    for image in images:
-        interp.set_tensor(inp["index"], quantize(image[None], inp))
-        start = time.perf_counter()
-        interp.invoke()
-        seconds += time.perf_counter() - start
-        outputs.append(dequantize(interp.get_tensor(out["index"]), out)[0])
-    return {"outputs": np.stack(outputs), "latency_ms": 1e3 * seconds / max(len(images), 1)}
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silences C-level stderr (fd 2) inside the block: TFLM prints
-    allocation failures there, TensorFlow its device start-up lines."""
-    sys.stderr.flush()
-    fd = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(fd, 2)
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def filtered_stderr(drop=CHATTER):
-    """Captures C-level stderr (fd 2) inside the block and writes back every
-    line that matches none of ``drop`` (the converter's and LiteRT's INFO
-    lines), so warnings and errors still show, after the block."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            kept = [line for line in tmp.read().decode("utf-8", "replace").splitlines(keepends=True)
-                    if not any(p.search(line) for p in drop)]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
-
-
-def _tflm(tflite_model, arena_size):
-    from tflite_micro.python.tflite_micro import runtime
-
-    return runtime.Interpreter.from_bytes(bytes(tflite_model), arena_size=int(arena_size))
+    return Session(tflite_model, "litert", num_threads=num_threads).predict(images)
 
 
 def tflm_arena_size(tflite_model: bytes, sample: np.ndarray = None, granularity: int = 16) -> int:
@@ -130,12 +190,11 @@ def tflm_arena_size(tflite_model: bytes, sample: np.ndarray = None, granularity:
 
     def works(size):
         try:
-            with quiet_stderr():
-                interp = _tflm(tflite_model, size)
-                details = interp.get_input_details(0)
-                x = np.zeros(details["shape"], np.float32) if sample is None else sample[None]
-                interp.set_input(quantize(x, details), 0)
-                interp.invoke()
+            with silenced_stderr():  # TFLM prints each failed allocation
+                s = Session(tflite_model, "tflm", arena_size=size)
+                x = np.zeros(s.inputs[0]["shape"], np.float32) if sample is None else sample[None]
+                s.set_input(s.quantize_input(x))
+                s.invoke()
             return True
         except Exception:  # TFLM raises RuntimeError when the arena is too small
             return False
@@ -163,14 +222,5 @@ def run_tflm(tflite_model: bytes, images: np.ndarray, arena_size: int = None) ->
     """
     if arena_size is None:
         arena_size = tflm_arena_size(tflite_model, images[0] if len(images) else None)
-    interp = _tflm(tflite_model, arena_size)
-    inp, out = interp.get_input_details(0), interp.get_output_details(0)
-    outputs, seconds = [], 0.0
-    for image in images:
-        interp.set_input(quantize(image[None], inp), 0)
-        start = time.perf_counter()
-        interp.invoke()
-        seconds += time.perf_counter() - start
-        outputs.append(dequantize(interp.get_output(0), out)[0])
-    return {"outputs": np.stack(outputs), "latency_ms": 1e3 * seconds / max(len(images), 1),
-            "arena_size": int(arena_size)}
+    result = Session(tflite_model, "tflm", arena_size=arena_size).predict(images)
+    return {**result, "arena_size": int(arena_size)}

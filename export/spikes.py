@@ -26,16 +26,13 @@ Example::
 
 from __future__ import annotations
 
-import warnings
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from export.runtimes import dequantize, filtered_stderr, quantize
+from export.runtimes import RUNTIMES, Session, dequantize, tflm_arena_size
 
 __all__ = ["RUNTIMES", "add_outputs", "run_spikes"]
-
-RUNTIMES = ("litert", "litert_builtin", "tflm")
 
 
 def add_outputs(tflite_model: bytes, tensors: Sequence[int]) -> bytes:
@@ -58,29 +55,6 @@ def add_outputs(tflite_model: bytes, tensors: Sequence[int]) -> bytes:
     return bytes(builder.Output())
 
 
-def _interpreter(flat, runtime):
-    if runtime == "tflm":
-        from export.runtimes import _tflm
-
-        return _tflm(flat, _arena(flat))
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    kwargs = {} if runtime == "litert" else {
-        "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-    with warnings.catch_warnings(), filtered_stderr():
-        warnings.simplefilter("ignore")
-        interp = Interpreter(model_content=flat, num_threads=1, **kwargs)
-        interp.allocate_tensors()
-    return interp
-
-
-def _arena(flat):
-    from export.runtimes import tflm_arena_size
-
-    # The probe keeps every spike tensor alive to the end: measure its own arena.
-    return tflm_arena_size(flat) + 1024
-
-
 def run_spikes(tflite_model: bytes, spike_tensors: Dict[str, int], images: np.ndarray,
                runtime: str = "litert") -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
     """Runs every image (float32, the model's input convention) and returns
@@ -91,22 +65,13 @@ def run_spikes(tflite_model: bytes, spike_tensors: Dict[str, int], images: np.nd
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
     names = list(spike_tensors)
     flat = add_outputs(tflite_model, [spike_tensors[n] for n in names])
-    interp = _interpreter(flat, runtime)
-    micro = runtime == "tflm"
-    inp = interp.get_input_details(0) if micro else interp.get_input_details()[0]
-    outs = [interp.get_output_details(i) for i in range(len(names) + 1)] if micro else interp.get_output_details()
+    # The probe keeps every spike tensor alive to the end: TFLM gets its own arena.
+    kwargs = {"arena_size": tflm_arena_size(flat) + 1024} if runtime == "tflm" else {}
+    session = Session(flat, runtime, **kwargs)
     logits, spikes = [], {n: [] for n in names}
     for image in images:
-        x = quantize(image[None], inp)
-        if micro:
-            interp.set_input(x, 0)
-            interp.invoke()
-            values = [interp.get_output(i) for i in range(len(names) + 1)]
-        else:
-            interp.set_tensor(inp["index"], x)
-            interp.invoke()
-            values = [interp.get_tensor(o["index"]) for o in outs]
-        logits.append(dequantize(values[0], outs[0])[0])
+        values = session.run(session.quantize_input(image[None]))
+        logits.append(dequantize(values[0], session.outputs[0])[0])
         for n, v in zip(names, values[1:]):
-            spikes[n].append(np.array(v[0]))
+            spikes[n].append(v[0])
     return np.stack(logits), {n: np.stack(v) for n, v in spikes.items()}

@@ -585,44 +585,7 @@ def to_tflite(model: keras.Model, quantization: str = "float32",
     return convert(model, quantization, representative_data, neuron, merge_shortcuts).flatbuffer
 
 
-@contextlib.contextmanager
-def quiet_conversion():
-    """Keeps a conversion's chatter off the console: the Keras exporter
-    prints "Saved artifact at ..." and the signature to stdout, TensorFlow's
-    SavedModel code logs INFO lines (``signature_serialization.py``,
-    ``functional_saver.py``, ...) through the ``tensorflow``/``absl``
-    loggers and absl's C++ logging, and the converter warns "Statistics for
-    quantized inputs were expected", and its C++ code writes
-    "fully_quantize: ..." to stderr. Warnings and errors (of the loggers and
-    on stderr) still show."""
-    from export.runtimes import filtered_stderr
-
-    with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers("tensorflow", "absl"), \
-            warnings.catch_warnings(), filtered_stderr():
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
-        yield
-
-
-class _WarningsAndAbove(logging.Filter):
-    def filter(self, record):
-        return record.levelno >= logging.WARNING
-
-
-@contextlib.contextmanager
-def _quiet_loggers(*names):
-    """Drops records below WARNING from the named loggers inside the block.
-    A filter, not a level: absl re-applies its ``--verbosity`` flag to the
-    ``absl`` logger's level whenever its flags are touched (TensorFlow's
-    SavedModel code does, mid-conversion), which undoes ``setLevel``."""
-    loggers = [logging.getLogger(name) for name in names]
-    quiet = _WarningsAndAbove()
-    try:
-        for logger in loggers:
-            logger.addFilter(quiet)
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(quiet)
+from export.quiet import quiet_conversion  # noqa: E402  (the export's one output silencer)
 
 
 def op_names(tflite_model: bytes) -> Dict[str, int]:

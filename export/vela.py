@@ -300,9 +300,9 @@ def reporter(accelerators: Sequence[str] = REPORT_ACCELERATORS, formats: Sequenc
 
     Example::
 
-        from export import export_run, vela
-        export_run(model, out_dir, images, labels,
-                   reporters=[vela.reporter()] if vela.available() else [])
+        from export import ExportConfig, export_run, vela
+        export_run(model, ExportConfig(out_dir, images, labels,
+                                       reporters=(vela.reporter(),) if vela.available() else ()))
     """
     from export.pipeline import FormatReporter
 

@@ -93,11 +93,11 @@ def post_training_reports(network, flags: Dict, data: Dict, output_dir: str, met
         n = flags["export_max_examples"] or len(data["test_images"])
         images, labels = data["test_images"][:n], data["test_labels"][:n]
         export_dir = os.path.join(output_dir, "export")
-        result = export.export_run(
-            network, export_dir, images, labels, formats=flags["export_formats"],
+        result = export.export_run(network, export.ExportConfig(
+            export_dir, images, labels, formats=tuple(flags["export_formats"]),
             calibration_images=data["train_images"][-500:],
             max_tflm_examples=flags["export_tflm_examples"] or None,
-            extra={"model_path": os.path.join(output_dir, "final.keras")})
+            extra={"model_path": os.path.join(output_dir, "final.keras")}))
         report = getattr(result, "report", result)  # export.ExportResult, or the report dict itself
         metrics["export"] = _summarise_export(report, export_dir)
         energy_data = images.astype(np.float32) / 255.0

@@ -214,3 +214,13 @@ def test_strided_1x1_conv_reads_its_rate_at_the_positions_it_reads(pad, strides,
     assert row["input_kind"] == "spikes" and row["spike_levels"] == [0.0, pytest.approx(6.0)]
     assert row["firing_rate"] == pytest.approx(expected, abs=1e-12)
     assert "positions the strided 1x1 CONV_2D reads" in row["input_source"]
+
+
+def test_tensor_label_is_layer_and_op_of_the_first_fused_part():
+    from export.energy_tflite import tensor_label
+
+    name = ("seq_1/seq_1/act2_1/Relu6;seq_1/seq_1/conv2_1/BiasAdd;seq_1/seq_1/conv2_1/convolution;"
+            "seq_1/seq_1/conv2_1/Squeeze1")
+    assert tensor_label(name) == "act2/Relu6"
+    assert tensor_label("serving_default_image:0") == "serving_default_image:0"
+    assert tensor_label("m/conv_1_1/convolution") == "conv_1/convolution"  # only the scope's own _N goes

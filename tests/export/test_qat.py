@@ -223,15 +223,15 @@ def test_int8_export_of_the_qat_model_reproduces_it(tiny, data, fmnist, tmp_path
     """export_run(qat=...): the converter writes every grid the fine-tuned
     model prescribes (conv outputs, sums, the pooled spikes scaled by the 6 of
     the {0, 6} levels, logits, input), and the int8 model agrees with it."""
-    from export import QATConfig as Exported, export_run
+    from export import ExportConfig, QATConfig as Exported, export_run
     from export.flatbuffer import read_model
 
     assert Exported is QATConfig
     x_train, _, x_test, y_test = fmnist
-    result = export_run(tiny, str(tmp_path / "out"), x_test[:150], y_test[:150], formats=("int8",),
-                        calibration_images=x_train[-200:], num_calibration=200, max_tflm_examples=10,
-                        c_array=False, verbose=False, qat=QATConfig(steps=3, batch_size=32),
-                        qat_images=x_train[:2000])
+    result = export_run(tiny, ExportConfig(str(tmp_path / "out"), x_test[:150], y_test[:150], formats=("int8",),
+                                           calibration_images=x_train[-200:], num_calibration=200,
+                                           max_tflm_examples=10, c_array=False, verbose=False,
+                                           qat=QATConfig(steps=3, batch_size=32), qat_images=x_train[:2000]))
     report = result.report
     assert report["keras"]["model"] == "qat" and report["qat"]["steps"] == 3
     assert set(report["qat"]) >= {"accuracy", "float_accuracy", "agreement_with_float", "grids", "calibration_match"}
@@ -265,15 +265,15 @@ def test_int8_export_of_the_qat_model_reproduces_it(tiny, data, fmnist, tmp_path
 
 
 def test_export_run_qat_arguments(tiny, data):
-    from export import export_run
+    from export import ExportConfig, export_run
 
     _, calib, x, y = data
     with pytest.raises(ValueError, match="qat_images"):
-        export_run(tiny, "unused", x[:5], y[:5], qat=QATConfig(steps=1))
+        ExportConfig("unused", x[:5], y[:5], qat=QATConfig(steps=1))
     with pytest.raises(ValueError, match="spiking"):
-        export_run(_tiny("relu"), "unused", x[:5], y[:5], qat=QATConfig(steps=1), qat_images=calib)
+        export_run(_tiny("relu"), ExportConfig("unused", x[:5], y[:5], qat=QATConfig(steps=1), qat_images=calib))
     with pytest.raises(ValueError, match="QATConfig"):
-        export_run(tiny, "unused", x[:5], y[:5], qat={"steps": 1}, qat_images=calib)
+        ExportConfig("unused", x[:5], y[:5], qat={"steps": 1}, qat_images=calib)
 
 
 def test_converter_bias_scale_is_read_back_and_compensated(data):

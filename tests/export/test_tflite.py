@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def test_default_export_uses_only_edge_ops(converted, folded):
     cast/gather op, no MUL/SUB (no BN arithmetic), ADD only for the residual
     Adds, QUANTIZE/DEQUANTIZE only at the boundary; the neurons are one
     depthwise conv per BN-threshold neuron (two stages in int16x8)."""
-    from export.pipeline import boundary_ops
+    from export.pipeline import inner_quantize_ops
 
     model = folded[0]
     residual_adds = sum(1 for l in model.layers if type(l).__name__ == "Add")
@@ -55,7 +56,7 @@ def test_default_export_uses_only_edge_ops(converted, folded):
         assert set(ops) <= EDGE_OPS, (q, ops)
         assert not set(ops) & FORBIDDEN_EDGE_OPS and "MUL" not in ops and "SUB" not in ops, (q, ops)
         assert ops.get("ADD", 0) == residual_adds, (q, ops)
-        assert not boundary_ops(flat), (q, boundary_ops(flat))
+        assert not inner_quantize_ops(flat), (q, inner_quantize_ops(flat))
     # 3 BN-threshold neurons (depthwise), 2 neurons inside conv1 of each block
     assert op_names(converted["int8"]).get("DEPTHWISE_CONV_2D") == 3
     assert op_names(converted["float32"]).get("DEPTHWISE_CONV_2D") == 3
@@ -107,21 +108,30 @@ def test_runtimes_agree_with_keras(converted, keras_ref):
     ref = logits.argmax(1)
     results = {}
     for q, model in converted.items():
+        start = time.perf_counter()
         lite = run_litert(model, x)
+        lite_wall = time.perf_counter() - start
         arena = tflm_arena_size(model, x[0])
+        start = time.perf_counter()
         micro = run_tflm(model, x, arena)
+        micro_wall = time.perf_counter() - start
         results[q] = (lite, micro, arena)
         # LiteRT and TFLite Micro run the same flatbuffer to the same answer.
         assert np.mean(lite["outputs"].argmax(1) == micro["outputs"].argmax(1)) >= 0.98, q
-        assert lite["latency_ms"] > 0 and micro["latency_ms"] > 0
+        # latency: the mean invoke time per image in ms -- N invokes fit in the call's wall time and
+        # are more than 1 % of it (a figure in seconds, or per batch, would miss one bound or the other)
+        for run, wall in ((lite, lite_wall), (micro, micro_wall)):
+            assert wall / 100 < run["latency_ms"] * len(x) / 1e3 <= wall, (q, run["latency_ms"], wall)
     float_lite, float_micro, _ = results["float32"]
     np.testing.assert_array_equal(float_lite["outputs"].argmax(1), ref)
     np.testing.assert_array_equal(float_micro["outputs"].argmax(1), ref)
     assert np.max(np.abs(float_lite["outputs"] - logits)) < 1e-3
     for q in ("int8", "int16x8"):
         lite, micro, arena = results[q]
-        agree = np.mean(lite["outputs"].argmax(1) == ref)
-        assert agree >= 0.85, (q, agree)
+        # measured: 100 % in both runtimes (120 images); at most 2 of them may flip on a rounding boundary
+        for run in (lite, micro):
+            agree = np.mean(run["outputs"].argmax(1) == ref)
+            assert agree >= 0.98, (q, agree)
         acc_q, acc_f = np.mean(lite["outputs"].argmax(1) == y), np.mean(ref == y)
         assert acc_q >= acc_f - 0.08, (q, acc_q, acc_f)
     # int8 activations need less arena than float32.
@@ -136,12 +146,13 @@ def test_to_tflite_validates_arguments(folded):
 
 
 def test_export_run_writes_report_and_c_array(trained_model, fmnist, tmp_path):
-    from export import export_run
+    from export import ExportConfig, export_run
 
     x_train, _, x_test, y_test = fmnist
     out = str(tmp_path / "export")
-    report = export_run(trained_model, out, x_test[:80], y_test[:80], formats=("float32", "int8"),
-                        calibration_images=x_train[-100:], num_calibration=100, verbose=False)
+    report = export_run(trained_model, ExportConfig(out, x_test[:80], y_test[:80], formats=("float32", "int8"),
+                                                    calibration_images=x_train[-100:], num_calibration=100,
+                                                    verbose=False))
     with open(os.path.join(out, "export_report.json")) as f:
         on_disk = json.load(f)
     assert on_disk["fold"]["predictions_equal"] and report["fold"]["predictions_equal"]
@@ -227,7 +238,7 @@ def test_relu_baseline_goes_through_the_same_path(fmnist, tmp_path):
     converter folds conv+BN and writes the pre-activation BNs as MUL+ADD)
     and export_run reports it without fold or spike checks."""
     import keras
-    from export import export_run
+    from export import ExportConfig, export_run
     from s2nn_keras.models import PreActResNet
 
     keras.utils.set_random_seed(2)
@@ -237,9 +248,9 @@ def test_relu_baseline_goes_through_the_same_path(fmnist, tmp_path):
     flat = to_tflite(relu, "int8", lambda: ([calib[i:i + 20]] for i in range(0, 40, 20)))
     ops = op_names(flat)
     assert not COMPARE & set(ops) and "CONV_2D" in ops, ops
-    result = export_run(relu, str(tmp_path / "relu"), x_test[:20], y_test[:20], formats=("int8",),
-                        calibration_images=x_train[-40:], num_calibration=40, max_tflm_examples=5,
-                        c_array=False, verbose=False)
+    result = export_run(relu, ExportConfig(str(tmp_path / "relu"), x_test[:20], y_test[:20], formats=("int8",),
+                                           calibration_images=x_train[-40:], num_calibration=40,
+                                           max_tflm_examples=5, c_array=False, verbose=False))
     assert not result["spiking"] and "spikes" not in result["formats"]["int8"]
     assert result["formats"]["int8"]["litert"]["agreement_with_keras"] >= 0.8
     assert not os.path.exists(str(tmp_path / "relu" / "model_folded.keras"))
