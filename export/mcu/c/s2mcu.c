@@ -1,0 +1,803 @@
+/* s2mcu kernels: see s2mcu.h. Written for s2nn_keras (export.mcu). */
+#include "s2mcu.h"
+
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#include <arm_mve.h>
+#define S2_MVE 1
+#elif defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+#define S2_DSP 1
+#endif
+
+#ifdef S2_DSP
+/* SXTB16 of the word rotated by 8 (bytes 1 and 3), one instruction */
+static inline uint32_t s2_sxtb16_ror8(uint32_t v) {
+  uint32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+}
+#endif
+
+#ifdef S2_CHECK_SPIKES
+/* host tests: values of a spike tensor that are neither of its two codes */
+volatile uint32_t s2_spike_violations;
+#define S2_CHECK_CODE(p, v) \
+  do { if ((v) != (int8_t)(p)->in_zp && (v) != (int8_t)((p)->in_zp + (p)->spike_gain)) s2_spike_violations++; } while (0)
+#else
+#define S2_CHECK_CODE(p, v) ((void)0)
+#endif
+
+#define S2_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define S2_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+static inline int32_t s2_requant(int32_t acc, int32_t m, int shift, int32_t zp, int32_t lo, int32_t hi) {
+  return s2_clamp8(s2_mbqm(acc, m, shift) + zp, lo, hi);
+}
+
+#ifdef S2_MVE
+/* TFLite's MultiplyByQuantizedMultiplier on 4 lanes: VQRDMULH is SRDHM
+ * exactly; RDBP rounds half away from zero, VRSHL half up, so negative
+ * values are moved down by one first when a right shift follows. */
+static inline int32x4_t s2_mbqm_v(int32x4_t x, int32x4_t m, int32x4_t sh) {
+  int32x4_t ls = vmaxq_s32(sh, vdupq_n_s32(0));
+  int32x4_t rs = vminq_s32(sh, vdupq_n_s32(0));  /* <= 0: right shift for VRSHL */
+  x = vshlq_s32(x, ls);
+  x = vqrdmulhq_s32(x, m);
+  int32x4_t fix = vshrq_n_s32(vandq_s32(x, rs), 31);
+  x = vqaddq_s32(x, fix);
+  return vrshlq_s32(x, rs);
+}
+
+static inline void s2_requant_store4(int8_t *out, int32x4_t acc, const int32_t *m, const int8_t *sh, int32_t zp,
+                                     int32_t lo, int32_t hi, mve_pred16_t p) {
+  int32x4_t v = s2_mbqm_v(acc, vldrwq_z_s32(m, p), vldrbq_z_s32(sh, p));
+  v = vaddq_n_s32(v, zp);
+  v = vmaxq_s32(v, vdupq_n_s32(lo));
+  v = vminq_s32(v, vdupq_n_s32(hi));
+  vstrbq_p_s32(out, v, p);
+}
+#endif
+
+/* ======================================================================
+ * CONV_2D / FULLY_CONNECTED, dense: im2col of one output pixel (padding =
+ * the input zero point, so it adds 0 to sum (x - zp) w), then one dot
+ * product per output channel; the bias holds -zp * sum(w).
+ * ==================================================================== */
+
+size_t s2_conv_dense_scratch(const s2_conv_t *p) {
+  size_t k = (size_t)p->k_h * p->k_w * p->in_c;
+#ifdef S2_DSP
+  return 2 * k + 4;
+#else
+  return k + 16;
+#endif
+}
+
+/* Copies the receptive field of output pixel (oy, ox) into col (K bytes). */
+static const int8_t *s2_im2col(const s2_conv_t *p, const int8_t *in, int oy, int ox, int8_t *col) {
+  const int C = p->in_c;
+  const int iy0 = oy * p->s_h - p->pad_t, ix0 = ox * p->s_w - p->pad_l;
+  if (p->k_h == 1 && p->k_w == 1 && iy0 >= 0 && ix0 >= 0)
+    return in + ((size_t)iy0 * p->in_w + ix0) * C;   /* 1x1: the pixel itself */
+  int8_t *dst = col;
+  for (int ky = 0; ky < p->k_h; ky++) {
+    const int iy = iy0 + ky * p->d_h;
+    for (int kx = 0; kx < p->k_w; kx++) {
+      const int ix = ix0 + kx * p->d_w;
+      if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
+        for (int c = 0; c < C; c++) dst[c] = (int8_t)p->in_zp;
+      } else {
+        const int8_t *src = in + ((size_t)iy * p->in_w + ix) * C;
+        if (p->d_w == 1 && kx + 1 < p->k_w && ix + 1 < p->in_w) {
+          /* contiguous run of taps along x */
+          int run = 1;
+          while (kx + run < p->k_w && ix + run < p->in_w) run++;
+#ifdef S2_MVE
+          int n = run * C;
+          const int8_t *s = src;
+          int8_t *d = dst;
+          while (n > 0) {
+            mve_pred16_t pr = vctp8q(n);
+            vstrbq_p_s8(d, vldrbq_z_s8(s, pr), pr);
+            s += 16; d += 16; n -= 16;
+          }
+#else
+          for (int c = 0; c < run * C; c++) dst[c] = src[c];
+#endif
+          dst += run * C;
+          kx += run - 1;
+          continue;
+        }
+        for (int c = 0; c < C; c++) dst[c] = src[c];
+      }
+      dst += C;
+    }
+  }
+  return col;
+}
+
+void s2_conv_dense(const s2_conv_t *p, const int8_t *in, int8_t *out, void *scratch) {
+  const int K = p->k_h * p->k_w * p->in_c;
+  const int OC = p->out_c;
+  const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max;
+  int8_t *col = (int8_t *)scratch;
+  for (int oy = 0; oy < p->out_h; oy++) {
+    for (int ox = 0; ox < p->out_w; ox++) {
+      const int8_t *x = s2_im2col(p, in, oy, ox, col);
+#if defined(S2_MVE)
+      int oc = 0;
+      for (; oc < OC; oc += 4) {
+        const int8_t *w0 = p->w + (size_t)oc * K;
+        const int left = OC - oc;
+        const int8_t *w1 = left > 1 ? w0 + K : w0;
+        const int8_t *w2 = left > 2 ? w0 + 2 * K : w0;
+        const int8_t *w3 = left > 3 ? w0 + 3 * K : w0;
+        int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        const int8_t *xp = x;
+        int n = K;
+        while (n > 0) {
+          mve_pred16_t pr = vctp8q(n);
+          int8x16_t xv = vldrbq_z_s8(xp, pr);
+          a0 = vmladavaq_p_s8(a0, xv, vldrbq_z_s8(w0, pr), pr);
+          a1 = vmladavaq_p_s8(a1, xv, vldrbq_z_s8(w1, pr), pr);
+          a2 = vmladavaq_p_s8(a2, xv, vldrbq_z_s8(w2, pr), pr);
+          a3 = vmladavaq_p_s8(a3, xv, vldrbq_z_s8(w3, pr), pr);
+          xp += 16; w0 += 16; w1 += 16; w2 += 16; w3 += 16; n -= 16;
+        }
+        int32x4_t acc = vdupq_n_s32(a0);
+        acc = vsetq_lane_s32(a1, acc, 1);
+        acc = vsetq_lane_s32(a2, acc, 2);
+        acc = vsetq_lane_s32(a3, acc, 3);
+        mve_pred16_t pr = vctp32q(left);
+        acc = vaddq_s32(acc, vldrwq_z_s32(p->bias + oc, pr));
+        s2_requant_store4(out + oc, acc, p->mult + oc, p->shift + oc, zp, lo, hi, pr);
+      }
+#elif defined(S2_DSP)
+      /* widen the column once: int16 pairs in SXTB16 order (x0, x2), (x1, x3) */
+      int16_t *c16 = (int16_t *)(((uintptr_t)col + (size_t)K + 3u) & ~(uintptr_t)3u);
+      {
+        int k = 0;
+        for (; k + 4 <= K; k += 4) {
+          uint32_t v;
+          __builtin_memcpy(&v, x + k, 4);
+          uint32_t e = __sxtb16(v), o = s2_sxtb16_ror8((v));
+          __builtin_memcpy(c16 + k, &e, 4);
+          __builtin_memcpy(c16 + k + 2, &o, 4);
+        }
+        for (; k < K; k++) c16[k] = x[k];
+      }
+      const int K4 = K & ~3;
+      int oc = 0;
+      for (; oc + 2 <= OC; oc += 2) {
+        const int8_t *w0 = p->w + (size_t)oc * K, *w1 = w0 + K;
+        int32_t a0 = p->bias[oc], a1 = p->bias[oc + 1];
+        const int16_t *cp = c16;
+        for (int k = 0; k < K4; k += 4) {
+          uint32_t xe, xo, v0, v1;
+          __builtin_memcpy(&xe, cp, 4);
+          __builtin_memcpy(&xo, cp + 2, 4);
+          cp += 4;
+          __builtin_memcpy(&v0, w0 + k, 4);
+          __builtin_memcpy(&v1, w1 + k, 4);
+          a0 = __smlad(__sxtb16(v0), xe, a0);
+          a0 = __smlad(s2_sxtb16_ror8((v0)), xo, a0);
+          a1 = __smlad(__sxtb16(v1), xe, a1);
+          a1 = __smlad(s2_sxtb16_ror8((v1)), xo, a1);
+        }
+        for (int k = K4; k < K; k++) {
+          a0 += x[k] * w0[k];
+          a1 += x[k] * w1[k];
+        }
+        out[oc] = (int8_t)s2_requant(a0, p->mult[oc], p->shift[oc], zp, lo, hi);
+        out[oc + 1] = (int8_t)s2_requant(a1, p->mult[oc + 1], p->shift[oc + 1], zp, lo, hi);
+      }
+      for (; oc < OC; oc++) {
+        const int8_t *w0 = p->w + (size_t)oc * K;
+        int32_t a0 = p->bias[oc];
+        for (int k = 0; k < K; k++) a0 += x[k] * w0[k];
+        out[oc] = (int8_t)s2_requant(a0, p->mult[oc], p->shift[oc], zp, lo, hi);
+      }
+#else
+      for (int oc = 0; oc < OC; oc++) {
+        const int8_t *w0 = p->w + (size_t)oc * K;
+        int32_t acc = p->bias[oc];
+        for (int k = 0; k < K; k++) acc += x[k] * w0[k];
+        out[oc] = (int8_t)s2_requant(acc, p->mult[oc], p->shift[oc], zp, lo, hi);
+      }
+#endif
+      out += OC;
+    }
+  }
+}
+
+/* ======================================================================
+ * CONV_2D / FULLY_CONNECTED reading a spike tensor: codes {zp, on}, so
+ * sum (x - zp) w = (on - zp) * S with S the sum of the weights of the
+ * inputs that fired. Weights HWIO: a fired input (tap, c) adds the row
+ * w[tap][c][0..OC) to the output pixel's accumulators (AC operations,
+ * no multiply); acc = bias + (on - zp) S is then requantized as TFLite
+ * does. With S2_ACC16 the sums fit int16 (the generator checks
+ * max(sum w+, -sum w-) <= 32767 per channel), whose wrap-around additions
+ * give the exact sum.
+ * ==================================================================== */
+
+#define S2_OB16 32   /* output channels per pass, int16 accumulators */
+#define S2_OB32 16   /* output channels per pass, int32 accumulators */
+
+static inline int s2_idx_wide(const s2_conv_t *p) { return p->in_c > 256; }
+
+size_t s2_conv_spike_list_scratch(const s2_conv_t *p) {
+  size_t hw = (size_t)p->in_h * p->in_w;
+  size_t idx = hw * (size_t)p->in_c * (s2_idx_wide(p) ? 2u : 1u);
+  return ((hw * 2u + 3u) & ~(size_t)3u) + idx + 64u;   /* counts (uint16), then the index lists */
+}
+
+size_t s2_conv_spike_mask_scratch(const s2_conv_t *p) {
+  size_t words = ((size_t)p->in_c + 31u) / 32u;
+  return (size_t)p->in_h * p->in_w * words * 4u + 64u;
+}
+
+/* Accumulates the rows of the fired inputs of one output pixel, channels
+ * [oc0, oc0 + nb), into acc (int16 or int32 lanes), for a list of fired
+ * channel indices per input pixel. */
+typedef struct {
+  const s2_conv_t *p;
+  const uint16_t *count;   /* per input pixel (list layout) */
+  const void *idx;         /* per input pixel, in_c slots (list layout) */
+  const uint32_t *mask;    /* per input pixel, words bit masks (mask layout) */
+  int words;
+} s2_spikes_t;
+
+/* requantize nb accumulators (int32 sums S) of one pixel into out[oc0..) */
+static void s2_spike_finish(const s2_conv_t *p, const int32_t *s, int oc0, int nb, int8_t *out) {
+  const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max, g = p->spike_gain;
+#ifdef S2_MVE
+  for (int o = 0; o < nb; o += 4) {
+    mve_pred16_t pr = vctp32q(nb - o);
+    int32x4_t acc = vmlaq_n_s32(vldrwq_z_s32(p->bias + oc0 + o, pr), vldrwq_z_s32(s + o, pr), g);
+    s2_requant_store4(out + oc0 + o, acc, p->mult + oc0 + o, p->shift + oc0 + o, zp, lo, hi, pr);
+  }
+#else
+  for (int o = 0; o < nb; o++) {
+    const int oc = oc0 + o;
+    out[oc] = (int8_t)s2_requant(p->bias[oc] + g * s[o], p->mult[oc], p->shift[oc], zp, lo, hi);
+  }
+#endif
+}
+
+/* The fired channels of input pixel pix, as an index list, are visited by
+ * SPIKE_FOR_EACH(pix, c) { ... } in the list layout. */
+
+static void s2_gather_list(const s2_conv_t *p, const s2_spikes_t *sp, int oy, int ox, int8_t *out) {
+  const int C = p->in_c, OC = p->out_c, W = p->in_w;
+  const int iy0 = oy * p->s_h - p->pad_t, ix0 = ox * p->s_w - p->pad_l;
+  const int wide = s2_idx_wide(p);
+  const int acc16 = (p->flags & S2_ACC16) != 0;
+  const int OB = acc16 ? S2_OB16 : S2_OB32;
+  int32_t sums[S2_OB16];
+  for (int oc0 = 0; oc0 < OC; oc0 += OB) {
+    const int nb = S2_MIN(OB, OC - oc0);
+#if defined(S2_MVE)
+    if (acc16) {
+      const mve_pred16_t p0 = vctp16q(nb), p1 = vctp16q(nb - 8), p2 = vctp16q(nb - 16), p3 = vctp16q(nb - 24);
+      int16x8_t a0 = vdupq_n_s16(0), a1 = a0, a2 = a0, a3 = a0;
+      for (int ky = 0; ky < p->k_h; ky++) {
+        const int iy = iy0 + ky * p->d_h;
+        if (iy < 0 || iy >= p->in_h) continue;
+        for (int kx = 0; kx < p->k_w; kx++) {
+          const int ix = ix0 + kx * p->d_w;
+          if (ix < 0 || ix >= W) continue;
+          const int pix = iy * W + ix;
+          const int n = sp->count[pix];
+          const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0;
+          if (!wide) {
+            const uint8_t *id = (const uint8_t *)sp->idx + (size_t)pix * C;
+            for (int j = 0; j < n; j++) {
+              const int8_t *wp = wb + (size_t)id[j] * OC;
+              a0 = vaddq_s16(a0, vldrbq_z_s16(wp, p0));
+              a1 = vaddq_s16(a1, vldrbq_z_s16(wp + 8, p1));
+              a2 = vaddq_s16(a2, vldrbq_z_s16(wp + 16, p2));
+              a3 = vaddq_s16(a3, vldrbq_z_s16(wp + 24, p3));
+            }
+          } else {
+            const uint16_t *id = (const uint16_t *)sp->idx + (size_t)pix * C;
+            for (int j = 0; j < n; j++) {
+              const int8_t *wp = wb + (size_t)id[j] * OC;
+              a0 = vaddq_s16(a0, vldrbq_z_s16(wp, p0));
+              a1 = vaddq_s16(a1, vldrbq_z_s16(wp + 8, p1));
+              a2 = vaddq_s16(a2, vldrbq_z_s16(wp + 16, p2));
+              a3 = vaddq_s16(a3, vldrbq_z_s16(wp + 24, p3));
+            }
+          }
+        }
+      }
+      int16_t t[32];
+      vst1q_s16(t, a0); vst1q_s16(t + 8, a1); vst1q_s16(t + 16, a2); vst1q_s16(t + 24, a3);
+      for (int o = 0; o < 32; o += 4) vst1q_s32(sums + o, vldrhq_s32(t + o));
+    } else {
+      const mve_pred16_t p0 = vctp32q(nb), p1 = vctp32q(nb - 4), p2 = vctp32q(nb - 8), p3 = vctp32q(nb - 12);
+      int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0;
+      for (int ky = 0; ky < p->k_h; ky++) {
+        const int iy = iy0 + ky * p->d_h;
+        if (iy < 0 || iy >= p->in_h) continue;
+        for (int kx = 0; kx < p->k_w; kx++) {
+          const int ix = ix0 + kx * p->d_w;
+          if (ix < 0 || ix >= W) continue;
+          const int pix = iy * W + ix;
+          const int n = sp->count[pix];
+          const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0;
+          for (int j = 0; j < n; j++) {
+            const int c = wide ? ((const uint16_t *)sp->idx)[(size_t)pix * C + j]
+                               : ((const uint8_t *)sp->idx)[(size_t)pix * C + j];
+            const int8_t *wp = wb + (size_t)c * OC;
+            a0 = vaddq_s32(a0, vldrbq_z_s32(wp, p0));
+            a1 = vaddq_s32(a1, vldrbq_z_s32(wp + 4, p1));
+            a2 = vaddq_s32(a2, vldrbq_z_s32(wp + 8, p2));
+            a3 = vaddq_s32(a3, vldrbq_z_s32(wp + 12, p3));
+          }
+        }
+      }
+      vst1q_s32(sums, a0); vst1q_s32(sums + 4, a1); vst1q_s32(sums + 8, a2); vst1q_s32(sums + 12, a3);
+    }
+#elif defined(S2_DSP)
+    if (acc16 && (OC & 3) == 0) {
+      /* 8 channels per pass over the lists: SXTB16 splits a word of 4 weights
+       * into the pairs (w0, w2), (w1, w3); SADD16 adds two int16 lanes. */
+      for (int o8 = 0; o8 < nb; o8 += 8) {
+        const int two = nb - o8 > 4;
+        uint32_t e0 = 0, d0 = 0, e1 = 0, d1 = 0;
+        for (int ky = 0; ky < p->k_h; ky++) {
+          const int iy = iy0 + ky * p->d_h;
+          if (iy < 0 || iy >= p->in_h) continue;
+          for (int kx = 0; kx < p->k_w; kx++) {
+            const int ix = ix0 + kx * p->d_w;
+            if (ix < 0 || ix >= W) continue;
+            const int pix = iy * W + ix;
+            const int n = sp->count[pix];
+            const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0 + o8;
+            if (!wide) {
+              const uint8_t *id = (const uint8_t *)sp->idx + (size_t)pix * C;
+              if (two) {
+                for (int j = 0; j < n; j++) {
+                  const int8_t *wp = wb + (size_t)id[j] * OC;
+                  uint32_t v0 = *(const uint32_t *)wp, v1 = *(const uint32_t *)(wp + 4);
+                  e0 = __sadd16(e0, __sxtb16(v0)); d0 = __sadd16(d0, s2_sxtb16_ror8((v0)));
+                  e1 = __sadd16(e1, __sxtb16(v1)); d1 = __sadd16(d1, s2_sxtb16_ror8((v1)));
+                }
+              } else {
+                for (int j = 0; j < n; j++) {
+                  uint32_t v0 = *(const uint32_t *)(wb + (size_t)id[j] * OC);
+                  e0 = __sadd16(e0, __sxtb16(v0)); d0 = __sadd16(d0, s2_sxtb16_ror8((v0)));
+                }
+              }
+            } else {
+              const uint16_t *id = (const uint16_t *)sp->idx + (size_t)pix * C;
+              for (int j = 0; j < n; j++) {
+                const int8_t *wp = wb + (size_t)id[j] * OC;
+                uint32_t v0 = *(const uint32_t *)wp;
+                e0 = __sadd16(e0, __sxtb16(v0)); d0 = __sadd16(d0, s2_sxtb16_ror8((v0)));
+                if (two) {
+                  uint32_t v1 = *(const uint32_t *)(wp + 4);
+                  e1 = __sadd16(e1, __sxtb16(v1)); d1 = __sadd16(d1, s2_sxtb16_ror8((v1)));
+                }
+              }
+            }
+          }
+        }
+        int32_t *s = sums + o8;
+        s[0] = (int16_t)(e0 & 0xFFFF); s[2] = (int16_t)(e0 >> 16);
+        s[1] = (int16_t)(d0 & 0xFFFF); s[3] = (int16_t)(d0 >> 16);
+        s[4] = (int16_t)(e1 & 0xFFFF); s[6] = (int16_t)(e1 >> 16);
+        s[5] = (int16_t)(d1 & 0xFFFF); s[7] = (int16_t)(d1 >> 16);
+      }
+    } else
+#endif
+#if !defined(S2_MVE)
+    {
+      for (int o = 0; o < nb; o++) sums[o] = 0;
+      for (int ky = 0; ky < p->k_h; ky++) {
+        const int iy = iy0 + ky * p->d_h;
+        if (iy < 0 || iy >= p->in_h) continue;
+        for (int kx = 0; kx < p->k_w; kx++) {
+          const int ix = ix0 + kx * p->d_w;
+          if (ix < 0 || ix >= W) continue;
+          const int pix = iy * W + ix;
+          const int n = sp->count[pix];
+          const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0;
+          for (int j = 0; j < n; j++) {
+            const int c = wide ? ((const uint16_t *)sp->idx)[(size_t)pix * C + j]
+                               : ((const uint8_t *)sp->idx)[(size_t)pix * C + j];
+            const int8_t *wp = wb + (size_t)c * OC;
+            for (int o = 0; o < nb; o++) sums[o] += wp[o];
+          }
+        }
+      }
+    }
+#endif
+    s2_spike_finish(p, sums, oc0, nb, out);
+  }
+}
+
+uint32_t s2_conv_spike_list(const s2_conv_t *p, const int8_t *in, int8_t *out, void *scratch) {
+  const int C = p->in_c, HW = p->in_h * p->in_w;
+  const int8_t zp = (int8_t)p->in_zp;
+  uint16_t *count = (uint16_t *)scratch;
+  void *idx = (uint8_t *)scratch + (((size_t)HW * 2u + 3u) & ~(size_t)3u);
+  const int wide = s2_idx_wide(p);
+  uint32_t total = 0;
+  /* encode: per input pixel, the channels whose code is not the zero point */
+  for (int pix = 0; pix < HW; pix++) {
+    const int8_t *x = in + (size_t)pix * C;
+    int n = 0;
+    if (!wide) {
+      uint8_t *id = (uint8_t *)idx + (size_t)pix * C;
+#ifdef S2_MVE
+      for (int c = 0; c < C; c += 16) {
+        mve_pred16_t pr = vctp8q(C - c);
+        uint32_t bits = (uint32_t)vcmpneq_m_n_s8(vldrbq_z_s8(x + c, pr), zp, pr);
+        while (bits) {
+          const int b = __builtin_ctz(bits);
+          id[n++] = (uint8_t)(c + b);
+          bits &= bits - 1u;
+        }
+      }
+#else
+      for (int c = 0; c < C; c++) {
+        S2_CHECK_CODE(p, x[c]);
+        id[n] = (uint8_t)c;
+        n += x[c] != zp;
+      }
+#endif
+    } else {
+      uint16_t *id = (uint16_t *)idx + (size_t)pix * C;
+      for (int c = 0; c < C; c++) {
+        S2_CHECK_CODE(p, x[c]);
+        id[n] = (uint16_t)c;
+        n += x[c] != zp;
+      }
+    }
+    count[pix] = (uint16_t)n;
+    total += (uint32_t)n;
+  }
+  s2_spikes_t sp = {p, count, idx, 0, 0};
+  for (int oy = 0; oy < p->out_h; oy++)
+    for (int ox = 0; ox < p->out_w; ox++) {
+      s2_gather_list(p, &sp, oy, ox, out);
+      out += p->out_c;
+    }
+  return total;
+}
+
+/* Bit-mask layout: per input pixel, ceil(C / 32) words, bit c set if
+ * channel c fired; the gather walks the set bits (count trailing zeros). */
+static void s2_gather_mask(const s2_conv_t *p, const s2_spikes_t *sp, int oy, int ox, int8_t *out) {
+  const int C = p->in_c, OC = p->out_c, W = p->in_w, words = sp->words;
+  const int iy0 = oy * p->s_h - p->pad_t, ix0 = ox * p->s_w - p->pad_l;
+  const int acc16 = (p->flags & S2_ACC16) != 0;
+  const int OB = acc16 ? S2_OB16 : S2_OB32;
+  int32_t sums[S2_OB16];
+  for (int oc0 = 0; oc0 < OC; oc0 += OB) {
+    const int nb = S2_MIN(OB, OC - oc0);
+#if defined(S2_MVE)
+    const mve_pred16_t p0 = vctp16q(nb), p1 = vctp16q(nb - 8), p2 = vctp16q(nb - 16), p3 = vctp16q(nb - 24);
+    const mve_pred16_t q0 = vctp32q(nb), q1 = vctp32q(nb - 4), q2 = vctp32q(nb - 8), q3 = vctp32q(nb - 12);
+    int16x8_t a0 = vdupq_n_s16(0), a1 = a0, a2 = a0, a3 = a0;
+    int32x4_t b0 = vdupq_n_s32(0), b1 = b0, b2 = b0, b3 = b0;
+#else
+    for (int o = 0; o < nb; o++) sums[o] = 0;
+#endif
+    for (int ky = 0; ky < p->k_h; ky++) {
+      const int iy = iy0 + ky * p->d_h;
+      if (iy < 0 || iy >= p->in_h) continue;
+      for (int kx = 0; kx < p->k_w; kx++) {
+        const int ix = ix0 + kx * p->d_w;
+        if (ix < 0 || ix >= W) continue;
+        const uint32_t *m = sp->mask + (size_t)(iy * W + ix) * words;
+        const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0;
+        for (int wi = 0; wi < words; wi++) {
+          uint32_t bits = m[wi];
+          const int8_t *wbase = wb + (size_t)wi * 32 * OC;
+          while (bits) {
+            const int8_t *wp = wbase + (size_t)__builtin_ctz(bits) * OC;
+            bits &= bits - 1u;
+#if defined(S2_MVE)
+            if (acc16) {
+              a0 = vaddq_s16(a0, vldrbq_z_s16(wp, p0));
+              a1 = vaddq_s16(a1, vldrbq_z_s16(wp + 8, p1));
+              a2 = vaddq_s16(a2, vldrbq_z_s16(wp + 16, p2));
+              a3 = vaddq_s16(a3, vldrbq_z_s16(wp + 24, p3));
+            } else {
+              b0 = vaddq_s32(b0, vldrbq_z_s32(wp, q0));
+              b1 = vaddq_s32(b1, vldrbq_z_s32(wp + 4, q1));
+              b2 = vaddq_s32(b2, vldrbq_z_s32(wp + 8, q2));
+              b3 = vaddq_s32(b3, vldrbq_z_s32(wp + 12, q3));
+            }
+#else
+            for (int o = 0; o < nb; o++) sums[o] += wp[o];
+#endif
+          }
+        }
+      }
+    }
+#if defined(S2_MVE)
+    if (acc16) {
+      int16_t t[32];
+      vst1q_s16(t, a0); vst1q_s16(t + 8, a1); vst1q_s16(t + 16, a2); vst1q_s16(t + 24, a3);
+      for (int o = 0; o < 32; o += 4) vst1q_s32(sums + o, vldrhq_s32(t + o));
+    } else {
+      vst1q_s32(sums, b0); vst1q_s32(sums + 4, b1); vst1q_s32(sums + 8, b2); vst1q_s32(sums + 12, b3);
+    }
+#endif
+    s2_spike_finish(p, sums, oc0, nb, out);
+  }
+}
+
+uint32_t s2_conv_spike_mask(const s2_conv_t *p, const int8_t *in, int8_t *out, void *scratch) {
+  const int C = p->in_c, HW = p->in_h * p->in_w;
+  const int words = (C + 31) / 32;
+  const int8_t zp = (int8_t)p->in_zp;
+  uint32_t *mask = (uint32_t *)scratch;
+  uint32_t total = 0;
+  for (int pix = 0; pix < HW; pix++) {
+    const int8_t *x = in + (size_t)pix * C;
+    uint32_t *m = mask + (size_t)pix * words;
+    for (int wi = 0; wi < words; wi++) {
+      uint32_t bits = 0;
+      const int c0 = wi * 32, n = S2_MIN(32, C - c0);
+#ifdef S2_MVE
+      for (int c = 0; c < n; c += 16) {
+        mve_pred16_t pr = vctp8q(n - c);
+        bits |= (uint32_t)vcmpneq_m_n_s8(vldrbq_z_s8(x + c0 + c, pr), zp, pr) << c;
+      }
+#else
+      for (int c = 0; c < n; c++) {
+        S2_CHECK_CODE(p, x[c0 + c]);
+        bits |= (uint32_t)(x[c0 + c] != zp) << c;
+      }
+#endif
+      m[wi] = bits;
+      total += (uint32_t)__builtin_popcount(bits);
+    }
+  }
+  s2_spikes_t sp = {p, 0, 0, mask, words};
+  for (int oy = 0; oy < p->out_h; oy++)
+    for (int ox = 0; ox < p->out_w; ox++) {
+      s2_gather_mask(p, &sp, oy, ox, out);
+      out += p->out_c;
+    }
+  return total;
+}
+
+/* ======================================================================
+ * DEPTHWISE_CONV_2D
+ * ==================================================================== */
+
+void s2_dwconv(const s2_dwconv_t *p, const int8_t *in, int8_t *out) {
+  const int C = p->out_c, IC = p->in_c, DM = p->depth_mult;
+  const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max, in_zp = p->in_zp;
+  if (p->pointwise) {
+    /* 1x1, stride 1: out[c] = requant(bias'[c] + x[c] w[c]), bias' = bias - zp w */
+    const int HW = p->in_h * p->in_w;
+    for (int pix = 0; pix < HW; pix++) {
+      const int8_t *x = in + (size_t)pix * IC;
+      int8_t *o = out + (size_t)pix * C;
+#ifdef S2_MVE
+      if (DM == 1) {
+        for (int c = 0; c < C; c += 4) {
+          mve_pred16_t pr = vctp32q(C - c);
+          int32x4_t acc = vaddq_s32(vldrwq_z_s32(p->bias + c, pr),
+                                    vmulq_s32(vldrbq_z_s32(x + c, pr), vldrbq_z_s32(p->w + c, pr)));
+          s2_requant_store4(o + c, acc, p->mult + c, p->shift + c, zp, lo, hi, pr);
+        }
+        continue;
+      }
+#endif
+      for (int c = 0; c < C; c++) {
+        int32_t acc = p->bias[c] + x[c / DM] * p->w[c];
+        o[c] = (int8_t)s2_requant(acc, p->mult[c], p->shift[c], zp, lo, hi);
+      }
+    }
+    return;
+  }
+  for (int oy = 0; oy < p->out_h; oy++) {
+    const int iy0 = oy * p->s_h - p->pad_t;
+    for (int ox = 0; ox < p->out_w; ox++) {
+      const int ix0 = ox * p->s_w - p->pad_l;
+#ifdef S2_MVE
+      if (DM == 1) {
+        for (int c = 0; c < C; c += 4) {
+          mve_pred16_t pr = vctp32q(C - c);
+          int32x4_t acc = vldrwq_z_s32(p->bias + c, pr);
+          for (int ky = 0; ky < p->k_h; ky++) {
+            const int iy = iy0 + ky * p->d_h;
+            if (iy < 0 || iy >= p->in_h) continue;
+            for (int kx = 0; kx < p->k_w; kx++) {
+              const int ix = ix0 + kx * p->d_w;
+              if (ix < 0 || ix >= p->in_w) continue;
+              int32x4_t xv = vsubq_n_s32(vldrbq_z_s32(in + ((size_t)iy * p->in_w + ix) * IC + c, pr), in_zp);
+              int32x4_t wv = vldrbq_z_s32(p->w + (size_t)(ky * p->k_w + kx) * C + c, pr);
+              acc = vaddq_s32(acc, vmulq_s32(xv, wv));
+            }
+          }
+          s2_requant_store4(out + c, acc, p->mult + c, p->shift + c, zp, lo, hi, pr);
+        }
+        out += C;
+        continue;
+      }
+#endif
+      for (int c = 0; c < C; c++) {
+        int32_t acc = p->bias[c];
+        const int ic = c / DM;
+        for (int ky = 0; ky < p->k_h; ky++) {
+          const int iy = iy0 + ky * p->d_h;
+          if (iy < 0 || iy >= p->in_h) continue;
+          for (int kx = 0; kx < p->k_w; kx++) {
+            const int ix = ix0 + kx * p->d_w;
+            if (ix < 0 || ix >= p->in_w) continue;
+            acc += (in[((size_t)iy * p->in_w + ix) * IC + ic] - in_zp) * p->w[(size_t)(ky * p->k_w + kx) * C + c];
+          }
+        }
+        out[c] = (int8_t)s2_requant(acc, p->mult[c], p->shift[c], zp, lo, hi);
+      }
+      out += C;
+    }
+  }
+}
+
+/* ======================================================================
+ * ADD (TFLite's int8 add: inputs scaled to a common 2^-20 grid)
+ * ==================================================================== */
+
+void s2_add(const s2_add_t *p, const int8_t *a, const int8_t *b, int8_t *out) {
+  const int n = p->size;
+  int i = 0;
+#ifdef S2_MVE
+  {
+    const int32x4_t m1 = vdupq_n_s32(p->m1), m2 = vdupq_n_s32(p->m2), mo = vdupq_n_s32(p->mo);
+    const int32x4_t s1 = vdupq_n_s32(p->s1), s2 = vdupq_n_s32(p->s2), so = vdupq_n_s32(p->so);
+    const int32x4_t lsh = vdupq_n_s32(p->left_shift);
+    for (; i < n; i += 4) {
+      mve_pred16_t pr = vctp32q(n - i);
+      int32x4_t x = vshlq_s32(vsubq_n_s32(vldrbq_z_s32(a + i, pr), p->in1_zp), lsh);
+      int32x4_t y = vshlq_s32(vsubq_n_s32(vldrbq_z_s32(b + i, pr), p->in2_zp), lsh);
+      int32x4_t s = vaddq_s32(s2_mbqm_v(x, m1, s1), s2_mbqm_v(y, m2, s2));
+      s = vaddq_n_s32(s2_mbqm_v(s, mo, so), p->out_zp);
+      s = vminq_s32(vmaxq_s32(s, vdupq_n_s32(p->act_min)), vdupq_n_s32(p->act_max));
+      vstrbq_p_s32(out + i, s, pr);
+    }
+    return;
+  }
+#endif
+  for (; i < n; i++) {
+    const int32_t x = (a[i] - p->in1_zp) * (1 << p->left_shift);
+    const int32_t y = (b[i] - p->in2_zp) * (1 << p->left_shift);
+    const int32_t s = s2_mbqm(x, p->m1, p->s1) + s2_mbqm(y, p->m2, p->s2);
+    out[i] = s2_clamp8(s2_mbqm(s, p->mo, p->so) + p->out_zp, p->act_min, p->act_max);
+  }
+}
+
+/* ======================================================================
+ * AVERAGE_POOL_2D / MAX_POOL_2D (TFLite: the mean of the taps inside the
+ * input, rounded half away from zero; no requantization)
+ * ==================================================================== */
+
+void s2_avgpool(const s2_pool_t *p, const int8_t *in, int8_t *out) {
+  const int C = p->c;
+  for (int oy = 0; oy < p->out_h; oy++) {
+    const int iy0 = oy * p->s_h - p->pad_t;
+    const int y0 = S2_MAX(0, -iy0), y1 = S2_MIN(p->k_h, p->in_h - iy0);
+    for (int ox = 0; ox < p->out_w; ox++) {
+      const int ix0 = ox * p->s_w - p->pad_l;
+      const int x0 = S2_MAX(0, -ix0), x1 = S2_MIN(p->k_w, p->in_w - ix0);
+      const int count = (y1 - y0) * (x1 - x0);
+      if (count == 1) {
+        const int8_t *src = in + ((size_t)(iy0 + y0) * p->in_w + ix0 + x0) * C;
+        for (int c = 0; c < C; c++) out[c] = s2_clamp8(src[c], p->act_min, p->act_max);
+        out += C;
+        continue;
+      }
+      for (int c = 0; c < C; c++) {
+        int32_t acc = 0;
+        for (int y = y0; y < y1; y++)
+          for (int x = x0; x < x1; x++) acc += in[((size_t)(iy0 + y) * p->in_w + ix0 + x) * C + c];
+        acc = acc > 0 ? (acc + count / 2) / count : (acc - count / 2) / count;
+        out[c] = s2_clamp8(acc, p->act_min, p->act_max);
+      }
+      out += C;
+    }
+  }
+}
+
+void s2_maxpool(const s2_pool_t *p, const int8_t *in, int8_t *out) {
+  const int C = p->c;
+  for (int oy = 0; oy < p->out_h; oy++) {
+    const int iy0 = oy * p->s_h - p->pad_t;
+    const int y0 = S2_MAX(0, -iy0), y1 = S2_MIN(p->k_h, p->in_h - iy0);
+    for (int ox = 0; ox < p->out_w; ox++) {
+      const int ix0 = ox * p->s_w - p->pad_l;
+      const int x0 = S2_MAX(0, -ix0), x1 = S2_MIN(p->k_w, p->in_w - ix0);
+#ifdef S2_MVE
+      for (int c = 0; c < C; c += 16) {
+        mve_pred16_t pr = vctp8q(C - c);
+        int8x16_t m = vdupq_n_s8(-128);
+        for (int y = y0; y < y1; y++)
+          for (int x = x0; x < x1; x++)
+            m = vmaxq_s8(m, vldrbq_z_s8(in + ((size_t)(iy0 + y) * p->in_w + ix0 + x) * C + c, pr));
+        m = vminq_s8(vmaxq_s8(m, vdupq_n_s8((int8_t)p->act_min)), vdupq_n_s8((int8_t)p->act_max));
+        vstrbq_p_s8(out + c, m, pr);
+      }
+#else
+      for (int c = 0; c < C; c++) {
+        int32_t m = -128;
+        for (int y = y0; y < y1; y++)
+          for (int x = x0; x < x1; x++) {
+            const int32_t v = in[((size_t)(iy0 + y) * p->in_w + ix0 + x) * C + c];
+            m = v > m ? v : m;
+          }
+        out[c] = s2_clamp8(m, p->act_min, p->act_max);
+      }
+#endif
+      out += C;
+    }
+  }
+}
+
+/* ======================================================================
+ * MEAN over a contiguous run of axes: input [outer, reduce, inner]
+ * (TFLite Micro: int32 sums of the codes, minus zp * n, times a multiplier
+ * that holds 1/n)
+ * ==================================================================== */
+
+void s2_mean(const s2_mean_t *p, const int8_t *in, int8_t *out, int32_t *sum) {
+  const int R = p->reduce, I = p->inner;
+  for (int o = 0; o < p->outer; o++) {
+    const int8_t *base = in + (size_t)o * R * I;
+    int i = 0;
+#ifdef S2_MVE
+    for (; i < I; i += 4) {
+      mve_pred16_t pr = vctp32q(I - i);
+      int32x4_t acc = vdupq_n_s32(0);
+      for (int r = 0; r < R; r++) acc = vaddq_s32(acc, vldrbq_z_s32(base + (size_t)r * I + i, pr));
+      vstrwq_p_s32(sum + i, acc, pr);
+    }
+#else
+    for (; i < I; i++) sum[i] = 0;
+    for (int r = 0; r < R; r++) {
+      const int8_t *row = base + (size_t)r * I;
+      for (i = 0; i < I; i++) sum[i] += row[i];
+    }
+#endif
+    const int32_t zn = p->in_zp * R;
+    for (i = 0; i < I; i++)
+      out[(size_t)o * I + i] = s2_clamp8(s2_mbqm(sum[i] - zn, p->mult, p->shift) + p->out_zp, -128, 127);
+  }
+}
+
+/* ======================================================================
+ * QUANTIZE / DEQUANTIZE at the model boundary
+ * ==================================================================== */
+
+/* std::round of a float (halves away from zero), saturated to +-2^20 */
+static inline int32_t s2_round_sat(float v) {
+  if (v >= 1048576.0f) return 1048576;
+  if (v <= -1048576.0f) return -1048576;
+  int32_t t = (int32_t)v;          /* truncates; exact below 2^23 */
+  const float frac = v - (float)t; /* exact */
+  if (frac >= 0.5f) t++;
+  else if (frac <= -0.5f) t--;
+  return t;
+}
+
+void s2_quantize(const s2_quant_t *p, const float *in, int8_t *out) {
+  for (int i = 0; i < p->size; i++)
+    out[i] = s2_clamp8(s2_round_sat(in[i] / p->scale) + p->out_zp, -128, 127);
+}
+
+void s2_requantize(const s2_quant_t *p, const int8_t *in, int8_t *out) {
+  for (int i = 0; i < p->size; i++)
+    out[i] = s2_clamp8(s2_mbqm(in[i] - p->in_zp, p->mult, p->shift) + p->out_zp, -128, 127);
+}
+
+void s2_dequantize(const s2_quant_t *p, const int8_t *in, float *out) {
+  for (int i = 0; i < p->size; i++) out[i] = (float)(in[i] - p->in_zp) * p->scale;
+}
