@@ -63,7 +63,7 @@ def layer_scratch(layer, layout: str, target: str) -> int:
     if layer.kind == "conv":
         if layout == DENSE:
             k = p["k_h"] * p["k_w"] * p["in_c"]
-            return 2 * k + 4 if target == "cortex-m4" else k + 16
+            return 3 * k + 8 if target == "cortex-m4" else k + 16
         hw = p["in_h"] * p["in_w"]
         if layout == "spike_list":
             return ((hw * 2 + 3) & ~3) + hw * p["in_c"] * (2 if p["in_c"] > 256 else 1) + 64

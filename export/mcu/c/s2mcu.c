@@ -67,7 +67,7 @@ static inline void s2_requant_store4(int8_t *out, int32x4_t acc, const int32_t *
 size_t s2_conv_dense_scratch(const s2_conv_t *p) {
   size_t k = (size_t)p->k_h * p->k_w * p->in_c;
 #ifdef S2_DSP
-  return 2 * k + 4;
+  return 3 * k + 8;   /* the int8 column, then its int16 widening */
 #else
   return k + 16;
 #endif
