@@ -48,13 +48,23 @@ static inline int32x4_t s2_mbqm_v(int32x4_t x, int32x4_t m, int32x4_t sh) {
   return vrshlq_s32(x, rs);
 }
 
-static inline void s2_requant_store4(int8_t *out, int32x4_t acc, const int32_t *m, const int8_t *sh, int32_t zp,
-                                     int32_t lo, int32_t hi, mve_pred16_t p) {
-  int32x4_t v = s2_mbqm_v(acc, vldrwq_z_s32(m, p), vldrbq_z_s32(sh, p));
+/* Loads and stores predicated only on a tail: `full` is a constant at every call. */
+#define S2_INL static inline __attribute__((always_inline))
+S2_INL int8x16_t s2_ld8(const int8_t *a, mve_pred16_t p, int full) { return full ? vldrbq_s8(a) : vldrbq_z_s8(a, p); }
+S2_INL int16x8_t s2_ld16(const int8_t *a, mve_pred16_t p, int full) { return full ? vldrbq_s16(a) : vldrbq_z_s16(a, p); }
+S2_INL int32x4_t s2_ld32(const int8_t *a, mve_pred16_t p, int full) { return full ? vldrbq_s32(a) : vldrbq_z_s32(a, p); }
+S2_INL int32x4_t s2_ldw(const int32_t *a, mve_pred16_t p, int full) { return full ? vldrwq_s32(a) : vldrwq_z_s32(a, p); }
+S2_INL void s2_st32(int8_t *a, int32x4_t v, mve_pred16_t p, int full) {
+  if (full) vstrbq_s32(a, v); else vstrbq_p_s32(a, v, p);
+}
+
+S2_INL void s2_requant_store4(int8_t *out, int32x4_t acc, const int32_t *m, const int8_t *sh, int32_t zp,
+                              int32_t lo, int32_t hi, mve_pred16_t p, int full) {
+  int32x4_t v = s2_mbqm_v(acc, s2_ldw(m, p, full), s2_ld32(sh, p, full));
   v = vaddq_n_s32(v, zp);
   v = vmaxq_s32(v, vdupq_n_s32(lo));
   v = vminq_s32(v, vdupq_n_s32(hi));
-  vstrbq_p_s32(out, v, p);
+  s2_st32(out, v, p, full);
 }
 #endif
 
@@ -116,7 +126,7 @@ static const int8_t *s2_im2col(const s2_conv_t *p, const int8_t *in, int oy, int
   return col;
 }
 
-void s2_conv_dense(const s2_conv_t *p, const int8_t *in, int8_t *out, void *scratch) {
+void s2_conv_dense(const s2_conv_t *p, const int8_t *restrict in, int8_t *restrict out, void *restrict scratch) {
   const int K = p->k_h * p->k_w * p->in_c;
   const int OC = p->out_c;
   const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max;
@@ -135,22 +145,34 @@ void s2_conv_dense(const s2_conv_t *p, const int8_t *in, int8_t *out, void *scra
         int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
         const int8_t *xp = x;
         int n = K;
-        while (n > 0) {
+        for (; n >= 16; n -= 16) {
+          int8x16_t xv = vldrbq_s8(xp);
+          a0 = vmladavaq_s8(a0, xv, vldrbq_s8(w0));
+          a1 = vmladavaq_s8(a1, xv, vldrbq_s8(w1));
+          a2 = vmladavaq_s8(a2, xv, vldrbq_s8(w2));
+          a3 = vmladavaq_s8(a3, xv, vldrbq_s8(w3));
+          xp += 16; w0 += 16; w1 += 16; w2 += 16; w3 += 16;
+        }
+        if (n > 0) {   /* lanes past K are zero in both operands */
           mve_pred16_t pr = vctp8q(n);
           int8x16_t xv = vldrbq_z_s8(xp, pr);
-          a0 = vmladavaq_p_s8(a0, xv, vldrbq_z_s8(w0, pr), pr);
-          a1 = vmladavaq_p_s8(a1, xv, vldrbq_z_s8(w1, pr), pr);
-          a2 = vmladavaq_p_s8(a2, xv, vldrbq_z_s8(w2, pr), pr);
-          a3 = vmladavaq_p_s8(a3, xv, vldrbq_z_s8(w3, pr), pr);
-          xp += 16; w0 += 16; w1 += 16; w2 += 16; w3 += 16; n -= 16;
+          a0 = vmladavaq_s8(a0, xv, vldrbq_z_s8(w0, pr));
+          a1 = vmladavaq_s8(a1, xv, vldrbq_z_s8(w1, pr));
+          a2 = vmladavaq_s8(a2, xv, vldrbq_z_s8(w2, pr));
+          a3 = vmladavaq_s8(a3, xv, vldrbq_z_s8(w3, pr));
         }
         int32x4_t acc = vdupq_n_s32(a0);
         acc = vsetq_lane_s32(a1, acc, 1);
         acc = vsetq_lane_s32(a2, acc, 2);
         acc = vsetq_lane_s32(a3, acc, 3);
         mve_pred16_t pr = vctp32q(left);
-        acc = vaddq_s32(acc, vldrwq_z_s32(p->bias + oc, pr));
-        s2_requant_store4(out + oc, acc, p->mult + oc, p->shift + oc, zp, lo, hi, pr);
+        if (left >= 4) {
+          acc = vaddq_s32(acc, vldrwq_s32(p->bias + oc));
+          s2_requant_store4(out + oc, acc, p->mult + oc, p->shift + oc, zp, lo, hi, pr, 1);
+        } else {
+          acc = vaddq_s32(acc, vldrwq_z_s32(p->bias + oc, pr));
+          s2_requant_store4(out + oc, acc, p->mult + oc, p->shift + oc, zp, lo, hi, pr, 0);
+        }
       }
 #elif defined(S2_DSP)
       /* widen the column once: int16 pairs in SXTB16 order (x0, x2), (x1, x3) */
@@ -252,10 +274,15 @@ typedef struct {
 static void s2_spike_finish(const s2_conv_t *p, const int32_t *s, int oc0, int nb, int8_t *out) {
   const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max, g = p->spike_gain;
 #ifdef S2_MVE
-  for (int o = 0; o < nb; o += 4) {
+  int o = 0;
+  for (; o + 4 <= nb; o += 4) {
+    int32x4_t acc = vmlaq_n_s32(vldrwq_s32(p->bias + oc0 + o), vldrwq_s32(s + o), g);
+    s2_requant_store4(out + oc0 + o, acc, p->mult + oc0 + o, p->shift + oc0 + o, zp, lo, hi, 0, 1);
+  }
+  if (o < nb) {
     mve_pred16_t pr = vctp32q(nb - o);
     int32x4_t acc = vmlaq_n_s32(vldrwq_z_s32(p->bias + oc0 + o, pr), vldrwq_z_s32(s + o, pr), g);
-    s2_requant_store4(out + oc0 + o, acc, p->mult + oc0 + o, p->shift + oc0 + o, zp, lo, hi, pr);
+    s2_requant_store4(out + oc0 + o, acc, p->mult + oc0 + o, p->shift + oc0 + o, zp, lo, hi, pr, 0);
   }
 #else
   for (int o = 0; o < nb; o++) {
@@ -268,77 +295,123 @@ static void s2_spike_finish(const s2_conv_t *p, const int32_t *s, int oc0, int n
 /* The fired channels of input pixel pix, as an index list, are visited by
  * SPIKE_FOR_EACH(pix, c) { ... } in the list layout. */
 
-static void s2_gather_list(const s2_conv_t *p, const s2_spikes_t *sp, int oy, int ox, int8_t *out) {
+#ifdef S2_MVE
+/* One output pixel, channels [oc0, oc0 + nb), int16 lanes (4 x 8 = 32 channels). */
+S2_INL void s2_gather_list_mve16(const s2_conv_t *p, const s2_spikes_t *sp, int iy0, int ix0, int oc0, int nb,
+                                 int32_t *sums, int full) {
   const int C = p->in_c, OC = p->out_c, W = p->in_w;
-  const int iy0 = oy * p->s_h - p->pad_t, ix0 = ox * p->s_w - p->pad_l;
   const int wide = s2_idx_wide(p);
+  const mve_pred16_t p0 = vctp16q(nb), p1 = vctp16q(nb - 8), p2 = vctp16q(nb - 16), p3 = vctp16q(nb - 24);
+  int16x8_t a0 = vdupq_n_s16(0), a1 = a0, a2 = a0, a3 = a0;
+  for (int ky = 0; ky < p->k_h; ky++) {
+    const int iy = iy0 + ky * p->d_h;
+    if (iy < 0 || iy >= p->in_h) continue;
+    for (int kx = 0; kx < p->k_w; kx++) {
+      const int ix = ix0 + kx * p->d_w;
+      if (ix < 0 || ix >= W) continue;
+      const int pix = iy * W + ix;
+      const int n = sp->count[pix];
+      const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0;
+      if (!wide && full) {
+        /* the AC loop, per fired input: index, row address, 4 loads, 4 adds, loop end */
+        const uint8_t *id = (const uint8_t *)sp->idx + (size_t)pix * C;
+        int16x8_t t0, t1;
+        const int8_t *wp;
+        uint32_t c;
+        __asm__ volatile(
+            "wls lr, %[n], 2f\n"
+            "1:\n"
+            "ldrb %[c], [%[id]], #1\n"
+            "mla %[wp], %[c], %[oc], %[wb]\n"
+            "vldrb.s16 %q[t0], [%[wp]]\n"
+            "vldrb.s16 %q[t1], [%[wp], #8]\n"
+            "vadd.i16 %q[a0], %q[a0], %q[t0]\n"
+            "vadd.i16 %q[a1], %q[a1], %q[t1]\n"
+            "vldrb.s16 %q[t0], [%[wp], #16]\n"
+            "vldrb.s16 %q[t1], [%[wp], #24]\n"
+            "vadd.i16 %q[a2], %q[a2], %q[t0]\n"
+            "vadd.i16 %q[a3], %q[a3], %q[t1]\n"
+            "le lr, 1b\n"
+            "2:\n"
+            : [a0] "+w"(a0), [a1] "+w"(a1), [a2] "+w"(a2), [a3] "+w"(a3), [t0] "=&w"(t0), [t1] "=&w"(t1),
+              [id] "+r"(id), [wp] "=&r"(wp), [c] "=&r"(c)
+            : [n] "r"(n), [oc] "r"(OC), [wb] "r"(wb)
+            : "lr", "memory");
+      } else if (!wide) {
+        const uint8_t *id = (const uint8_t *)sp->idx + (size_t)pix * C;
+        for (int j = 0; j < n; j++) {
+          const int8_t *wp = wb + (size_t)id[j] * OC;
+          a0 = vaddq_s16(a0, s2_ld16(wp, p0, full));
+          a1 = vaddq_s16(a1, s2_ld16(wp + 8, p1, full));
+          a2 = vaddq_s16(a2, s2_ld16(wp + 16, p2, full));
+          a3 = vaddq_s16(a3, s2_ld16(wp + 24, p3, full));
+        }
+      } else {
+        const uint16_t *id = (const uint16_t *)sp->idx + (size_t)pix * C;
+        for (int j = 0; j < n; j++) {
+          const int8_t *wp = wb + (size_t)id[j] * OC;
+          a0 = vaddq_s16(a0, s2_ld16(wp, p0, full));
+          a1 = vaddq_s16(a1, s2_ld16(wp + 8, p1, full));
+          a2 = vaddq_s16(a2, s2_ld16(wp + 16, p2, full));
+          a3 = vaddq_s16(a3, s2_ld16(wp + 24, p3, full));
+        }
+      }
+    }
+  }
+  /* int16 -> int32, in channel order */
+  int16_t t[32];
+  vst1q_s16(t, a0); vst1q_s16(t + 8, a1); vst1q_s16(t + 16, a2); vst1q_s16(t + 24, a3);
+  for (int o = 0; o < 32; o += 4) vst1q_s32(sums + o, vldrhq_s32(t + o));
+}
+
+/* The same with int32 lanes (4 x 4 = 16 channels), for sums beyond int16. */
+S2_INL void s2_gather_list_mve32(const s2_conv_t *p, const s2_spikes_t *sp, int iy0, int ix0, int oc0, int nb,
+                                 int32_t *sums, int full) {
+  const int C = p->in_c, OC = p->out_c, W = p->in_w;
+  const int wide = s2_idx_wide(p);
+  const mve_pred16_t p0 = vctp32q(nb), p1 = vctp32q(nb - 4), p2 = vctp32q(nb - 8), p3 = vctp32q(nb - 12);
+  int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0;
+  for (int ky = 0; ky < p->k_h; ky++) {
+    const int iy = iy0 + ky * p->d_h;
+    if (iy < 0 || iy >= p->in_h) continue;
+    for (int kx = 0; kx < p->k_w; kx++) {
+      const int ix = ix0 + kx * p->d_w;
+      if (ix < 0 || ix >= W) continue;
+      const int pix = iy * W + ix;
+      const int n = sp->count[pix];
+      const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0;
+      for (int j = 0; j < n; j++) {
+        const int c = wide ? ((const uint16_t *)sp->idx)[(size_t)pix * C + j]
+                           : ((const uint8_t *)sp->idx)[(size_t)pix * C + j];
+        const int8_t *wp = wb + (size_t)c * OC;
+        a0 = vaddq_s32(a0, s2_ld32(wp, p0, full));
+        a1 = vaddq_s32(a1, s2_ld32(wp + 4, p1, full));
+        a2 = vaddq_s32(a2, s2_ld32(wp + 8, p2, full));
+        a3 = vaddq_s32(a3, s2_ld32(wp + 12, p3, full));
+      }
+    }
+  }
+  vst1q_s32(sums, a0); vst1q_s32(sums + 4, a1); vst1q_s32(sums + 8, a2); vst1q_s32(sums + 12, a3);
+}
+#endif
+
+static void s2_gather_list(const s2_conv_t *p, const s2_spikes_t *sp, int oy, int ox, int8_t *out) {
+  const int OC = p->out_c;
+  const int iy0 = oy * p->s_h - p->pad_t, ix0 = ox * p->s_w - p->pad_l;
+#if !defined(S2_MVE)
+  const int C = p->in_c, W = p->in_w;
+  const int wide = s2_idx_wide(p);
+#endif
   const int acc16 = (p->flags & S2_ACC16) != 0;
   const int OB = acc16 ? S2_OB16 : S2_OB32;
   int32_t sums[S2_OB16];
   for (int oc0 = 0; oc0 < OC; oc0 += OB) {
     const int nb = S2_MIN(OB, OC - oc0);
 #if defined(S2_MVE)
-    if (acc16) {
-      const mve_pred16_t p0 = vctp16q(nb), p1 = vctp16q(nb - 8), p2 = vctp16q(nb - 16), p3 = vctp16q(nb - 24);
-      int16x8_t a0 = vdupq_n_s16(0), a1 = a0, a2 = a0, a3 = a0;
-      for (int ky = 0; ky < p->k_h; ky++) {
-        const int iy = iy0 + ky * p->d_h;
-        if (iy < 0 || iy >= p->in_h) continue;
-        for (int kx = 0; kx < p->k_w; kx++) {
-          const int ix = ix0 + kx * p->d_w;
-          if (ix < 0 || ix >= W) continue;
-          const int pix = iy * W + ix;
-          const int n = sp->count[pix];
-          const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0;
-          if (!wide) {
-            const uint8_t *id = (const uint8_t *)sp->idx + (size_t)pix * C;
-            for (int j = 0; j < n; j++) {
-              const int8_t *wp = wb + (size_t)id[j] * OC;
-              a0 = vaddq_s16(a0, vldrbq_z_s16(wp, p0));
-              a1 = vaddq_s16(a1, vldrbq_z_s16(wp + 8, p1));
-              a2 = vaddq_s16(a2, vldrbq_z_s16(wp + 16, p2));
-              a3 = vaddq_s16(a3, vldrbq_z_s16(wp + 24, p3));
-            }
-          } else {
-            const uint16_t *id = (const uint16_t *)sp->idx + (size_t)pix * C;
-            for (int j = 0; j < n; j++) {
-              const int8_t *wp = wb + (size_t)id[j] * OC;
-              a0 = vaddq_s16(a0, vldrbq_z_s16(wp, p0));
-              a1 = vaddq_s16(a1, vldrbq_z_s16(wp + 8, p1));
-              a2 = vaddq_s16(a2, vldrbq_z_s16(wp + 16, p2));
-              a3 = vaddq_s16(a3, vldrbq_z_s16(wp + 24, p3));
-            }
-          }
-        }
-      }
-      int16_t t[32];
-      vst1q_s16(t, a0); vst1q_s16(t + 8, a1); vst1q_s16(t + 16, a2); vst1q_s16(t + 24, a3);
-      for (int o = 0; o < 32; o += 4) vst1q_s32(sums + o, vldrhq_s32(t + o));
-    } else {
-      const mve_pred16_t p0 = vctp32q(nb), p1 = vctp32q(nb - 4), p2 = vctp32q(nb - 8), p3 = vctp32q(nb - 12);
-      int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0;
-      for (int ky = 0; ky < p->k_h; ky++) {
-        const int iy = iy0 + ky * p->d_h;
-        if (iy < 0 || iy >= p->in_h) continue;
-        for (int kx = 0; kx < p->k_w; kx++) {
-          const int ix = ix0 + kx * p->d_w;
-          if (ix < 0 || ix >= W) continue;
-          const int pix = iy * W + ix;
-          const int n = sp->count[pix];
-          const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0;
-          for (int j = 0; j < n; j++) {
-            const int c = wide ? ((const uint16_t *)sp->idx)[(size_t)pix * C + j]
-                               : ((const uint8_t *)sp->idx)[(size_t)pix * C + j];
-            const int8_t *wp = wb + (size_t)c * OC;
-            a0 = vaddq_s32(a0, vldrbq_z_s32(wp, p0));
-            a1 = vaddq_s32(a1, vldrbq_z_s32(wp + 4, p1));
-            a2 = vaddq_s32(a2, vldrbq_z_s32(wp + 8, p2));
-            a3 = vaddq_s32(a3, vldrbq_z_s32(wp + 12, p3));
-          }
-        }
-      }
-      vst1q_s32(sums, a0); vst1q_s32(sums + 4, a1); vst1q_s32(sums + 8, a2); vst1q_s32(sums + 12, a3);
-    }
+    if (acc16 && nb == S2_OB16) s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 1);
+    else if (acc16) s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 0);
+    else if (nb == S2_OB32) s2_gather_list_mve32(p, sp, iy0, ix0, oc0, nb, sums, 1);
+    else s2_gather_list_mve32(p, sp, iy0, ix0, oc0, nb, sums, 0);
 #elif defined(S2_DSP)
     if (acc16 && (OC & 3) == 0) {
       /* 8 channels per pass over the lists: SXTB16 splits a word of 4 weights
@@ -572,9 +645,12 @@ uint32_t s2_conv_spike_mask(const s2_conv_t *p, const int8_t *in, int8_t *out, v
  * DEPTHWISE_CONV_2D
  * ==================================================================== */
 
-void s2_dwconv(const s2_dwconv_t *p, const int8_t *in, int8_t *out) {
+void s2_dwconv(const s2_dwconv_t *p, const int8_t *restrict in, int8_t *restrict out) {
   const int C = p->out_c, IC = p->in_c, DM = p->depth_mult;
   const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max, in_zp = p->in_zp;
+  const int8_t *restrict w = p->w;
+  const int32_t *restrict bias = p->bias, *restrict mult = p->mult;
+  const int8_t *restrict shift = p->shift;
   if (p->pointwise) {
     /* 1x1, stride 1: out[c] = requant(bias'[c] + x[c] w[c]), bias' = bias - zp w */
     const int HW = p->in_h * p->in_w;
@@ -583,18 +659,28 @@ void s2_dwconv(const s2_dwconv_t *p, const int8_t *in, int8_t *out) {
       int8_t *o = out + (size_t)pix * C;
 #ifdef S2_MVE
       if (DM == 1) {
-        for (int c = 0; c < C; c += 4) {
+        int c = 0;
+        for (; c + 4 <= C; c += 4) {
+          int32x4_t acc = vaddq_s32(vldrwq_s32(bias + c), vmulq_s32(vldrbq_s32(x + c), vldrbq_s32(w + c)));
+          s2_requant_store4(o + c, acc, mult + c, shift + c, zp, lo, hi, 0, 1);
+        }
+        if (c < C) {
           mve_pred16_t pr = vctp32q(C - c);
-          int32x4_t acc = vaddq_s32(vldrwq_z_s32(p->bias + c, pr),
-                                    vmulq_s32(vldrbq_z_s32(x + c, pr), vldrbq_z_s32(p->w + c, pr)));
-          s2_requant_store4(o + c, acc, p->mult + c, p->shift + c, zp, lo, hi, pr);
+          int32x4_t acc = vaddq_s32(vldrwq_z_s32(bias + c, pr),
+                                    vmulq_s32(vldrbq_z_s32(x + c, pr), vldrbq_z_s32(w + c, pr)));
+          s2_requant_store4(o + c, acc, mult + c, shift + c, zp, lo, hi, pr, 0);
         }
         continue;
       }
 #endif
+      if (DM == 1) {
+        for (int c = 0; c < C; c++)
+          o[c] = (int8_t)s2_requant(bias[c] + x[c] * w[c], mult[c], shift[c], zp, lo, hi);
+        continue;
+      }
       for (int c = 0; c < C; c++) {
-        int32_t acc = p->bias[c] + x[c / DM] * p->w[c];
-        o[c] = (int8_t)s2_requant(acc, p->mult[c], p->shift[c], zp, lo, hi);
+        int32_t acc = bias[c] + x[c / DM] * w[c];
+        o[c] = (int8_t)s2_requant(acc, mult[c], shift[c], zp, lo, hi);
       }
     }
     return;
@@ -619,7 +705,7 @@ void s2_dwconv(const s2_dwconv_t *p, const int8_t *in, int8_t *out) {
               acc = vaddq_s32(acc, vmulq_s32(xv, wv));
             }
           }
-          s2_requant_store4(out + c, acc, p->mult + c, p->shift + c, zp, lo, hi, pr);
+          s2_requant_store4(out + c, acc, p->mult + c, p->shift + c, zp, lo, hi, pr, 0);
         }
         out += C;
         continue;
@@ -649,30 +735,41 @@ void s2_dwconv(const s2_dwconv_t *p, const int8_t *in, int8_t *out) {
  * ==================================================================== */
 
 void s2_add(const s2_add_t *p, const int8_t *a, const int8_t *b, int8_t *out) {
+  /* out may be a (in place): each element is read before it is written */
   const int n = p->size;
+  const int32_t z1 = p->in1_zp, z2 = p->in2_zp, zo = p->out_zp, lo = p->act_min, hi = p->act_max;
+  const int32_t m1s = p->m1, m2s = p->m2, mos = p->mo;
+  const int sh1 = p->s1, sh2 = p->s2, sho = p->so, left = p->left_shift;
   int i = 0;
 #ifdef S2_MVE
   {
     const int32x4_t m1 = vdupq_n_s32(p->m1), m2 = vdupq_n_s32(p->m2), mo = vdupq_n_s32(p->mo);
     const int32x4_t s1 = vdupq_n_s32(p->s1), s2 = vdupq_n_s32(p->s2), so = vdupq_n_s32(p->so);
     const int32x4_t lsh = vdupq_n_s32(p->left_shift);
-    for (; i < n; i += 4) {
-      mve_pred16_t pr = vctp32q(n - i);
-      int32x4_t x = vshlq_s32(vsubq_n_s32(vldrbq_z_s32(a + i, pr), p->in1_zp), lsh);
-      int32x4_t y = vshlq_s32(vsubq_n_s32(vldrbq_z_s32(b + i, pr), p->in2_zp), lsh);
-      int32x4_t s = vaddq_s32(s2_mbqm_v(x, m1, s1), s2_mbqm_v(y, m2, s2));
-      s = vaddq_n_s32(s2_mbqm_v(s, mo, so), p->out_zp);
-      s = vminq_s32(vmaxq_s32(s, vdupq_n_s32(p->act_min)), vdupq_n_s32(p->act_max));
-      vstrbq_p_s32(out + i, s, pr);
+    const int32x4_t vlo = vdupq_n_s32(lo), vhi = vdupq_n_s32(hi);
+#define S2_ADD4(full)                                                               \
+    do {                                                                            \
+      int32x4_t x = vshlq_s32(vsubq_n_s32(s2_ld32(a + i, pr, full), z1), lsh);      \
+      int32x4_t y = vshlq_s32(vsubq_n_s32(s2_ld32(b + i, pr, full), z2), lsh);      \
+      int32x4_t s = vaddq_s32(s2_mbqm_v(x, m1, s1), s2_mbqm_v(y, m2, s2));          \
+      s = vaddq_n_s32(s2_mbqm_v(s, mo, so), zo);                                    \
+      s2_st32(out + i, vminq_s32(vmaxq_s32(s, vlo), vhi), pr, full);                \
+    } while (0)
+    mve_pred16_t pr = 0;
+    for (; i + 4 <= n; i += 4) S2_ADD4(1);
+    if (i < n) {
+      pr = vctp32q(n - i);
+      S2_ADD4(0);
     }
+#undef S2_ADD4
     return;
   }
 #endif
   for (; i < n; i++) {
-    const int32_t x = (a[i] - p->in1_zp) * (1 << p->left_shift);
-    const int32_t y = (b[i] - p->in2_zp) * (1 << p->left_shift);
-    const int32_t s = s2_mbqm(x, p->m1, p->s1) + s2_mbqm(y, p->m2, p->s2);
-    out[i] = s2_clamp8(s2_mbqm(s, p->mo, p->so) + p->out_zp, p->act_min, p->act_max);
+    const int32_t x = (a[i] - z1) * (1 << left);
+    const int32_t y = (b[i] - z2) * (1 << left);
+    const int32_t s = s2_rdbp(s2_srdhm(x, m1s), -sh1) + s2_rdbp(s2_srdhm(y, m2s), -sh2);
+    out[i] = s2_clamp8(s2_rdbp(s2_srdhm(s, mos), -sho) + zo, lo, hi);
   }
 }
 
