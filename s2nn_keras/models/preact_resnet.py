@@ -24,70 +24,31 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from typing import Sequence
 
 import keras
 
-from s2nn_keras import surrogates
-from s2nn_keras.layers import S2Activation
+from s2nn_keras.models.common import (ActivationSpec, check_activation, check_num_classes, check_positive_int,
+                                      check_rate, check_shape, make_activation, strided_pointwise_conv)
 
-__all__ = ["PreActResNet", "PreActResNet18", "PreActResNet106", "make_activation"]
-
-ActivationSpec = Union[str, Callable[[str], keras.layers.Layer]]
-
-
-def make_activation(activation: ActivationSpec, name: str, **surrogate_params):
-    """Builds one neuron layer named ``name``.
-
-    ``activation`` is a surrogate name, ``"relu"``, or a factory
-    ``factory(name) -> keras.layers.Layer``.
-    """
-    if callable(activation) and not isinstance(activation, str):
-        layer = activation(name)
-        if not isinstance(layer, keras.layers.Layer):
-            raise ValueError(
-                f"activation factory must return a keras.layers.Layer, got {type(layer).__name__}"
-            )
-        return layer
-    if activation == "relu":
-        if surrogate_params:
-            raise ValueError(
-                f"activation 'relu' takes no surrogate parameters, got {sorted(surrogate_params)}"
-            )
-        return keras.layers.ReLU(name=name)
-    if activation not in surrogates.available_surrogates():
-        raise ValueError(
-            f"unknown activation {activation!r}; valid: 'relu', "
-            f"{', '.join(repr(n) for n in surrogates.available_surrogates())} or a layer factory"
-        )
-    return S2Activation(activation, name=name, **surrogate_params)
+__all__ = ["PreActResNet", "PreActResNet18", "PreActResNet106"]
 
 
 def _check_options(input_shape, num_classes, blocks, width, dropout, activation, surrogate_params,
                    stem_stride=1):
-    if (
-        not isinstance(input_shape, (tuple, list))
-        or len(input_shape) != 3
-        or not all(isinstance(d, int) and d > 0 for d in input_shape)
-    ):
-        raise ValueError(f"input_shape must be (height, width, channels) of positive ints, got {input_shape!r}")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    check_shape(input_shape, 3)
+    check_num_classes(num_classes)
     if (
         not isinstance(blocks, (tuple, list))
         or not blocks
         or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in blocks)
     ):
         raise ValueError(f"blocks must be a non-empty list of ints >= 1, got {blocks!r}")
-    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-        raise ValueError(f"width must be an int >= 1, got {width!r}")
+    check_positive_int(width, "width")
     if not isinstance(stem_stride, int) or isinstance(stem_stride, bool) or stem_stride not in (1, 2):
         raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
-    if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if isinstance(activation, str):
-        # Validates the name and the surrogate parameters once, before building.
-        make_activation(activation, "check", **surrogate_params)
+    check_rate(dropout)
+    check_activation(activation, surrogate_params)
 
 
 def PreActResNet(
@@ -163,16 +124,9 @@ def PreActResNet(
             prefix = f"stage{stage + 1}_block{block + 1}"
             a = act(bn(x, f"{prefix}_bn1"), f"{prefix}_act1")
             if stride != 1 or in_channels != filters:
-                if stride != 1:
-                    # A strided 1x1 conv equals subsampling then a 1x1 conv. We
-                    # build it that way because TF 2.21's oneDNN kernel for the
-                    # filter gradient of a strided 1x1 conv corrupts the heap
-                    # on AVX-512 CPUs (double free / segfault).
-                    a_sub = keras.layers.AveragePooling2D(
-                        pool_size=1, strides=stride, name=f"{prefix}_shortcut_subsample")(a)
-                else:
-                    a_sub = a
-                shortcut = conv(a_sub, filters, 1, 1, f"{prefix}_shortcut")
+                shortcut = strided_pointwise_conv(
+                    a, filters, stride, name=f"{prefix}_shortcut", use_bias=False,
+                    kernel_initializer=kernel_initializer, kernel_regularizer=kernel_regularizer)
             else:
                 shortcut = x
             h = conv(a, filters, 3, stride, f"{prefix}_conv1")
