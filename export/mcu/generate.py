@@ -20,14 +20,14 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
 from export.mcu.lower import DENSE, LAYOUTS, SPIKE_LAYOUTS, Program
 from export.mcu.plan import MemoryPlan, plan_memory
 
-__all__ = ["GeneratedCode", "generate", "TARGETS", "layer_scratch", "spike_accumulator_bound"]
+__all__ = ["GeneratedCode", "generate", "TARGETS", "layer_scratch", "spike_accumulator_bound", "division_magic"]
 
 #: Code paths of s2mcu.c: Cortex-M55 (Helium), Cortex-M4 (DSP), portable C (host).
 TARGETS = ("cortex-m55", "cortex-m4", "host")
@@ -68,9 +68,28 @@ def layer_scratch(layer, layout: str, target: str) -> int:
         if layout == "spike_list":
             return ((hw * 2 + 3) & ~3) + hw * p["in_c"] * (2 if p["in_c"] > 256 else 1) + 64
         return hw * ((p["in_c"] + 31) // 32) * 4 + 64
+    if layer.kind == "dwconv" and layout == "spike_list":
+        hw = p["in_h"] * p["in_w"]
+        return ((hw * 2 + 3) & ~3) + ((hw * p["in_c"] * (2 if p["in_c"] > 256 else 1) + 3) & ~3) + 4 * p["out_c"] + 64
     if layer.kind == "mean":
         return 4 * p["inner"]
     return 0
+
+
+def division_magic(n: int) -> Tuple[int, int]:
+    """``(m, s)`` with ``floor(u / n) == (u * m) >> (32 + s)`` for every
+    ``0 <= u <= 128 n + n // 2`` (the rounded sums of an int8 average pool
+    over ``n`` taps), checked exhaustively; ``(0, 0)`` if none fits 32 bits."""
+    if n <= 1:
+        return 0, 0
+    u = np.arange(128 * n + n // 2 + 1, dtype=np.uint64)
+    for s in range(32):
+        m = -(-(1 << (32 + s)) // n)
+        if m >= 1 << 32:
+            break
+        if np.array_equal((u * np.uint64(m)) >> np.uint64(32 + s), u // np.uint64(n)):
+            return int(m), s
+    return 0, 0
 
 
 def _c_array(ctype: str, name: str, values: np.ndarray, per_line: int = 24) -> str:
@@ -186,7 +205,11 @@ def generate(program: Program, layouts: Union[str, Dict, None] = DENSE, target: 
             w = c["w"]
             pointwise = int(p["k_h"] == p["k_w"] == p["s_h"] == p["s_w"] == 1 and p["pad_t"] == p["pad_l"] == 0)
             bias = c["bias"].astype(np.int64)
-            if pointwise:
+            gain = 0
+            if lay != DENSE:
+                pointwise = 0
+                gain = int(layer.spike[1]) - int(p["in_zp"])
+            elif pointwise:
                 bias = bias - int(p["in_zp"]) * w.reshape(-1).astype(np.int64)
             add_array("int8_t", f"{tag}_w", w)
             add_array("int32_t", f"{tag}_b", _wrap32(bias))
@@ -195,9 +218,13 @@ def generate(program: Program, layouts: Union[str, Dict, None] = DENSE, target: 
             fields = ", ".join(f".{k} = {int(p[k])}" for k in (
                 "in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "s_h", "s_w", "d_h", "d_w",
                 "depth_mult", "pad_t", "pad_l", "in_zp", "out_zp", "act_min", "act_max"))
-            structs.append(f"static const s2_dwconv_t {tag} = {{{fields}, .pointwise = {pointwise},\n"
-                           f"  .w = {tag}_w, .bias = {tag}_b, .mult = {tag}_m, .shift = {tag}_s}};\n")
-            calls.append(f"s2_dwconv(&{tag}, {buf(layer.inputs[0])}, {buf(layer.outputs[0])});")
+            structs.append(f"static const s2_dwconv_t {tag} = {{{fields}, .pointwise = {pointwise}, "
+                           f".spike_gain = {gain},\n  .w = {tag}_w, .bias = {tag}_b, .mult = {tag}_m, .shift = {tag}_s}};\n")
+            if lay == DENSE:
+                calls.append(f"s2_dwconv(&{tag}, {buf(layer.inputs[0])}, {buf(layer.outputs[0])});")
+            else:
+                calls.append(f"{P}_fired[{i}] = s2_dwconv_{lay}(&{tag}, {buf(layer.inputs[0])}, "
+                             f"{buf(layer.outputs[0])}, {scratch_ptr(i)});")
         elif layer.kind == "add":
             fields = ", ".join(f".{k} = {int(v)}" for k, v in (
                 ("size", p["size"]), ("in1_zp", p["in_zp"]), ("in2_zp", p["in2_zp"]), ("out_zp", p["out_zp"]),
@@ -210,7 +237,8 @@ def generate(program: Program, layouts: Union[str, Dict, None] = DENSE, target: 
             fields = ", ".join(f".{k} = {int(p[k])}" for k in (
                 "in_h", "in_w", "c", "out_h", "out_w", "k_h", "k_w", "s_h", "s_w", "pad_t", "pad_l", "act_min",
                 "act_max"))
-            structs.append(f"static const s2_pool_t {tag} = {{{fields}}};\n")
+            div_m, div_s = division_magic(p["k_h"] * p["k_w"]) if layer.kind == "avgpool" else (0, 0)
+            structs.append(f"static const s2_pool_t {tag} = {{{fields}, .div_m = {div_m}u, .div_s = {div_s}}};\n")
             calls.append(f"s2_{layer.kind}(&{tag}, {buf(layer.inputs[0])}, {buf(layer.outputs[0])});")
         elif layer.kind == "mean":
             fields = ", ".join(f".{k} = {int(p[k])}" for k in ("outer", "reduce", "inner", "in_zp", "out_zp",
@@ -274,10 +302,12 @@ int {P}_check(void);
     checks = []
     for layer in program.layers:
         lay = chosen[layer.index]
+        size = plan.blocks[f"s{layer.index}"].size if f"s{layer.index}" in plan.blocks else 0
         if layer.kind == "conv":
             fn = "dense" if lay == DENSE else lay
-            size = plan.blocks[f"s{layer.index}"].size if f"s{layer.index}" in plan.blocks else 0
             checks.append(f"  if (s2_conv_{fn}_scratch(&{P}_L{layer.index}) > {size}u) return {layer.index + 1};")
+        elif layer.kind == "dwconv" and lay != DENSE:
+            checks.append(f"  if (s2_dwconv_{lay}_scratch(&{P}_L{layer.index}) > {size}u) return {layer.index + 1};")
     body = "\n".join(f"  S2_LAYER_MARK({l.index});\n  {call}" for l, call in zip(program.layers, calls))
     source = f"""/* Generated by export.mcu from {model_name}: do not edit.
  * {n} layers, activation buffer {plan.arena_bytes} bytes, constants {const_bytes} bytes. */

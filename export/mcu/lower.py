@@ -32,7 +32,8 @@ Spike tensors (``spike_levels``: ``{tensor index: (off code, on code)}``,
 from :func:`export.tflite.convert`'s ``spike_tensors``) stay spike tensors
 through ``MAX_POOL_2D``, 1x1 ``AVERAGE_POOL_2D`` (a subsample) and
 ``RESHAPE``; a ``conv`` reading one whose off code is its zero point gets
-the spike-driven layouts (:data:`SPIKE_LAYOUTS`).
+the spike-driven layouts (:data:`SPIKE_LAYOUTS`), a ``dwconv`` reading one
+:data:`DWCONV_SPIKE_LAYOUTS`.
 """
 
 from __future__ import annotations
@@ -46,13 +47,16 @@ import numpy as np
 from export.mcu import quant
 
 __all__ = ["UnsupportedModelError", "TensorSpec", "Layer", "Program", "lower", "DENSE", "SPIKE_LAYOUTS",
-           "LAYOUTS", "SUPPORTED_OPS"]
+           "DWCONV_SPIKE_LAYOUTS", "LAYOUTS", "SUPPORTED_OPS"]
 
 DENSE = "dense"
 #: Spike-driven layouts of a conv reading a spike tensor: ``spike_list``
 #: (per input pixel the list of channels that fired) and ``spike_mask``
 #: (per input pixel a bit mask of the channels that fired).
 SPIKE_LAYOUTS = ("spike_list", "spike_mask")
+#: ... and of a depthwise conv reading one (per output pixel, each fired
+#: channel adds its tap's weight to its own channels).
+DWCONV_SPIKE_LAYOUTS = ("spike_list",)
 LAYOUTS = (DENSE,) + SPIKE_LAYOUTS
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D", "MAX_POOL_2D",
                  "MEAN", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "QUANTIZE", "DEQUANTIZE")
@@ -421,9 +425,9 @@ def lower(flatbuffer, spike_levels: Optional[Dict[int, Tuple[int, int]]] = None)
                           act_min=-128, act_max=127)
             layer = Layer(len(layers), op.name, op.index, "mean", name, [x_t], [out_t], params,
                           macs=outer * reduce_n * inner)
-        if layer.kind == "conv" and x.spike is not None and x.spike[0] == zp_in and x.spike[1] != zp_in:
+        if layer.kind in ("conv", "dwconv") and x.spike is not None and x.spike[0] == zp_in and x.spike[1] != zp_in:
             layer.spike = x.spike
-            layer.layouts = (DENSE,) + SPIKE_LAYOUTS
+            layer.layouts = (DENSE,) + (SPIKE_LAYOUTS if layer.kind == "conv" else DWCONV_SPIKE_LAYOUTS)
         layers.append(layer)
     root_out = graph.outputs[0]
     spec(root_out)

@@ -270,30 +270,36 @@ typedef struct {
   int words;
 } s2_spikes_t;
 
+/* out[oc0 + o] = requant(bias + g * s[o]) for o < nb */
+static void s2_finish_sums(const int32_t *bias, const int32_t *mult, const int8_t *shift, int32_t g, int32_t zp,
+                           int32_t lo, int32_t hi, const int32_t *s, int oc0, int nb, int8_t *out);
+
 /* requantize nb accumulators (int32 sums S) of one pixel into out[oc0..) */
 static void s2_spike_finish(const s2_conv_t *p, const int32_t *s, int oc0, int nb, int8_t *out) {
-  const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max, g = p->spike_gain;
+  s2_finish_sums(p->bias, p->mult, p->shift, p->spike_gain, p->out_zp, p->act_min, p->act_max, s, oc0, nb, out);
+}
+
+static void s2_finish_sums(const int32_t *bias, const int32_t *mult, const int8_t *shift, int32_t g, int32_t zp,
+                           int32_t lo, int32_t hi, const int32_t *s, int oc0, int nb, int8_t *out) {
+  bias += oc0;
+  mult += oc0;
+  shift += oc0;
+  out += oc0;
 #ifdef S2_MVE
   int o = 0;
   for (; o + 4 <= nb; o += 4) {
-    int32x4_t acc = vmlaq_n_s32(vldrwq_s32(p->bias + oc0 + o), vldrwq_s32(s + o), g);
-    s2_requant_store4(out + oc0 + o, acc, p->mult + oc0 + o, p->shift + oc0 + o, zp, lo, hi, 0, 1);
+    int32x4_t acc = vmlaq_n_s32(vldrwq_s32(bias + o), vldrwq_s32(s + o), g);
+    s2_requant_store4(out + o, acc, mult + o, shift + o, zp, lo, hi, 0, 1);
   }
   if (o < nb) {
     mve_pred16_t pr = vctp32q(nb - o);
-    int32x4_t acc = vmlaq_n_s32(vldrwq_z_s32(p->bias + oc0 + o, pr), vldrwq_z_s32(s + o, pr), g);
-    s2_requant_store4(out + oc0 + o, acc, p->mult + oc0 + o, p->shift + oc0 + o, zp, lo, hi, pr, 0);
+    int32x4_t acc = vmlaq_n_s32(vldrwq_z_s32(bias + o, pr), vldrwq_z_s32(s + o, pr), g);
+    s2_requant_store4(out + o, acc, mult + o, shift + o, zp, lo, hi, pr, 0);
   }
 #else
-  for (int o = 0; o < nb; o++) {
-    const int oc = oc0 + o;
-    out[oc] = (int8_t)s2_requant(p->bias[oc] + g * s[o], p->mult[oc], p->shift[oc], zp, lo, hi);
-  }
+  for (int o = 0; o < nb; o++) out[o] = (int8_t)s2_requant(bias[o] + g * s[o], mult[o], shift[o], zp, lo, hi);
 #endif
 }
-
-/* The fired channels of input pixel pix, as an index list, are visited by
- * SPIKE_FOR_EACH(pix, c) { ... } in the list layout. */
 
 #ifdef S2_MVE
 /* One output pixel, channels [oc0, oc0 + nb), int16 lanes (4 x 8 = 32 channels). */
@@ -685,49 +691,149 @@ void s2_dwconv(const s2_dwconv_t *p, const int8_t *restrict in, int8_t *restrict
     }
     return;
   }
+  /* per output pixel: the taps inside the input (input and weight offsets), then per channel */
+  enum { S2_MAX_TAPS = 64 };
+  const int taps = p->k_h * p->k_w;
+  int32_t xoff[S2_MAX_TAPS], woff[S2_MAX_TAPS];
   for (int oy = 0; oy < p->out_h; oy++) {
     const int iy0 = oy * p->s_h - p->pad_t;
     for (int ox = 0; ox < p->out_w; ox++) {
       const int ix0 = ox * p->s_w - p->pad_l;
-#ifdef S2_MVE
-      if (DM == 1) {
-        for (int c = 0; c < C; c += 4) {
-          mve_pred16_t pr = vctp32q(C - c);
-          int32x4_t acc = vldrwq_z_s32(p->bias + c, pr);
+      if (taps > S2_MAX_TAPS) {   /* large kernels: bounds per tap */
+        for (int c = 0; c < C; c++) {
+          int32_t acc = bias[c];
+          const int ic = c / DM;
           for (int ky = 0; ky < p->k_h; ky++) {
             const int iy = iy0 + ky * p->d_h;
             if (iy < 0 || iy >= p->in_h) continue;
             for (int kx = 0; kx < p->k_w; kx++) {
               const int ix = ix0 + kx * p->d_w;
               if (ix < 0 || ix >= p->in_w) continue;
-              int32x4_t xv = vsubq_n_s32(vldrbq_z_s32(in + ((size_t)iy * p->in_w + ix) * IC + c, pr), in_zp);
-              int32x4_t wv = vldrbq_z_s32(p->w + (size_t)(ky * p->k_w + kx) * C + c, pr);
-              acc = vaddq_s32(acc, vmulq_s32(xv, wv));
+              acc += (in[((size_t)iy * p->in_w + ix) * IC + ic] - in_zp) * w[(size_t)(ky * p->k_w + kx) * C + c];
             }
           }
-          s2_requant_store4(out + c, acc, p->mult + c, p->shift + c, zp, lo, hi, pr, 0);
+          out[c] = (int8_t)s2_requant(acc, mult[c], shift[c], zp, lo, hi);
+        }
+        out += C;
+        continue;
+      }
+      int nt = 0;
+      for (int ky = 0; ky < p->k_h; ky++) {
+        const int iy = iy0 + ky * p->d_h;
+        if (iy < 0 || iy >= p->in_h) continue;
+        for (int kx = 0; kx < p->k_w; kx++) {
+          const int ix = ix0 + kx * p->d_w;
+          if (ix < 0 || ix >= p->in_w) continue;
+          xoff[nt] = (iy * p->in_w + ix) * IC;
+          woff[nt] = (ky * p->k_w + kx) * C;
+          nt++;
+        }
+      }
+#ifdef S2_MVE
+      if (DM == 1) {
+        int c = 0;
+        for (; c + 4 <= C; c += 4) {
+          int32x4_t acc = vldrwq_s32(bias + c);
+          for (int t = 0; t < nt; t++) {
+            int32x4_t xv = vsubq_n_s32(vldrbq_s32(in + xoff[t] + c), in_zp);
+            acc = vaddq_s32(acc, vmulq_s32(xv, vldrbq_s32(w + woff[t] + c)));
+          }
+          s2_requant_store4(out + c, acc, mult + c, shift + c, zp, lo, hi, 0, 1);
+        }
+        if (c < C) {
+          mve_pred16_t pr = vctp32q(C - c);
+          int32x4_t acc = vldrwq_z_s32(bias + c, pr);
+          for (int t = 0; t < nt; t++) {
+            int32x4_t xv = vsubq_n_s32(vldrbq_z_s32(in + xoff[t] + c, pr), in_zp);
+            acc = vaddq_s32(acc, vmulq_s32(xv, vldrbq_z_s32(w + woff[t] + c, pr)));
+          }
+          s2_requant_store4(out + c, acc, mult + c, shift + c, zp, lo, hi, pr, 0);
         }
         out += C;
         continue;
       }
 #endif
       for (int c = 0; c < C; c++) {
-        int32_t acc = p->bias[c];
+        int32_t acc = bias[c];
         const int ic = c / DM;
-        for (int ky = 0; ky < p->k_h; ky++) {
-          const int iy = iy0 + ky * p->d_h;
-          if (iy < 0 || iy >= p->in_h) continue;
-          for (int kx = 0; kx < p->k_w; kx++) {
-            const int ix = ix0 + kx * p->d_w;
-            if (ix < 0 || ix >= p->in_w) continue;
-            acc += (in[((size_t)iy * p->in_w + ix) * IC + ic] - in_zp) * p->w[(size_t)(ky * p->k_w + kx) * C + c];
-          }
-        }
-        out[c] = (int8_t)s2_requant(acc, p->mult[c], p->shift[c], zp, lo, hi);
+        for (int t = 0; t < nt; t++) acc += (in[xoff[t] + ic] - in_zp) * w[woff[t] + c];
+        out[c] = (int8_t)s2_requant(acc, mult[c], shift[c], zp, lo, hi);
       }
       out += C;
     }
   }
+}
+
+/* Depthwise conv reading a spike tensor: per output pixel, each fired
+ * input (tap, c) adds w[tap][c * depth_mult + m] to the accumulators of its
+ * depth_mult output channels; acc = bias + (on - zp) S, requantized. */
+size_t s2_dwconv_spike_list_scratch(const s2_dwconv_t *p) {
+  size_t hw = (size_t)p->in_h * p->in_w;
+  return ((hw * 2u + 3u) & ~(size_t)3u) + ((hw * (size_t)p->in_c * (p->in_c > 256 ? 2u : 1u) + 3u) & ~(size_t)3u) +
+         4u * (size_t)p->out_c + 64u;
+}
+
+uint32_t s2_dwconv_spike_list(const s2_dwconv_t *p, const int8_t *restrict in, int8_t *restrict out, void *scratch) {
+  const int IC = p->in_c, C = p->out_c, DM = p->depth_mult, HW = p->in_h * p->in_w, W = p->in_w;
+  const int8_t zp = (int8_t)p->in_zp;
+  const int wide = IC > 256;
+  uint16_t *count = (uint16_t *)scratch;
+  uint8_t *idx = (uint8_t *)scratch + (((size_t)HW * 2u + 3u) & ~(size_t)3u);
+  int32_t *acc = (int32_t *)(idx + (((size_t)HW * IC * (wide ? 2u : 1u) + 3u) & ~(size_t)3u));
+  const int8_t *restrict w = p->w;
+  uint32_t total = 0;
+  for (int pix = 0; pix < HW; pix++) {
+    const int8_t *x = in + (size_t)pix * IC;
+    int n = 0;
+    if (!wide) {
+      uint8_t *id = idx + (size_t)pix * IC;
+      for (int c = 0; c < IC; c++) {
+        id[n] = (uint8_t)c;
+        n += x[c] != zp;
+      }
+    } else {
+      uint16_t *id = (uint16_t *)idx + (size_t)pix * IC;
+      for (int c = 0; c < IC; c++) {
+        id[n] = (uint16_t)c;
+        n += x[c] != zp;
+      }
+    }
+    count[pix] = (uint16_t)n;
+    total += (uint32_t)n;
+  }
+  for (int oy = 0; oy < p->out_h; oy++) {
+    const int iy0 = oy * p->s_h - p->pad_t;
+    for (int ox = 0; ox < p->out_w; ox++) {
+      const int ix0 = ox * p->s_w - p->pad_l;
+      for (int c = 0; c < C; c++) acc[c] = 0;
+      for (int ky = 0; ky < p->k_h; ky++) {
+        const int iy = iy0 + ky * p->d_h;
+        if (iy < 0 || iy >= p->in_h) continue;
+        for (int kx = 0; kx < p->k_w; kx++) {
+          const int ix = ix0 + kx * p->d_w;
+          if (ix < 0 || ix >= W) continue;
+          const int pix = iy * W + ix;
+          const int n = count[pix];
+          const int8_t *wt = w + (size_t)(ky * p->k_w + kx) * C;
+          if (DM == 1 && !wide) {
+            const uint8_t *id = idx + (size_t)pix * IC;
+            for (int j = 0; j < n; j++) {
+              const int c = id[j];
+              acc[c] += wt[c];
+            }
+          } else {
+            for (int j = 0; j < n; j++) {
+              const int c = wide ? ((const uint16_t *)idx)[(size_t)pix * IC + j] : idx[(size_t)pix * IC + j];
+              for (int m = 0; m < DM; m++) acc[c * DM + m] += wt[c * DM + m];
+            }
+          }
+        }
+      }
+      s2_finish_sums(p->bias, p->mult, p->shift, p->spike_gain, p->out_zp, p->act_min, p->act_max, acc, 0, C, out);
+      out += C;
+    }
+  }
+  return total;
 }
 
 /* ======================================================================
@@ -787,9 +893,39 @@ void s2_avgpool(const s2_pool_t *p, const int8_t *in, int8_t *out) {
       const int ix0 = ox * p->s_w - p->pad_l;
       const int x0 = S2_MAX(0, -ix0), x1 = S2_MIN(p->k_w, p->in_w - ix0);
       const int count = (y1 - y0) * (x1 - x0);
+#ifdef S2_MVE
+      if (p->div_m && count == p->k_h * p->k_w) {
+        /* sum of the window (int32 lanes), then round(|sum| / n) half away from zero
+         * by the exact multiply-high division, the sign put back */
+        const uint32x4_t half = vdupq_n_u32((uint32_t)(count / 2));
+        const int32x4_t dshift = vdupq_n_s32(-(int32_t)p->div_s);
+        for (int c = 0; c < C; c += 4) {
+          mve_pred16_t pr = vctp32q(C - c);
+          int32x4_t acc = vdupq_n_s32(0);
+          for (int y = y0; y < y1; y++)
+            for (int x = x0; x < x1; x++)
+              acc = vaddq_s32(acc, vldrbq_z_s32(in + ((size_t)(iy0 + y) * p->in_w + ix0 + x) * C + c, pr));
+          uint32x4_t u = vaddq_u32(vreinterpretq_u32_s32(vabsq_s32(acc)), half);
+          int32x4_t q = vreinterpretq_s32_u32(vshlq_u32(vmulhq_u32(u, vdupq_n_u32(p->div_m)), dshift));
+          q = vpselq_s32(vnegq_s32(q), q, vcmpltq_n_s32(acc, 0));
+          q = vminq_s32(vmaxq_s32(q, vdupq_n_s32(p->act_min)), vdupq_n_s32(p->act_max));
+          vstrbq_p_s32(out + c, q, pr);
+        }
+        out += C;
+        continue;
+      }
+#endif
       if (count == 1) {
         const int8_t *src = in + ((size_t)(iy0 + y0) * p->in_w + ix0 + x0) * C;
+#ifdef S2_MVE
+        const int8x16_t vlo = vdupq_n_s8((int8_t)p->act_min), vhi = vdupq_n_s8((int8_t)p->act_max);
+        for (int c = 0; c < C; c += 16) {
+          mve_pred16_t pr = vctp8q(C - c);
+          vstrbq_p_s8(out + c, vminq_s8(vmaxq_s8(vldrbq_z_s8(src + c, pr), vlo), vhi), pr);
+        }
+#else
         for (int c = 0; c < C; c++) out[c] = s2_clamp8(src[c], p->act_min, p->act_max);
+#endif
         out += C;
         continue;
       }

@@ -42,6 +42,7 @@ typedef struct {
   uint8_t k_h, k_w, s_h, s_w, d_h, d_w, depth_mult, pointwise;  /* pointwise: 1x1, stride 1, no padding */
   int16_t pad_t, pad_l;
   int16_t in_zp, out_zp, act_min, act_max;
+  int16_t spike_gain;      /* spike layout: on code - zero point */
   const int8_t *w;         /* HWC (C = out channels) */
   const int32_t *bias;     /* bias (pointwise: bias - in_zp * w) */
   const int32_t *mult;
@@ -59,6 +60,10 @@ typedef struct {
   int16_t in_h, in_w, c, out_h, out_w;
   uint8_t k_h, k_w, s_h, s_w;
   int16_t pad_t, pad_l, act_min, act_max;
+  /* average pool, full windows: u / (k_h k_w) = (u * div_m) >> (32 + div_s) for
+   * 0 <= u <= 128 k_h k_w + k_h k_w / 2 (checked by the generator); div_m 0: none */
+  uint32_t div_m;
+  uint8_t div_s;
 } s2_pool_t;
 
 typedef struct {
@@ -92,11 +97,20 @@ static inline int32_t s2_rdbp(int32_t x, int e) {
   return (x >> e) + (rem > thr ? 1 : 0);
 }
 
+#ifndef S2_SINGLE_ROUNDING
 static inline int32_t s2_mbqm(int32_t x, int32_t m, int shift) {
   int ls = shift > 0 ? shift : 0;
   int rs = shift > 0 ? 0 : -shift;
   return s2_rdbp(s2_srdhm((int32_t)((uint32_t)x << ls), m), rs);
 }
+#else
+/* TFLITE_SINGLE_ROUNDING's variant, only for the rounding experiment of the
+ * tests (the tflite-micro interpreter uses the one above); scalar paths only. */
+static inline int32_t s2_mbqm(int32_t x, int32_t m, int shift) {
+  const int total = 31 - shift;
+  return (int32_t)(((int64_t)x * m + (1ll << (total - 1))) >> total);
+}
+#endif
 
 static inline int8_t s2_clamp8(int32_t v, int32_t lo, int32_t hi) {
   v = v < lo ? lo : v;
@@ -116,6 +130,8 @@ void s2_conv_dense(const s2_conv_t *p, const int8_t *in, int8_t *out, void *scra
 uint32_t s2_conv_spike_list(const s2_conv_t *p, const int8_t *in, int8_t *out, void *scratch);
 uint32_t s2_conv_spike_mask(const s2_conv_t *p, const int8_t *in, int8_t *out, void *scratch);
 void s2_dwconv(const s2_dwconv_t *p, const int8_t *in, int8_t *out);
+size_t s2_dwconv_spike_list_scratch(const s2_dwconv_t *p);
+uint32_t s2_dwconv_spike_list(const s2_dwconv_t *p, const int8_t *in, int8_t *out, void *scratch);
 void s2_add(const s2_add_t *p, const int8_t *a, const int8_t *b, int8_t *out);
 void s2_avgpool(const s2_pool_t *p, const int8_t *in, int8_t *out);
 void s2_maxpool(const s2_pool_t *p, const int8_t *in, int8_t *out);
