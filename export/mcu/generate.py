@@ -57,20 +57,21 @@ def spike_accumulator_bound(w_ohwi: np.ndarray) -> int:
     return int(max(np.max(np.sum(np.maximum(rows, 0), axis=1)), np.max(-np.sum(np.minimum(rows, 0), axis=1))))
 
 
-def layer_scratch(layer, layout: str, target: str) -> int:
-    """Scratch bytes of a layer's kernel (the ``*_scratch`` functions of s2mcu.c)."""
+def layer_scratch(layer, layout: str, target: str, list_in_place: bool = False) -> int:
+    """Scratch bytes of a layer's kernel (the ``*_scratch`` functions of
+    s2mcu.c); ``list_in_place``: the spike lists overwrite the input."""
     p = layer.params
+    hw = p.get("in_h", 0) * p.get("in_w", 0)
+    lists = 0 if list_in_place else hw * p.get("in_c", 0) * (2 if p.get("in_c", 0) > 256 else 1)
     if layer.kind == "conv":
         if layout == DENSE:
             k = p["k_h"] * p["k_w"] * p["in_c"]
             return 3 * k + 8 if target == "cortex-m4" else k + 16
-        hw = p["in_h"] * p["in_w"]
         if layout == "spike_list":
-            return ((hw * 2 + 3) & ~3) + hw * p["in_c"] * (2 if p["in_c"] > 256 else 1) + 64
+            return ((hw * 2 + 3) & ~3) + lists + 64
         return hw * ((p["in_c"] + 31) // 32) * 4 + 64
     if layer.kind == "dwconv" and layout == "spike_list":
-        hw = p["in_h"] * p["in_w"]
-        return ((hw * 2 + 3) & ~3) + ((hw * p["in_c"] * (2 if p["in_c"] > 256 else 1) + 3) & ~3) + 4 * p["out_c"] + 64
+        return ((hw * 2 + 3) & ~3) + ((lists + 3) & ~3) + 4 * p["out_c"] + 64
     if layer.kind == "mean":
         return 4 * p["inner"]
     return 0
@@ -121,6 +122,16 @@ def _resolve_layouts(program: Program, layouts) -> Dict[int, str]:
     return out
 
 
+def _reads_last(program: Program, layer) -> bool:
+    """The layer is the last reader of its (int8, <= 256-channel) input, which
+    is neither the model input nor its output: its spike lists may overwrite it."""
+    root = program.root(layer.inputs[0])
+    if root in (program.root(program.input), program.root(program.output)) or layer.params.get("in_c", 0) > 256:
+        return False
+    readers = [l.index for l in program.layers if any(program.root(t) == root for t in l.inputs)]
+    return max(readers) == layer.index
+
+
 def _in_place(program: Program) -> Dict[int, int]:
     out = {}
     for layer in program.layers:
@@ -150,7 +161,8 @@ def generate(program: Program, layouts: Union[str, Dict, None] = DENSE, target: 
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
     chosen = _resolve_layouts(program, layouts)
-    scratch = {l.index: layer_scratch(l, chosen[l.index], target) for l in program.layers}
+    in_place_lists = {l.index for l in program.layers if chosen[l.index] == "spike_list" and _reads_last(program, l)}
+    scratch = {l.index: layer_scratch(l, chosen[l.index], target, l.index in in_place_lists) for l in program.layers}
     plan = plan_memory(program, scratch, _in_place(program) if in_place else {})
     P = prefix
     arrays, structs, calls = [], [], []
@@ -186,6 +198,8 @@ def generate(program: Program, layouts: Union[str, Dict, None] = DENSE, target: 
                 gain = int(layer.spike[1]) - int(p["in_zp"])
                 if spike_accumulator_bound(w) <= INT16_MAX:
                     flags |= 1
+            if i in in_place_lists:
+                flags |= 2
             add_array("int8_t", f"{tag}_w", w_out)
             add_array("int32_t", f"{tag}_b", bias)
             add_array("int32_t", f"{tag}_m", c["mult"])
@@ -219,7 +233,7 @@ def generate(program: Program, layouts: Union[str, Dict, None] = DENSE, target: 
                 "in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "s_h", "s_w", "d_h", "d_w",
                 "depth_mult", "pad_t", "pad_l", "in_zp", "out_zp", "act_min", "act_max"))
             structs.append(f"static const s2_dwconv_t {tag} = {{{fields}, .pointwise = {pointwise}, "
-                           f".spike_gain = {gain},\n  .w = {tag}_w, .bias = {tag}_b, .mult = {tag}_m, .shift = {tag}_s}};\n")
+                           f".spike_gain = {gain}, .flags = {2 if i in in_place_lists else 0},\n  .w = {tag}_w, .bias = {tag}_b, .mult = {tag}_m, .shift = {tag}_s}};\n")
             if lay == DENSE:
                 calls.append(f"s2_dwconv(&{tag}, {buf(layer.inputs[0])}, {buf(layer.outputs[0])});")
             else:

@@ -81,16 +81,18 @@ def quantize_inputs(flatbuffer, images) -> np.ndarray:
     return quantize(x, details).reshape(len(x), -1)
 
 
-def tflm_outputs(flatbuffer, inputs: np.ndarray) -> Tuple[np.ndarray, int]:
+def tflm_outputs(flatbuffer, inputs: np.ndarray, arena_bytes: Optional[int] = None) -> Tuple[np.ndarray, int]:
     """Raw outputs of the ``tflite-micro`` interpreter for ``inputs`` (as
-    :func:`quantize_inputs` gives them) and its smallest tensor arena."""
+    :func:`quantize_inputs` gives them) and its tensor arena: the smallest
+    that runs (:func:`export.runtimes.tflm_arena_size`) unless
+    ``arena_bytes`` is given."""
     from export.runtimes import quiet_stderr, tflm_arena_size
     from export.flatbuffer import read_model
     from tflite_micro.python.tflite_micro import runtime
 
     graph = read_model(flatbuffer).main
     shape = graph.tensors[graph.inputs[0]].shape
-    arena = tflm_arena_size(flatbuffer)
+    arena = tflm_arena_size(flatbuffer) if arena_bytes is None else int(arena_bytes)
     with quiet_stderr():
         interp = runtime.Interpreter.from_bytes(bytes(flatbuffer), arena_size=int(arena))
     outs = []

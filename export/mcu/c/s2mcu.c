@@ -250,7 +250,7 @@ static inline int s2_idx_wide(const s2_conv_t *p) { return p->in_c > 256; }
 
 size_t s2_conv_spike_list_scratch(const s2_conv_t *p) {
   size_t hw = (size_t)p->in_h * p->in_w;
-  size_t idx = hw * (size_t)p->in_c * (s2_idx_wide(p) ? 2u : 1u);
+  size_t idx = (p->flags & S2_LIST_IN_PLACE) ? 0u : hw * (size_t)p->in_c * (s2_idx_wide(p) ? 2u : 1u);
   return ((hw * 2u + 3u) & ~(size_t)3u) + idx + 64u;   /* counts (uint16), then the index lists */
 }
 
@@ -501,8 +501,10 @@ uint32_t s2_conv_spike_list(const s2_conv_t *p, const int8_t *in, int8_t *out, v
   const int C = p->in_c, HW = p->in_h * p->in_w;
   const int8_t zp = (int8_t)p->in_zp;
   uint16_t *count = (uint16_t *)scratch;
-  void *idx = (uint8_t *)scratch + (((size_t)HW * 2u + 3u) & ~(size_t)3u);
   const int wide = s2_idx_wide(p);
+  /* in place: pixel pix's list takes its own C bytes, written at n <= c after x[c] is read */
+  void *idx = (p->flags & S2_LIST_IN_PLACE) && !wide ? (void *)(uintptr_t)in
+                                                     : (uint8_t *)scratch + (((size_t)HW * 2u + 3u) & ~(size_t)3u);
   uint32_t total = 0;
   /* encode: per input pixel, the channels whose code is not the zero point */
   for (int pix = 0; pix < HW; pix++) {
@@ -521,18 +523,20 @@ uint32_t s2_conv_spike_list(const s2_conv_t *p, const int8_t *in, int8_t *out, v
         }
       }
 #else
-      for (int c = 0; c < C; c++) {
-        S2_CHECK_CODE(p, x[c]);
+      for (int c = 0; c < C; c++) {   /* x[c] is read before id[n <= c] is written (in place) */
+        const int8_t v = x[c];
+        S2_CHECK_CODE(p, v);
         id[n] = (uint8_t)c;
-        n += x[c] != zp;
+        n += v != zp;
       }
 #endif
     } else {
       uint16_t *id = (uint16_t *)idx + (size_t)pix * C;
       for (int c = 0; c < C; c++) {
-        S2_CHECK_CODE(p, x[c]);
+        const int8_t v = x[c];
+        S2_CHECK_CODE(p, v);
         id[n] = (uint16_t)c;
-        n += x[c] != zp;
+        n += v != zp;
       }
     }
     count[pix] = (uint16_t)n;
@@ -769,17 +773,19 @@ void s2_dwconv(const s2_dwconv_t *p, const int8_t *restrict in, int8_t *restrict
  * depth_mult output channels; acc = bias + (on - zp) S, requantized. */
 size_t s2_dwconv_spike_list_scratch(const s2_dwconv_t *p) {
   size_t hw = (size_t)p->in_h * p->in_w;
-  return ((hw * 2u + 3u) & ~(size_t)3u) + ((hw * (size_t)p->in_c * (p->in_c > 256 ? 2u : 1u) + 3u) & ~(size_t)3u) +
-         4u * (size_t)p->out_c + 64u;
+  size_t idx = (p->flags & S2_LIST_IN_PLACE) ? 0u : hw * (size_t)p->in_c * (p->in_c > 256 ? 2u : 1u);
+  return ((hw * 2u + 3u) & ~(size_t)3u) + ((idx + 3u) & ~(size_t)3u) + 4u * (size_t)p->out_c + 64u;
 }
 
-uint32_t s2_dwconv_spike_list(const s2_dwconv_t *p, const int8_t *restrict in, int8_t *restrict out, void *scratch) {
+uint32_t s2_dwconv_spike_list(const s2_dwconv_t *p, const int8_t *in, int8_t *restrict out, void *scratch) {
   const int IC = p->in_c, C = p->out_c, DM = p->depth_mult, HW = p->in_h * p->in_w, W = p->in_w;
   const int8_t zp = (int8_t)p->in_zp;
   const int wide = IC > 256;
+  const int in_place = (p->flags & S2_LIST_IN_PLACE) && !wide;
   uint16_t *count = (uint16_t *)scratch;
-  uint8_t *idx = (uint8_t *)scratch + (((size_t)HW * 2u + 3u) & ~(size_t)3u);
-  int32_t *acc = (int32_t *)(idx + (((size_t)HW * IC * (wide ? 2u : 1u) + 3u) & ~(size_t)3u));
+  uint8_t *after = (uint8_t *)scratch + (((size_t)HW * 2u + 3u) & ~(size_t)3u);
+  uint8_t *idx = in_place ? (uint8_t *)(uintptr_t)in : after;
+  int32_t *acc = (int32_t *)(in_place ? after : after + (((size_t)HW * IC * (wide ? 2u : 1u) + 3u) & ~(size_t)3u));
   const int8_t *restrict w = p->w;
   uint32_t total = 0;
   for (int pix = 0; pix < HW; pix++) {
@@ -787,15 +793,17 @@ uint32_t s2_dwconv_spike_list(const s2_dwconv_t *p, const int8_t *restrict in, i
     int n = 0;
     if (!wide) {
       uint8_t *id = idx + (size_t)pix * IC;
-      for (int c = 0; c < IC; c++) {
+      for (int c = 0; c < IC; c++) {   /* x[c] is read before id[n <= c] is written (in place) */
+        const int8_t v = x[c];
         id[n] = (uint8_t)c;
-        n += x[c] != zp;
+        n += v != zp;
       }
     } else {
       uint16_t *id = (uint16_t *)idx + (size_t)pix * IC;
       for (int c = 0; c < IC; c++) {
+        const int8_t v = x[c];
         id[n] = (uint16_t)c;
-        n += x[c] != zp;
+        n += v != zp;
       }
     }
     count[pix] = (uint16_t)n;

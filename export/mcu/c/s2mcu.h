@@ -23,6 +23,7 @@ extern "C" {
 
 /* Flags of s2_conv_t.flags. */
 #define S2_ACC16 1u      /* spike layouts: the weight sums fit int16 (bound checked by the generator) */
+#define S2_LIST_IN_PLACE 2u  /* spike_list: the index lists overwrite the input (this layer reads it last) */
 
 typedef struct {
   int16_t in_h, in_w, in_c, out_h, out_w, out_c;
@@ -43,6 +44,7 @@ typedef struct {
   int16_t pad_t, pad_l;
   int16_t in_zp, out_zp, act_min, act_max;
   int16_t spike_gain;      /* spike layout: on code - zero point */
+  uint16_t flags;          /* S2_LIST_IN_PLACE */
   const int8_t *w;         /* HWC (C = out channels) */
   const int32_t *bias;     /* bias (pointwise: bias - in_zp * w) */
   const int32_t *mult;
