@@ -302,13 +302,16 @@ static void s2_finish_sums(const int32_t *bias, const int32_t *mult, const int8_
 }
 
 #ifdef S2_MVE
-/* One output pixel, channels [oc0, oc0 + nb), int16 lanes (4 x 8 = 32 channels). */
+/* One output pixel, channels [oc0, oc0 + nb), int16 lanes: nv (1..4, a
+ * constant at each call) vectors of 8 channels; the last one predicated
+ * unless full. */
 S2_INL void s2_gather_list_mve16(const s2_conv_t *p, const s2_spikes_t *sp, int iy0, int ix0, int oc0, int nb,
-                                 int32_t *sums, int full) {
+                                 int32_t *sums, int nv, int full) {
   const int C = p->in_c, OC = p->out_c, W = p->in_w;
   const int wide = s2_idx_wide(p);
-  const mve_pred16_t p0 = vctp16q(nb), p1 = vctp16q(nb - 8), p2 = vctp16q(nb - 16), p3 = vctp16q(nb - 24);
+  const mve_pred16_t pl = vctp16q(nb - 8 * (nv - 1));   /* the last vector's lanes */
   int16x8_t a0 = vdupq_n_s16(0), a1 = a0, a2 = a0, a3 = a0;
+#define S2_LAST(k) (full || nv != (k) + 1)
   for (int ky = 0; ky < p->k_h; ky++) {
     const int iy = iy0 + ky * p->d_h;
     if (iy < 0 || iy >= p->in_h) continue;
@@ -318,7 +321,7 @@ S2_INL void s2_gather_list_mve16(const s2_conv_t *p, const s2_spikes_t *sp, int 
       const int pix = iy * W + ix;
       const int n = sp->count[pix];
       const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0;
-      if (!wide && full) {
+      if (!wide && full && nv == 4) {
         /* the AC loop, per fired input: index, row address, 4 loads, 4 adds, loop end */
         const uint8_t *id = (const uint8_t *)sp->idx + (size_t)pix * C;
         int16x8_t t0, t1;
@@ -343,31 +346,27 @@ S2_INL void s2_gather_list_mve16(const s2_conv_t *p, const s2_spikes_t *sp, int 
               [id] "+r"(id), [wp] "=&r"(wp), [c] "=&r"(c)
             : [n] "r"(n), [oc] "r"(OC), [wb] "r"(wb)
             : "lr", "memory");
-      } else if (!wide) {
-        const uint8_t *id = (const uint8_t *)sp->idx + (size_t)pix * C;
-        for (int j = 0; j < n; j++) {
-          const int8_t *wp = wb + (size_t)id[j] * OC;
-          a0 = vaddq_s16(a0, s2_ld16(wp, p0, full));
-          a1 = vaddq_s16(a1, s2_ld16(wp + 8, p1, full));
-          a2 = vaddq_s16(a2, s2_ld16(wp + 16, p2, full));
-          a3 = vaddq_s16(a3, s2_ld16(wp + 24, p3, full));
-        }
-      } else {
-        const uint16_t *id = (const uint16_t *)sp->idx + (size_t)pix * C;
-        for (int j = 0; j < n; j++) {
-          const int8_t *wp = wb + (size_t)id[j] * OC;
-          a0 = vaddq_s16(a0, s2_ld16(wp, p0, full));
-          a1 = vaddq_s16(a1, s2_ld16(wp + 8, p1, full));
-          a2 = vaddq_s16(a2, s2_ld16(wp + 16, p2, full));
-          a3 = vaddq_s16(a3, s2_ld16(wp + 24, p3, full));
-        }
+        continue;
+      }
+      for (int j = 0; j < n; j++) {
+        const int c = wide ? ((const uint16_t *)sp->idx)[(size_t)pix * C + j]
+                           : ((const uint8_t *)sp->idx)[(size_t)pix * C + j];
+        const int8_t *wp = wb + (size_t)c * OC;
+        a0 = vaddq_s16(a0, s2_ld16(wp, pl, S2_LAST(0)));
+        if (nv > 1) a1 = vaddq_s16(a1, s2_ld16(wp + 8, pl, S2_LAST(1)));
+        if (nv > 2) a2 = vaddq_s16(a2, s2_ld16(wp + 16, pl, S2_LAST(2)));
+        if (nv > 3) a3 = vaddq_s16(a3, s2_ld16(wp + 24, pl, S2_LAST(3)));
       }
     }
   }
+#undef S2_LAST
   /* int16 -> int32, in channel order */
   int16_t t[32];
-  vst1q_s16(t, a0); vst1q_s16(t + 8, a1); vst1q_s16(t + 16, a2); vst1q_s16(t + 24, a3);
-  for (int o = 0; o < 32; o += 4) vst1q_s32(sums + o, vldrhq_s32(t + o));
+  vst1q_s16(t, a0);
+  if (nv > 1) vst1q_s16(t + 8, a1);
+  if (nv > 2) vst1q_s16(t + 16, a2);
+  if (nv > 3) vst1q_s16(t + 24, a3);
+  for (int o = 0; o < 8 * nv; o += 4) vst1q_s32(sums + o, vldrhq_s32(t + o));
 }
 
 /* The same with int32 lanes (4 x 4 = 16 channels), for sums beyond int16. */
@@ -414,8 +413,19 @@ static void s2_gather_list(const s2_conv_t *p, const s2_spikes_t *sp, int oy, in
   for (int oc0 = 0; oc0 < OC; oc0 += OB) {
     const int nb = S2_MIN(OB, OC - oc0);
 #if defined(S2_MVE)
-    if (acc16 && nb == S2_OB16) s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 1);
-    else if (acc16) s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 0);
+    if (acc16) {
+      const int nv = (nb + 7) / 8, full = (nb & 7) == 0;
+      switch (nv * 2 + full) {
+        case 9: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 4, 1); break;
+        case 8: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 4, 0); break;
+        case 7: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 3, 1); break;
+        case 6: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 3, 0); break;
+        case 5: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 2, 1); break;
+        case 4: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 2, 0); break;
+        case 3: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 1, 1); break;
+        default: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 1, 0); break;
+      }
+    }
     else if (nb == S2_OB32) s2_gather_list_mve32(p, sp, iy0, ix0, oc0, nb, sums, 1);
     else s2_gather_list_mve32(p, sp, iy0, ix0, oc0, nb, sums, 0);
 #elif defined(S2_DSP)
