@@ -102,3 +102,18 @@ def test_cli_end_to_end(trained_model, tmp_path):
     report = json.loads((out / "mcu_report.json").read_text())
     assert report["cores"]["cortex-m4"]["bit_exact"] == {"images": 12, "equal": 12, "fraction": 1.0}
     assert report["spike_tensors"] > 0 and report["rewrites"] == ["bn_as_depthwise"]
+
+
+def test_reporter_in_export_run(trained_model, fmnist, tmp_path):
+    """export.mcu.reporter plugs into export_run: report["formats"]["int8"]["mcu"]."""
+    from export import mcu
+    from export.pipeline import export_run
+
+    x, y = fmnist[2][:40], fmnist[3][:40]
+    result = export_run(trained_model, str(tmp_path), x, y, formats=("int8",), calibration_images=fmnist[0][-100:],
+                        max_tflm_examples=20, c_array=False, verbose=False, spike_checks=False,
+                        reporters=[mcu.reporter(("cortex-m55",), images=x[:8], num_images=8, measure_images=3)])
+    figures = result["formats"]["int8"]["mcu"]
+    assert figures["cores"]["cortex-m55"]["bit_exact"]["fraction"] == 1.0
+    assert figures["spike_layers"] and figures["tflite_bytes"] == result["formats"]["int8"]["size_bytes"]
+    assert "microcontroller C" in mcu.format_summary(figures)
