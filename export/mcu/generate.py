@@ -31,6 +31,11 @@ __all__ = ["GeneratedCode", "generate", "TARGETS", "layer_scratch", "spike_accum
 
 #: Code paths of s2mcu.c: Cortex-M55 (Helium), Cortex-M4 (DSP), portable C (host).
 TARGETS = ("cortex-m55", "cortex-m4", "host")
+#: Per target, a dense conv with at most this many taps (k_h k_w in_c; an
+#: image stem) is generated with HWIO weights: per tap, one vector multiply
+#: of the tap's code with a row of output channels (S2_DENSE_HWIO). Helium
+#: only: on the M4 the dot products of the OHWI path are fewer instructions.
+DENSE_HWIO_TAPS = {"cortex-m55": 32, "cortex-m4": 0, "host": 0}
 INT16_MAX = 32767
 
 
@@ -145,7 +150,8 @@ def _in_place(program: Program) -> Dict[int, int]:
 
 
 def generate(program: Program, layouts: Union[str, Dict, None] = DENSE, target: str = "host",
-             prefix: str = "s2_model", model_name: str = "model", in_place: bool = True) -> GeneratedCode:
+             prefix: str = "s2_model", model_name: str = "model", in_place: bool = True,
+             dense_hwio_taps: Optional[int] = None) -> GeneratedCode:
     """C source of ``program``.
 
     Args:
@@ -157,9 +163,11 @@ def generate(program: Program, layouts: Union[str, Dict, None] = DENSE, target: 
       prefix: of the generated symbols (``<prefix>_invoke``; the board and
         host harnesses call ``s2_model_*``).
       in_place: let elementwise layers write over an input that dies there.
+      dense_hwio_taps: overrides :data:`DENSE_HWIO_TAPS` of the target.
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
+    hwio_taps = DENSE_HWIO_TAPS[target] if dense_hwio_taps is None else int(dense_hwio_taps)
     chosen = _resolve_layouts(program, layouts)
     in_place_lists = {l.index for l in program.layers if chosen[l.index] == "spike_list" and _reads_last(program, l)}
     scratch = {l.index: layer_scratch(l, chosen[l.index], target, l.index in in_place_lists) for l in program.layers}
@@ -192,6 +200,9 @@ def generate(program: Program, layouts: Union[str, Dict, None] = DENSE, target: 
             if lay == DENSE:
                 w_out = w
                 bias = _wrap32(bias - int(p["in_zp"]) * w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1))
+                if p["k_h"] * p["k_w"] * p["in_c"] <= hwio_taps:
+                    w_out = np.transpose(w, (1, 2, 3, 0))   # HWIO: per tap a row of output channels
+                    flags |= 4
             else:
                 w_out = np.transpose(w, (1, 2, 3, 0))   # HWIO
                 bias = _wrap32(bias)

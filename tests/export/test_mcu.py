@@ -257,9 +257,10 @@ def test_single_ops_are_byte_identical(case, tmp_path):
     program = lower(flat)
     inputs = quantize_inputs(flat, data[:40])
     ref, _ = tflm_outputs(flat, inputs, arena_bytes=1 << 20)
-    exe = build_host(generate(program, "dense", target="host"), str(tmp_path))
-    got = run_host(exe, inputs, (ref.shape[1],))["outputs"]
-    assert np.array_equal(got, ref), case
+    for hwio in (0, 32):   # the OHWI dot products, and the per-tap HWIO path (Helium's for small K)
+        exe = build_host(generate(program, "dense", target="host", dense_hwio_taps=hwio), str(tmp_path / str(hwio)))
+        got = run_host(exe, inputs, (ref.shape[1],))["outputs"]
+        assert np.array_equal(got, ref), (case, hwio)
 
 
 def test_unsupported_op_is_one_clear_error():

@@ -24,6 +24,7 @@ extern "C" {
 /* Flags of s2_conv_t.flags. */
 #define S2_ACC16 1u      /* spike layouts: the weight sums fit int16 (bound checked by the generator) */
 #define S2_LIST_IN_PLACE 2u  /* spike_list: the index lists overwrite the input (this layer reads it last) */
+#define S2_DENSE_HWIO 4u     /* dense with few taps (K <= 32, e.g. an image stem): HWIO weights, per tap x * w[tap][:] */
 
 typedef struct {
   int16_t in_h, in_w, in_c, out_h, out_w, out_c;
@@ -32,7 +33,7 @@ typedef struct {
   int16_t in_zp, out_zp, act_min, act_max;
   int16_t spike_gain;      /* spike layouts: on code - zero point */
   uint16_t flags;
-  const int8_t *w;         /* dense: OHWI; spike layouts: HWIO */
+  const int8_t *w;         /* dense: OHWI (HWIO with S2_DENSE_HWIO); spike layouts: HWIO */
   const int32_t *bias;     /* dense: bias - in_zp * sum(w) per channel; spike: bias */
   const int32_t *mult;
   const int8_t *shift;
