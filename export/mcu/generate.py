@@ -168,6 +168,8 @@ def generate(program: Program, layouts: Union[str, Dict, None] = DENSE, target: 
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
     hwio_taps = DENSE_HWIO_TAPS[target] if dense_hwio_taps is None else int(dense_hwio_taps)
+    if hwio_taps and target == "cortex-m4":
+        raise ValueError("the Cortex-M4 (DSP) kernels have no HWIO dense path; dense_hwio_taps must be 0 there")
     chosen = _resolve_layouts(program, layouts)
     in_place_lists = {l.index for l in program.layers if chosen[l.index] == "spike_list" and _reads_last(program, l)}
     scratch = {l.index: layer_scratch(l, chosen[l.index], target, l.index in in_place_lists) for l in program.layers}

@@ -126,68 +126,83 @@ static const int8_t *s2_im2col(const s2_conv_t *p, const int8_t *in, int oy, int
   return col;
 }
 
+/* Few taps (S2_DENSE_HWIO): per output pixel and tap t, acc[:] += x[t] * w[t][:]
+ * (the column holds the codes, zero-point padded; the bias carries -zp sum w).
+ * Its own function, so the main dense loop keeps its registers. */
+#if !defined(S2_DSP)
+static void __attribute__((noinline)) s2_conv_dense_hwio(const s2_conv_t *p, const int8_t *restrict in,
+                                                         int8_t *restrict out, int8_t *restrict col) {
+  const int K = p->k_h * p->k_w * p->in_c;
+  const int OC = p->out_c;
+  const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max;
+  /* few taps: per output pixel and tap t, acc[:] += x[t] * w[t][:] (the
+   * column holds the codes, zero-point padded; the bias carries -zp sum w) */
+  const int8_t *restrict w = p->w;
+  const int32_t *restrict bias = p->bias, *restrict mult = p->mult;
+  const int8_t *restrict shift = p->shift;
+  for (int oy = 0; oy < p->out_h; oy++) {
+    for (int ox = 0; ox < p->out_w; ox++) {
+      const int8_t *x = s2_im2col(p, in, oy, ox, col);
+#if defined(S2_MVE)
+      int oc = 0;
+      for (; oc + 16 <= OC; oc += 16) {   /* 16 channels in 4 accumulators per pass over the taps */
+        int32x4_t a0 = vldrwq_s32(bias + oc), a1 = vldrwq_s32(bias + oc + 4);
+        int32x4_t a2 = vldrwq_s32(bias + oc + 8), a3 = vldrwq_s32(bias + oc + 12);
+        const int8_t *wp = w + oc;
+        for (int t = 0; t < K; t++, wp += OC) {
+          const int32_t xv = x[t];
+          a0 = vmlaq_n_s32(a0, vldrbq_s32(wp), xv);
+          a1 = vmlaq_n_s32(a1, vldrbq_s32(wp + 4), xv);
+          a2 = vmlaq_n_s32(a2, vldrbq_s32(wp + 8), xv);
+          a3 = vmlaq_n_s32(a3, vldrbq_s32(wp + 12), xv);
+        }
+        s2_requant_store4(out + oc, a0, mult + oc, shift + oc, zp, lo, hi, 0, 1);
+        s2_requant_store4(out + oc + 4, a1, mult + oc + 4, shift + oc + 4, zp, lo, hi, 0, 1);
+        s2_requant_store4(out + oc + 8, a2, mult + oc + 8, shift + oc + 8, zp, lo, hi, 0, 1);
+        s2_requant_store4(out + oc + 12, a3, mult + oc + 12, shift + oc + 12, zp, lo, hi, 0, 1);
+      }
+      for (; oc + 4 <= OC; oc += 4) {
+        int32x4_t acc = vldrwq_s32(bias + oc);
+        for (int t = 0; t < K; t++) acc = vmlaq_n_s32(acc, vldrbq_s32(w + (size_t)t * OC + oc), x[t]);
+        s2_requant_store4(out + oc, acc, mult + oc, shift + oc, zp, lo, hi, 0, 1);
+      }
+      if (oc < OC) {
+        mve_pred16_t pr = vctp32q(OC - oc);
+        int32x4_t acc = vldrwq_z_s32(bias + oc, pr);
+        for (int t = 0; t < K; t++) acc = vmlaq_n_s32(acc, vldrbq_z_s32(w + (size_t)t * OC + oc, pr), x[t]);
+        s2_requant_store4(out + oc, acc, mult + oc, shift + oc, zp, lo, hi, pr, 0);
+      }
+#else
+      int32_t acc[64];
+      for (int oc0 = 0; oc0 < OC; oc0 += 64) {
+        const int nb = S2_MIN(64, OC - oc0);
+        for (int o = 0; o < nb; o++) acc[o] = bias[oc0 + o];
+        for (int t = 0; t < K; t++) {
+          const int32_t xv = x[t];
+          const int8_t *wt = w + (size_t)t * OC + oc0;
+          for (int o = 0; o < nb; o++) acc[o] += xv * wt[o];
+        }
+        for (int o = 0; o < nb; o++)
+          out[oc0 + o] = (int8_t)s2_requant(acc[o], mult[oc0 + o], shift[oc0 + o], zp, lo, hi);
+      }
+#endif
+      out += OC;
+    }
+  }
+}
+#endif
+
 void s2_conv_dense(const s2_conv_t *p, const int8_t *restrict in, int8_t *restrict out, void *restrict scratch) {
   const int K = p->k_h * p->k_w * p->in_c;
   const int OC = p->out_c;
   const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max;
   int8_t *col = (int8_t *)scratch;
+#if !defined(S2_DSP)   /* the generator sets S2_DENSE_HWIO for Helium (and the host tests) only */
   if (p->flags & S2_DENSE_HWIO) {
-    /* few taps: per output pixel and tap t, acc[:] += x[t] * w[t][:] (the
-     * column holds the codes, zero-point padded; the bias carries -zp sum w) */
-    const int8_t *restrict w = p->w;
-    const int32_t *restrict bias = p->bias, *restrict mult = p->mult;
-    const int8_t *restrict shift = p->shift;
-    for (int oy = 0; oy < p->out_h; oy++) {
-      for (int ox = 0; ox < p->out_w; ox++) {
-        const int8_t *x = s2_im2col(p, in, oy, ox, col);
-#if defined(S2_MVE)
-        int oc = 0;
-        for (; oc + 16 <= OC; oc += 16) {   /* 16 channels in 4 accumulators per pass over the taps */
-          int32x4_t a0 = vldrwq_s32(bias + oc), a1 = vldrwq_s32(bias + oc + 4);
-          int32x4_t a2 = vldrwq_s32(bias + oc + 8), a3 = vldrwq_s32(bias + oc + 12);
-          const int8_t *wp = w + oc;
-          for (int t = 0; t < K; t++, wp += OC) {
-            const int32_t xv = x[t];
-            a0 = vmlaq_n_s32(a0, vldrbq_s32(wp), xv);
-            a1 = vmlaq_n_s32(a1, vldrbq_s32(wp + 4), xv);
-            a2 = vmlaq_n_s32(a2, vldrbq_s32(wp + 8), xv);
-            a3 = vmlaq_n_s32(a3, vldrbq_s32(wp + 12), xv);
-          }
-          s2_requant_store4(out + oc, a0, mult + oc, shift + oc, zp, lo, hi, 0, 1);
-          s2_requant_store4(out + oc + 4, a1, mult + oc + 4, shift + oc + 4, zp, lo, hi, 0, 1);
-          s2_requant_store4(out + oc + 8, a2, mult + oc + 8, shift + oc + 8, zp, lo, hi, 0, 1);
-          s2_requant_store4(out + oc + 12, a3, mult + oc + 12, shift + oc + 12, zp, lo, hi, 0, 1);
-        }
-        for (; oc + 4 <= OC; oc += 4) {
-          int32x4_t acc = vldrwq_s32(bias + oc);
-          for (int t = 0; t < K; t++) acc = vmlaq_n_s32(acc, vldrbq_s32(w + (size_t)t * OC + oc), x[t]);
-          s2_requant_store4(out + oc, acc, mult + oc, shift + oc, zp, lo, hi, 0, 1);
-        }
-        if (oc < OC) {
-          mve_pred16_t pr = vctp32q(OC - oc);
-          int32x4_t acc = vldrwq_z_s32(bias + oc, pr);
-          for (int t = 0; t < K; t++) acc = vmlaq_n_s32(acc, vldrbq_z_s32(w + (size_t)t * OC + oc, pr), x[t]);
-          s2_requant_store4(out + oc, acc, mult + oc, shift + oc, zp, lo, hi, pr, 0);
-        }
-#else
-        int32_t acc[64];
-        for (int oc0 = 0; oc0 < OC; oc0 += 64) {
-          const int nb = S2_MIN(64, OC - oc0);
-          for (int o = 0; o < nb; o++) acc[o] = bias[oc0 + o];
-          for (int t = 0; t < K; t++) {
-            const int32_t xv = x[t];
-            const int8_t *wt = w + (size_t)t * OC + oc0;
-            for (int o = 0; o < nb; o++) acc[o] += xv * wt[o];
-          }
-          for (int o = 0; o < nb; o++)
-            out[oc0 + o] = (int8_t)s2_requant(acc[o], mult[oc0 + o], shift[oc0 + o], zp, lo, hi);
-        }
-#endif
-        out += OC;
-      }
-    }
+    s2_conv_dense_hwio(p, in, out, col);
     return;
   }
+#endif
   for (int oy = 0; oy < p->out_h; oy++) {
     for (int ox = 0; ox < p->out_w; ox++) {
       const int8_t *x = s2_im2col(p, in, oy, ox, col);
