@@ -58,6 +58,9 @@ SPIKE_LAYOUTS = ("spike_list", "spike_mask")
 #: channel adds its tap's weight to its own channels).
 DWCONV_SPIKE_LAYOUTS = ("spike_list",)
 LAYOUTS = (DENSE,) + SPIKE_LAYOUTS
+#: Kernel taps (k_h k_w) up to which a layer gets the spike layouts (the
+#: kernels' receptive-field list, S2_MAX_TAPS in s2mcu.c).
+MAX_SPIKE_TAPS = 64
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D", "MAX_POOL_2D",
                  "MEAN", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "QUANTIZE", "DEQUANTIZE")
 _ALIAS_OPS = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
@@ -425,7 +428,8 @@ def lower(flatbuffer, spike_levels: Optional[Dict[int, Tuple[int, int]]] = None)
                           act_min=-128, act_max=127)
             layer = Layer(len(layers), op.name, op.index, "mean", name, [x_t], [out_t], params,
                           macs=outer * reduce_n * inner)
-        if layer.kind in ("conv", "dwconv") and x.spike is not None and x.spike[0] == zp_in and x.spike[1] != zp_in:
+        if (layer.kind in ("conv", "dwconv") and x.spike is not None and x.spike[0] == zp_in and x.spike[1] != zp_in
+                and layer.params["k_h"] * layer.params["k_w"] <= MAX_SPIKE_TAPS):
             layer.spike = x.spike
             layer.layouts = (DENSE,) + (SPIKE_LAYOUTS if layer.kind == "conv" else DWCONV_SPIKE_LAYOUTS)
         layers.append(layer)

@@ -304,6 +304,28 @@ void s2_conv_dense(const s2_conv_t *p, const int8_t *restrict in, int8_t *restri
   }
 }
 
+/* The taps (ky, kx) of an output pixel whose input position (iy0 + ky d_h,
+ * ix0 + kx d_w) lies inside the input: input pixel index and tap index
+ * (ky k_w + kx). At most S2_MAX_TAPS (the generator keeps larger kernels
+ * on the paths that do not need the list). Returns how many. */
+#define S2_MAX_TAPS 64
+static int s2_valid_taps(int k_h, int k_w, int d_h, int d_w, int in_h, int in_w, int iy0, int ix0, int32_t *pix,
+                         int32_t *tap) {
+  int n = 0;
+  for (int ky = 0; ky < k_h; ky++) {
+    const int iy = iy0 + ky * d_h;
+    if (iy < 0 || iy >= in_h) continue;
+    for (int kx = 0; kx < k_w; kx++) {
+      const int ix = ix0 + kx * d_w;
+      if (ix < 0 || ix >= in_w) continue;
+      pix[n] = iy * in_w + ix;
+      tap[n] = ky * k_w + kx;
+      n++;
+    }
+  }
+  return n;
+}
+
 /* ======================================================================
  * CONV_2D / FULLY_CONNECTED reading a spike tensor: codes {zp, on}, so
  * sum (x - zp) w = (on - zp) * S with S the sum of the weights of the
@@ -373,204 +395,191 @@ static void s2_finish_sums(const int32_t *bias, const int32_t *mult, const int8_
 #endif
 }
 
+/* The fired inputs of one output pixel's receptive field: per tap inside
+ * the input, its input pixel and its weights (HWIO, from channel oc0). */
+typedef struct {
+  int n;
+  int32_t pix[S2_MAX_TAPS];
+  int32_t woff[S2_MAX_TAPS];   /* tap * in_c * out_c */
+} s2_rf_t;
+
+static void s2_conv_rf(const s2_conv_t *p, int oy, int ox, s2_rf_t *rf) {
+  rf->n = s2_valid_taps(p->k_h, p->k_w, p->d_h, p->d_w, p->in_h, p->in_w, oy * p->s_h - p->pad_t,
+                        ox * p->s_w - p->pad_l, rf->pix, rf->woff);
+  for (int t = 0; t < rf->n; t++) rf->woff[t] *= p->in_c * p->out_c;
+}
+
+static inline int s2_fired_channel(const s2_spikes_t *sp, int wide, int C, int pix, int j) {
+  return wide ? ((const uint16_t *)sp->idx)[(size_t)pix * C + j] : ((const uint8_t *)sp->idx)[(size_t)pix * C + j];
+}
+
 #ifdef S2_MVE
-/* One output pixel, channels [oc0, oc0 + nb), int16 lanes: nv (1..4, a
- * constant at each call) vectors of 8 channels; the last one predicated
- * unless full. */
-S2_INL void s2_gather_list_mve16(const s2_conv_t *p, const s2_spikes_t *sp, int iy0, int ix0, int oc0, int nb,
+/* Channels [oc0, oc0 + nb), int16 lanes: nv (1..4, a constant at each
+ * call) vectors of 8 channels; the last one predicated unless full. */
+S2_INL void s2_gather_list_mve16(const s2_conv_t *p, const s2_spikes_t *sp, const s2_rf_t *rf, int oc0, int nb,
                                  int32_t *sums, int nv, int full) {
-  const int C = p->in_c, OC = p->out_c, W = p->in_w;
+  const int C = p->in_c, OC = p->out_c;
   const int wide = s2_idx_wide(p);
   const mve_pred16_t pl = vctp16q(nb - 8 * (nv - 1));   /* the last vector's lanes */
   int16x8_t a0 = vdupq_n_s16(0), a1 = a0, a2 = a0, a3 = a0;
 #define S2_LAST(k) (full || nv != (k) + 1)
-  for (int ky = 0; ky < p->k_h; ky++) {
-    const int iy = iy0 + ky * p->d_h;
-    if (iy < 0 || iy >= p->in_h) continue;
-    for (int kx = 0; kx < p->k_w; kx++) {
-      const int ix = ix0 + kx * p->d_w;
-      if (ix < 0 || ix >= W) continue;
-      const int pix = iy * W + ix;
-      const int n = sp->count[pix];
-      const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0;
-      if (!wide && full && nv == 4) {
-        /* the AC loop, per fired input: index, row address, 4 loads, 4 adds, loop end */
-        const uint8_t *id = (const uint8_t *)sp->idx + (size_t)pix * C;
-        int16x8_t t0, t1;
-        const int8_t *wp;
-        uint32_t c;
-        __asm__ volatile(
-            "wls lr, %[n], 2f\n"
-            "1:\n"
-            "ldrb %[c], [%[id]], #1\n"
-            "mla %[wp], %[c], %[oc], %[wb]\n"
-            "vldrb.s16 %q[t0], [%[wp]]\n"
-            "vldrb.s16 %q[t1], [%[wp], #8]\n"
-            "vadd.i16 %q[a0], %q[a0], %q[t0]\n"
-            "vadd.i16 %q[a1], %q[a1], %q[t1]\n"
-            "vldrb.s16 %q[t0], [%[wp], #16]\n"
-            "vldrb.s16 %q[t1], [%[wp], #24]\n"
-            "vadd.i16 %q[a2], %q[a2], %q[t0]\n"
-            "vadd.i16 %q[a3], %q[a3], %q[t1]\n"
-            "le lr, 1b\n"
-            "2:\n"
-            : [a0] "+w"(a0), [a1] "+w"(a1), [a2] "+w"(a2), [a3] "+w"(a3), [t0] "=&w"(t0), [t1] "=&w"(t1),
-              [id] "+r"(id), [wp] "=&r"(wp), [c] "=&r"(c)
-            : [n] "r"(n), [oc] "r"(OC), [wb] "r"(wb)
-            : "lr", "memory");
-        continue;
-      }
-      for (int j = 0; j < n; j++) {
-        const int c = wide ? ((const uint16_t *)sp->idx)[(size_t)pix * C + j]
-                           : ((const uint8_t *)sp->idx)[(size_t)pix * C + j];
-        const int8_t *wp = wb + (size_t)c * OC;
-        a0 = vaddq_s16(a0, s2_ld16(wp, pl, S2_LAST(0)));
-        if (nv > 1) a1 = vaddq_s16(a1, s2_ld16(wp + 8, pl, S2_LAST(1)));
-        if (nv > 2) a2 = vaddq_s16(a2, s2_ld16(wp + 16, pl, S2_LAST(2)));
-        if (nv > 3) a3 = vaddq_s16(a3, s2_ld16(wp + 24, pl, S2_LAST(3)));
-      }
+  for (int t = 0; t < rf->n; t++) {
+    const int pix = rf->pix[t];
+    const int n = sp->count[pix];
+    const int8_t *wb = p->w + rf->woff[t] + oc0;
+    if (!wide && full && nv == 4) {
+      /* the AC loop, per fired input: index, row address, 4 loads, 4 adds, loop end */
+      const uint8_t *id = (const uint8_t *)sp->idx + (size_t)pix * C;
+      int16x8_t t0, t1;
+      const int8_t *wp;
+      uint32_t c;
+      __asm__ volatile(
+          "wls lr, %[n], 2f\n"
+          "1:\n"
+          "ldrb %[c], [%[id]], #1\n"
+          "mla %[wp], %[c], %[oc], %[wb]\n"   /* wp: a low register (the widening loads need one) */
+          "vldrb.s16 %q[t0], [%[wp]]\n"
+          "vldrb.s16 %q[t1], [%[wp], #8]\n"
+          "vadd.i16 %q[a0], %q[a0], %q[t0]\n"
+          "vadd.i16 %q[a1], %q[a1], %q[t1]\n"
+          "vldrb.s16 %q[t0], [%[wp], #16]\n"
+          "vldrb.s16 %q[t1], [%[wp], #24]\n"
+          "vadd.i16 %q[a2], %q[a2], %q[t0]\n"
+          "vadd.i16 %q[a3], %q[a3], %q[t1]\n"
+          "le lr, 1b\n"
+          "2:\n"
+          : [a0] "+w"(a0), [a1] "+w"(a1), [a2] "+w"(a2), [a3] "+w"(a3), [t0] "=&w"(t0), [t1] "=&w"(t1),
+            [id] "+r"(id), [wp] "=&l"(wp), [c] "=&r"(c)
+          : [n] "r"(n), [oc] "r"(OC), [wb] "r"(wb)
+          : "lr", "memory");
+      continue;
+    }
+    for (int j = 0; j < n; j++) {
+      const int8_t *wp = wb + (size_t)s2_fired_channel(sp, wide, C, pix, j) * OC;
+      a0 = vaddq_s16(a0, s2_ld16(wp, pl, S2_LAST(0)));
+      if (nv > 1) a1 = vaddq_s16(a1, s2_ld16(wp + 8, pl, S2_LAST(1)));
+      if (nv > 2) a2 = vaddq_s16(a2, s2_ld16(wp + 16, pl, S2_LAST(2)));
+      if (nv > 3) a3 = vaddq_s16(a3, s2_ld16(wp + 24, pl, S2_LAST(3)));
     }
   }
 #undef S2_LAST
   /* int16 -> int32, in channel order */
-  int16_t t[32];
-  vst1q_s16(t, a0);
-  if (nv > 1) vst1q_s16(t + 8, a1);
-  if (nv > 2) vst1q_s16(t + 16, a2);
-  if (nv > 3) vst1q_s16(t + 24, a3);
-  for (int o = 0; o < 8 * nv; o += 4) vst1q_s32(sums + o, vldrhq_s32(t + o));
+  int16_t tmp[32];
+  vst1q_s16(tmp, a0);
+  if (nv > 1) vst1q_s16(tmp + 8, a1);
+  if (nv > 2) vst1q_s16(tmp + 16, a2);
+  if (nv > 3) vst1q_s16(tmp + 24, a3);
+  for (int o = 0; o < 8 * nv; o += 4) vst1q_s32(sums + o, vldrhq_s32(tmp + o));
 }
 
 /* The same with int32 lanes (4 x 4 = 16 channels), for sums beyond int16. */
-S2_INL void s2_gather_list_mve32(const s2_conv_t *p, const s2_spikes_t *sp, int iy0, int ix0, int oc0, int nb,
+S2_INL void s2_gather_list_mve32(const s2_conv_t *p, const s2_spikes_t *sp, const s2_rf_t *rf, int oc0, int nb,
                                  int32_t *sums, int full) {
-  const int C = p->in_c, OC = p->out_c, W = p->in_w;
+  const int C = p->in_c, OC = p->out_c;
   const int wide = s2_idx_wide(p);
   const mve_pred16_t p0 = vctp32q(nb), p1 = vctp32q(nb - 4), p2 = vctp32q(nb - 8), p3 = vctp32q(nb - 12);
   int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0;
-  for (int ky = 0; ky < p->k_h; ky++) {
-    const int iy = iy0 + ky * p->d_h;
-    if (iy < 0 || iy >= p->in_h) continue;
-    for (int kx = 0; kx < p->k_w; kx++) {
-      const int ix = ix0 + kx * p->d_w;
-      if (ix < 0 || ix >= W) continue;
-      const int pix = iy * W + ix;
-      const int n = sp->count[pix];
-      const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0;
-      for (int j = 0; j < n; j++) {
-        const int c = wide ? ((const uint16_t *)sp->idx)[(size_t)pix * C + j]
-                           : ((const uint8_t *)sp->idx)[(size_t)pix * C + j];
-        const int8_t *wp = wb + (size_t)c * OC;
-        a0 = vaddq_s32(a0, s2_ld32(wp, p0, full));
-        a1 = vaddq_s32(a1, s2_ld32(wp + 4, p1, full));
-        a2 = vaddq_s32(a2, s2_ld32(wp + 8, p2, full));
-        a3 = vaddq_s32(a3, s2_ld32(wp + 12, p3, full));
-      }
+  for (int t = 0; t < rf->n; t++) {
+    const int pix = rf->pix[t];
+    const int n = sp->count[pix];
+    const int8_t *wb = p->w + rf->woff[t] + oc0;
+    for (int j = 0; j < n; j++) {
+      const int8_t *wp = wb + (size_t)s2_fired_channel(sp, wide, C, pix, j) * OC;
+      a0 = vaddq_s32(a0, s2_ld32(wp, p0, full));
+      a1 = vaddq_s32(a1, s2_ld32(wp + 4, p1, full));
+      a2 = vaddq_s32(a2, s2_ld32(wp + 8, p2, full));
+      a3 = vaddq_s32(a3, s2_ld32(wp + 12, p3, full));
     }
   }
   vst1q_s32(sums, a0); vst1q_s32(sums + 4, a1); vst1q_s32(sums + 8, a2); vst1q_s32(sums + 12, a3);
 }
 #endif
 
+#ifdef S2_DSP
+/* 8 channels per pass over the lists: SXTB16 splits a word of 4 weights
+ * into the pairs (w0, w2), (w1, w3); SADD16 adds two int16 lanes. */
+static void s2_gather_list_dsp(const s2_conv_t *p, const s2_spikes_t *sp, const s2_rf_t *rf, int oc0, int nb,
+                               int32_t *sums) {
+  const int C = p->in_c, OC = p->out_c;
+  const int wide = s2_idx_wide(p);
+  for (int o8 = 0; o8 < nb; o8 += 8) {
+    const int two = nb - o8 > 4;
+    uint32_t e0 = 0, d0 = 0, e1 = 0, d1 = 0;
+    for (int t = 0; t < rf->n; t++) {
+      const int pix = rf->pix[t];
+      const int n = sp->count[pix];
+      const int8_t *wb = p->w + rf->woff[t] + oc0 + o8;
+      if (!wide && two) {
+        const uint8_t *id = (const uint8_t *)sp->idx + (size_t)pix * C;
+        for (int j = 0; j < n; j++) {
+          const int8_t *wp = wb + (size_t)id[j] * OC;
+          uint32_t v0 = *(const uint32_t *)wp, v1 = *(const uint32_t *)(wp + 4);
+          e0 = __sadd16(e0, __sxtb16(v0)); d0 = __sadd16(d0, s2_sxtb16_ror8(v0));
+          e1 = __sadd16(e1, __sxtb16(v1)); d1 = __sadd16(d1, s2_sxtb16_ror8(v1));
+        }
+        continue;
+      }
+      for (int j = 0; j < n; j++) {
+        const int8_t *wp = wb + (size_t)s2_fired_channel(sp, wide, C, pix, j) * OC;
+        uint32_t v0 = *(const uint32_t *)wp;
+        e0 = __sadd16(e0, __sxtb16(v0)); d0 = __sadd16(d0, s2_sxtb16_ror8(v0));
+        if (two) {
+          uint32_t v1 = *(const uint32_t *)(wp + 4);
+          e1 = __sadd16(e1, __sxtb16(v1)); d1 = __sadd16(d1, s2_sxtb16_ror8(v1));
+        }
+      }
+    }
+    int32_t *s = sums + o8;
+    s[0] = (int16_t)(e0 & 0xFFFF); s[2] = (int16_t)(e0 >> 16);
+    s[1] = (int16_t)(d0 & 0xFFFF); s[3] = (int16_t)(d0 >> 16);
+    s[4] = (int16_t)(e1 & 0xFFFF); s[6] = (int16_t)(e1 >> 16);
+    s[5] = (int16_t)(d1 & 0xFFFF); s[7] = (int16_t)(d1 >> 16);
+  }
+}
+#endif
+
 static void s2_gather_list(const s2_conv_t *p, const s2_spikes_t *sp, int oy, int ox, int8_t *out) {
   const int OC = p->out_c;
-  const int iy0 = oy * p->s_h - p->pad_t, ix0 = ox * p->s_w - p->pad_l;
-#if !defined(S2_MVE)
-  const int C = p->in_c, W = p->in_w;
-  const int wide = s2_idx_wide(p);
-#endif
   const int acc16 = (p->flags & S2_ACC16) != 0;
   const int OB = acc16 ? S2_OB16 : S2_OB32;
   int32_t sums[S2_OB16];
+  s2_rf_t rf;
+  s2_conv_rf(p, oy, ox, &rf);
   for (int oc0 = 0; oc0 < OC; oc0 += OB) {
     const int nb = S2_MIN(OB, OC - oc0);
 #if defined(S2_MVE)
     if (acc16) {
       const int nv = (nb + 7) / 8, full = (nb & 7) == 0;
       switch (nv * 2 + full) {
-        case 9: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 4, 1); break;
-        case 8: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 4, 0); break;
-        case 7: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 3, 1); break;
-        case 6: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 3, 0); break;
-        case 5: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 2, 1); break;
-        case 4: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 2, 0); break;
-        case 3: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 1, 1); break;
-        default: s2_gather_list_mve16(p, sp, iy0, ix0, oc0, nb, sums, 1, 0); break;
+        case 9: s2_gather_list_mve16(p, sp, &rf, oc0, nb, sums, 4, 1); break;
+        case 8: s2_gather_list_mve16(p, sp, &rf, oc0, nb, sums, 4, 0); break;
+        case 7: s2_gather_list_mve16(p, sp, &rf, oc0, nb, sums, 3, 1); break;
+        case 6: s2_gather_list_mve16(p, sp, &rf, oc0, nb, sums, 3, 0); break;
+        case 5: s2_gather_list_mve16(p, sp, &rf, oc0, nb, sums, 2, 1); break;
+        case 4: s2_gather_list_mve16(p, sp, &rf, oc0, nb, sums, 2, 0); break;
+        case 3: s2_gather_list_mve16(p, sp, &rf, oc0, nb, sums, 1, 1); break;
+        default: s2_gather_list_mve16(p, sp, &rf, oc0, nb, sums, 1, 0); break;
       }
+    } else if (nb == S2_OB32) {
+      s2_gather_list_mve32(p, sp, &rf, oc0, nb, sums, 1);
+    } else {
+      s2_gather_list_mve32(p, sp, &rf, oc0, nb, sums, 0);
     }
-    else if (nb == S2_OB32) s2_gather_list_mve32(p, sp, iy0, ix0, oc0, nb, sums, 1);
-    else s2_gather_list_mve32(p, sp, iy0, ix0, oc0, nb, sums, 0);
-#elif defined(S2_DSP)
+#else
+#if defined(S2_DSP)
     if (acc16 && (OC & 3) == 0) {
-      /* 8 channels per pass over the lists: SXTB16 splits a word of 4 weights
-       * into the pairs (w0, w2), (w1, w3); SADD16 adds two int16 lanes. */
-      for (int o8 = 0; o8 < nb; o8 += 8) {
-        const int two = nb - o8 > 4;
-        uint32_t e0 = 0, d0 = 0, e1 = 0, d1 = 0;
-        for (int ky = 0; ky < p->k_h; ky++) {
-          const int iy = iy0 + ky * p->d_h;
-          if (iy < 0 || iy >= p->in_h) continue;
-          for (int kx = 0; kx < p->k_w; kx++) {
-            const int ix = ix0 + kx * p->d_w;
-            if (ix < 0 || ix >= W) continue;
-            const int pix = iy * W + ix;
-            const int n = sp->count[pix];
-            const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0 + o8;
-            if (!wide) {
-              const uint8_t *id = (const uint8_t *)sp->idx + (size_t)pix * C;
-              if (two) {
-                for (int j = 0; j < n; j++) {
-                  const int8_t *wp = wb + (size_t)id[j] * OC;
-                  uint32_t v0 = *(const uint32_t *)wp, v1 = *(const uint32_t *)(wp + 4);
-                  e0 = __sadd16(e0, __sxtb16(v0)); d0 = __sadd16(d0, s2_sxtb16_ror8((v0)));
-                  e1 = __sadd16(e1, __sxtb16(v1)); d1 = __sadd16(d1, s2_sxtb16_ror8((v1)));
-                }
-              } else {
-                for (int j = 0; j < n; j++) {
-                  uint32_t v0 = *(const uint32_t *)(wb + (size_t)id[j] * OC);
-                  e0 = __sadd16(e0, __sxtb16(v0)); d0 = __sadd16(d0, s2_sxtb16_ror8((v0)));
-                }
-              }
-            } else {
-              const uint16_t *id = (const uint16_t *)sp->idx + (size_t)pix * C;
-              for (int j = 0; j < n; j++) {
-                const int8_t *wp = wb + (size_t)id[j] * OC;
-                uint32_t v0 = *(const uint32_t *)wp;
-                e0 = __sadd16(e0, __sxtb16(v0)); d0 = __sadd16(d0, s2_sxtb16_ror8((v0)));
-                if (two) {
-                  uint32_t v1 = *(const uint32_t *)(wp + 4);
-                  e1 = __sadd16(e1, __sxtb16(v1)); d1 = __sadd16(d1, s2_sxtb16_ror8((v1)));
-                }
-              }
-            }
-          }
-        }
-        int32_t *s = sums + o8;
-        s[0] = (int16_t)(e0 & 0xFFFF); s[2] = (int16_t)(e0 >> 16);
-        s[1] = (int16_t)(d0 & 0xFFFF); s[3] = (int16_t)(d0 >> 16);
-        s[4] = (int16_t)(e1 & 0xFFFF); s[6] = (int16_t)(e1 >> 16);
-        s[5] = (int16_t)(d1 & 0xFFFF); s[7] = (int16_t)(d1 >> 16);
-      }
+      s2_gather_list_dsp(p, sp, &rf, oc0, nb, sums);
     } else
 #endif
-#if !defined(S2_MVE)
     {
+      const int C = p->in_c, wide = s2_idx_wide(p);
       for (int o = 0; o < nb; o++) sums[o] = 0;
-      for (int ky = 0; ky < p->k_h; ky++) {
-        const int iy = iy0 + ky * p->d_h;
-        if (iy < 0 || iy >= p->in_h) continue;
-        for (int kx = 0; kx < p->k_w; kx++) {
-          const int ix = ix0 + kx * p->d_w;
-          if (ix < 0 || ix >= W) continue;
-          const int pix = iy * W + ix;
-          const int n = sp->count[pix];
-          const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0;
-          for (int j = 0; j < n; j++) {
-            const int c = wide ? ((const uint16_t *)sp->idx)[(size_t)pix * C + j]
-                               : ((const uint8_t *)sp->idx)[(size_t)pix * C + j];
-            const int8_t *wp = wb + (size_t)c * OC;
-            for (int o = 0; o < nb; o++) sums[o] += wp[o];
-          }
+      for (int t = 0; t < rf.n; t++) {
+        const int pix = rf.pix[t], n = sp->count[pix];
+        const int8_t *wb = p->w + rf.woff[t] + oc0;
+        for (int j = 0; j < n; j++) {
+          const int8_t *wp = wb + (size_t)s2_fired_channel(sp, wide, C, pix, j) * OC;
+          for (int o = 0; o < nb; o++) sums[o] += wp[o];
         }
       }
     }
@@ -636,11 +645,12 @@ uint32_t s2_conv_spike_list(const s2_conv_t *p, const int8_t *in, int8_t *out, v
 /* Bit-mask layout: per input pixel, ceil(C / 32) words, bit c set if
  * channel c fired; the gather walks the set bits (count trailing zeros). */
 static void s2_gather_mask(const s2_conv_t *p, const s2_spikes_t *sp, int oy, int ox, int8_t *out) {
-  const int C = p->in_c, OC = p->out_c, W = p->in_w, words = sp->words;
-  const int iy0 = oy * p->s_h - p->pad_t, ix0 = ox * p->s_w - p->pad_l;
+  const int OC = p->out_c, words = sp->words;
   const int acc16 = (p->flags & S2_ACC16) != 0;
   const int OB = acc16 ? S2_OB16 : S2_OB32;
   int32_t sums[S2_OB16];
+  s2_rf_t rf;
+  s2_conv_rf(p, oy, ox, &rf);
   for (int oc0 = 0; oc0 < OC; oc0 += OB) {
     const int nb = S2_MIN(OB, OC - oc0);
 #if defined(S2_MVE)
@@ -651,44 +661,38 @@ static void s2_gather_mask(const s2_conv_t *p, const s2_spikes_t *sp, int oy, in
 #else
     for (int o = 0; o < nb; o++) sums[o] = 0;
 #endif
-    for (int ky = 0; ky < p->k_h; ky++) {
-      const int iy = iy0 + ky * p->d_h;
-      if (iy < 0 || iy >= p->in_h) continue;
-      for (int kx = 0; kx < p->k_w; kx++) {
-        const int ix = ix0 + kx * p->d_w;
-        if (ix < 0 || ix >= W) continue;
-        const uint32_t *m = sp->mask + (size_t)(iy * W + ix) * words;
-        const int8_t *wb = p->w + (size_t)(ky * p->k_w + kx) * C * OC + oc0;
-        for (int wi = 0; wi < words; wi++) {
-          uint32_t bits = m[wi];
-          const int8_t *wbase = wb + (size_t)wi * 32 * OC;
-          while (bits) {
-            const int8_t *wp = wbase + (size_t)__builtin_ctz(bits) * OC;
-            bits &= bits - 1u;
+    for (int t = 0; t < rf.n; t++) {
+      const uint32_t *m = sp->mask + (size_t)rf.pix[t] * words;
+      const int8_t *wb = p->w + rf.woff[t] + oc0;
+      for (int wi = 0; wi < words; wi++) {
+        uint32_t bits = m[wi];
+        const int8_t *wbase = wb + (size_t)wi * 32 * OC;
+        while (bits) {
+          const int8_t *wp = wbase + (size_t)__builtin_ctz(bits) * OC;
+          bits &= bits - 1u;
 #if defined(S2_MVE)
-            if (acc16) {
-              a0 = vaddq_s16(a0, vldrbq_z_s16(wp, p0));
-              a1 = vaddq_s16(a1, vldrbq_z_s16(wp + 8, p1));
-              a2 = vaddq_s16(a2, vldrbq_z_s16(wp + 16, p2));
-              a3 = vaddq_s16(a3, vldrbq_z_s16(wp + 24, p3));
-            } else {
-              b0 = vaddq_s32(b0, vldrbq_z_s32(wp, q0));
-              b1 = vaddq_s32(b1, vldrbq_z_s32(wp + 4, q1));
-              b2 = vaddq_s32(b2, vldrbq_z_s32(wp + 8, q2));
-              b3 = vaddq_s32(b3, vldrbq_z_s32(wp + 12, q3));
-            }
-#else
-            for (int o = 0; o < nb; o++) sums[o] += wp[o];
-#endif
+          if (acc16) {
+            a0 = vaddq_s16(a0, vldrbq_z_s16(wp, p0));
+            a1 = vaddq_s16(a1, vldrbq_z_s16(wp + 8, p1));
+            a2 = vaddq_s16(a2, vldrbq_z_s16(wp + 16, p2));
+            a3 = vaddq_s16(a3, vldrbq_z_s16(wp + 24, p3));
+          } else {
+            b0 = vaddq_s32(b0, vldrbq_z_s32(wp, q0));
+            b1 = vaddq_s32(b1, vldrbq_z_s32(wp + 4, q1));
+            b2 = vaddq_s32(b2, vldrbq_z_s32(wp + 8, q2));
+            b3 = vaddq_s32(b3, vldrbq_z_s32(wp + 12, q3));
           }
+#else
+          for (int o = 0; o < nb; o++) sums[o] += wp[o];
+#endif
         }
       }
     }
 #if defined(S2_MVE)
     if (acc16) {
-      int16_t t[32];
-      vst1q_s16(t, a0); vst1q_s16(t + 8, a1); vst1q_s16(t + 16, a2); vst1q_s16(t + 24, a3);
-      for (int o = 0; o < 32; o += 4) vst1q_s32(sums + o, vldrhq_s32(t + o));
+      int16_t tmp[32];
+      vst1q_s16(tmp, a0); vst1q_s16(tmp + 8, a1); vst1q_s16(tmp + 16, a2); vst1q_s16(tmp + 24, a3);
+      for (int o = 0; o < 32; o += 4) vst1q_s32(sums + o, vldrhq_s32(tmp + o));
     } else {
       vst1q_s32(sums, b0); vst1q_s32(sums + 4, b1); vst1q_s32(sums + 8, b2); vst1q_s32(sums + 12, b3);
     }
@@ -778,7 +782,6 @@ void s2_dwconv(const s2_dwconv_t *p, const int8_t *restrict in, int8_t *restrict
     return;
   }
   /* per output pixel: the taps inside the input (input and weight offsets), then per channel */
-  enum { S2_MAX_TAPS = 64 };
   const int taps = p->k_h * p->k_w;
   int32_t xoff[S2_MAX_TAPS], woff[S2_MAX_TAPS];
   for (int oy = 0; oy < p->out_h; oy++) {
@@ -803,17 +806,10 @@ void s2_dwconv(const s2_dwconv_t *p, const int8_t *restrict in, int8_t *restrict
         out += C;
         continue;
       }
-      int nt = 0;
-      for (int ky = 0; ky < p->k_h; ky++) {
-        const int iy = iy0 + ky * p->d_h;
-        if (iy < 0 || iy >= p->in_h) continue;
-        for (int kx = 0; kx < p->k_w; kx++) {
-          const int ix = ix0 + kx * p->d_w;
-          if (ix < 0 || ix >= p->in_w) continue;
-          xoff[nt] = (iy * p->in_w + ix) * IC;
-          woff[nt] = (ky * p->k_w + kx) * C;
-          nt++;
-        }
+      const int nt = s2_valid_taps(p->k_h, p->k_w, p->d_h, p->d_w, p->in_h, p->in_w, iy0, ix0, xoff, woff);
+      for (int t = 0; t < nt; t++) {
+        xoff[t] *= IC;
+        woff[t] *= C;
       }
 #ifdef S2_MVE
       if (DM == 1) {
@@ -860,7 +856,7 @@ size_t s2_dwconv_spike_list_scratch(const s2_dwconv_t *p) {
 }
 
 uint32_t s2_dwconv_spike_list(const s2_dwconv_t *p, const int8_t *in, int8_t *restrict out, void *scratch) {
-  const int IC = p->in_c, C = p->out_c, DM = p->depth_mult, HW = p->in_h * p->in_w, W = p->in_w;
+  const int IC = p->in_c, C = p->out_c, DM = p->depth_mult, HW = p->in_h * p->in_w;
   const int8_t zp = (int8_t)p->in_zp;
   const int wide = IC > 256;
   const int in_place = (p->flags & S2_LIST_IN_PLACE) && !wide;
@@ -896,26 +892,22 @@ uint32_t s2_dwconv_spike_list(const s2_dwconv_t *p, const int8_t *in, int8_t *re
     for (int ox = 0; ox < p->out_w; ox++) {
       const int ix0 = ox * p->s_w - p->pad_l;
       for (int c = 0; c < C; c++) acc[c] = 0;
-      for (int ky = 0; ky < p->k_h; ky++) {
-        const int iy = iy0 + ky * p->d_h;
-        if (iy < 0 || iy >= p->in_h) continue;
-        for (int kx = 0; kx < p->k_w; kx++) {
-          const int ix = ix0 + kx * p->d_w;
-          if (ix < 0 || ix >= W) continue;
-          const int pix = iy * W + ix;
-          const int n = count[pix];
-          const int8_t *wt = w + (size_t)(ky * p->k_w + kx) * C;
-          if (DM == 1 && !wide) {
-            const uint8_t *id = idx + (size_t)pix * IC;
-            for (int j = 0; j < n; j++) {
-              const int c = id[j];
-              acc[c] += wt[c];
-            }
-          } else {
-            for (int j = 0; j < n; j++) {
-              const int c = wide ? ((const uint16_t *)idx)[(size_t)pix * IC + j] : idx[(size_t)pix * IC + j];
-              for (int m = 0; m < DM; m++) acc[c * DM + m] += wt[c * DM + m];
-            }
+      int32_t pixs[S2_MAX_TAPS], taps[S2_MAX_TAPS];
+      const int nt = s2_valid_taps(p->k_h, p->k_w, p->d_h, p->d_w, p->in_h, p->in_w, iy0, ix0, pixs, taps);
+      for (int t = 0; t < nt; t++) {
+        const int pix = pixs[t];
+        const int n = count[pix];
+        const int8_t *wt = w + (size_t)taps[t] * C;
+        if (DM == 1 && !wide) {
+          const uint8_t *id = idx + (size_t)pix * IC;
+          for (int j = 0; j < n; j++) {
+            const int c = id[j];
+            acc[c] += wt[c];
+          }
+        } else {
+          for (int j = 0; j < n; j++) {
+            const int c = wide ? ((const uint16_t *)idx)[(size_t)pix * IC + j] : idx[(size_t)pix * IC + j];
+            for (int m = 0; m < DM; m++) acc[c * DM + m] += wt[c * DM + m];
           }
         }
       }
