@@ -20,6 +20,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from export.__main__ import _positive_int  # noqa: E402  (the export CLI's flag types)
+
 PROG = "python -m export.mcu"
 _DATASETS = ("fashion_mnist", "cifar10", "cifar100")
 _LAYOUTS = ("auto", "dense", "spike_list", "spike_mask")
@@ -35,16 +37,6 @@ class _Parser(argparse.ArgumentParser):
 def _fail(message, code=2):
     sys.stderr.write(f"{PROG}: error: {message}\n")
     sys.exit(code)
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _subset(flag, valid, allow_empty=False):

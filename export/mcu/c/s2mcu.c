@@ -538,7 +538,65 @@ static void s2_gather_list_dsp(const s2_conv_t *p, const s2_spikes_t *sp, const 
 }
 #endif
 
-static void s2_gather_list(const s2_conv_t *p, const s2_spikes_t *sp, int oy, int ox, int8_t *out) {
+/* Bit-mask layout: per input pixel, ceil(C / 32) words, bit c set if
+ * channel c fired; the gather walks the set bits (count trailing zeros).
+ * Channels [oc0, oc0 + nb) of one output pixel. */
+static void s2_gather_mask_block(const s2_conv_t *p, const s2_spikes_t *sp, const s2_rf_t *rf, int oc0, int nb,
+                                 int32_t *sums) {
+  const int OC = p->out_c, words = sp->words;
+  const int acc16 = (p->flags & S2_ACC16) != 0;
+#if defined(S2_MVE)
+  const mve_pred16_t p0 = vctp16q(nb), p1 = vctp16q(nb - 8), p2 = vctp16q(nb - 16), p3 = vctp16q(nb - 24);
+  const mve_pred16_t q0 = vctp32q(nb), q1 = vctp32q(nb - 4), q2 = vctp32q(nb - 8), q3 = vctp32q(nb - 12);
+  int16x8_t a0 = vdupq_n_s16(0), a1 = a0, a2 = a0, a3 = a0;
+  int32x4_t b0 = vdupq_n_s32(0), b1 = b0, b2 = b0, b3 = b0;
+#else
+  for (int o = 0; o < nb; o++) sums[o] = 0;
+#endif
+  for (int t = 0; t < rf->n; t++) {
+    const uint32_t *m = sp->mask + (size_t)rf->pix[t] * words;
+    const int8_t *wb = p->w + rf->woff[t] + oc0;
+    for (int wi = 0; wi < words; wi++) {
+      uint32_t bits = m[wi];
+      const int8_t *wbase = wb + (size_t)wi * 32 * OC;
+      while (bits) {
+        const int8_t *wp = wbase + (size_t)__builtin_ctz(bits) * OC;
+        bits &= bits - 1u;
+#if defined(S2_MVE)
+        if (acc16) {
+          a0 = vaddq_s16(a0, vldrbq_z_s16(wp, p0));
+          a1 = vaddq_s16(a1, vldrbq_z_s16(wp + 8, p1));
+          a2 = vaddq_s16(a2, vldrbq_z_s16(wp + 16, p2));
+          a3 = vaddq_s16(a3, vldrbq_z_s16(wp + 24, p3));
+        } else {
+          b0 = vaddq_s32(b0, vldrbq_z_s32(wp, q0));
+          b1 = vaddq_s32(b1, vldrbq_z_s32(wp + 4, q1));
+          b2 = vaddq_s32(b2, vldrbq_z_s32(wp + 8, q2));
+          b3 = vaddq_s32(b3, vldrbq_z_s32(wp + 12, q3));
+        }
+#else
+        for (int o = 0; o < nb; o++) sums[o] += wp[o];
+#endif
+      }
+    }
+  }
+#if defined(S2_MVE)
+  if (acc16) {
+    int16_t tmp[32];
+    vst1q_s16(tmp, a0); vst1q_s16(tmp + 8, a1); vst1q_s16(tmp + 16, a2); vst1q_s16(tmp + 24, a3);
+    for (int o = 0; o < 32; o += 4) vst1q_s32(sums + o, vldrhq_s32(tmp + o));
+  } else {
+    vst1q_s32(sums, b0); vst1q_s32(sums + 4, b1); vst1q_s32(sums + 8, b2); vst1q_s32(sums + 12, b3);
+  }
+#else
+  (void)acc16;
+#endif
+}
+
+/* One output pixel of a spike-driven conv: its receptive field once, then
+ * per block of output channels the sums S of the fired inputs' weights
+ * (index lists, or bit masks when sp->mask), requantized. */
+static void s2_gather(const s2_conv_t *p, const s2_spikes_t *sp, int oy, int ox, int8_t *out) {
   const int OC = p->out_c;
   const int acc16 = (p->flags & S2_ACC16) != 0;
   const int OB = acc16 ? S2_OB16 : S2_OB32;
@@ -547,6 +605,11 @@ static void s2_gather_list(const s2_conv_t *p, const s2_spikes_t *sp, int oy, in
   s2_conv_rf(p, oy, ox, &rf);
   for (int oc0 = 0; oc0 < OC; oc0 += OB) {
     const int nb = S2_MIN(OB, OC - oc0);
+    if (sp->mask) {
+      s2_gather_mask_block(p, sp, &rf, oc0, nb, sums);
+      s2_spike_finish(p, sums, oc0, nb, out);
+      continue;
+    }
 #if defined(S2_MVE)
     if (acc16) {
       const int nv = (nb + 7) / 8, full = (nb & 7) == 0;
@@ -636,69 +699,10 @@ uint32_t s2_conv_spike_list(const s2_conv_t *p, const int8_t *in, int8_t *out, v
   s2_spikes_t sp = {p, count, idx, 0, 0};
   for (int oy = 0; oy < p->out_h; oy++)
     for (int ox = 0; ox < p->out_w; ox++) {
-      s2_gather_list(p, &sp, oy, ox, out);
+      s2_gather(p, &sp, oy, ox, out);
       out += p->out_c;
     }
   return total;
-}
-
-/* Bit-mask layout: per input pixel, ceil(C / 32) words, bit c set if
- * channel c fired; the gather walks the set bits (count trailing zeros). */
-static void s2_gather_mask(const s2_conv_t *p, const s2_spikes_t *sp, int oy, int ox, int8_t *out) {
-  const int OC = p->out_c, words = sp->words;
-  const int acc16 = (p->flags & S2_ACC16) != 0;
-  const int OB = acc16 ? S2_OB16 : S2_OB32;
-  int32_t sums[S2_OB16];
-  s2_rf_t rf;
-  s2_conv_rf(p, oy, ox, &rf);
-  for (int oc0 = 0; oc0 < OC; oc0 += OB) {
-    const int nb = S2_MIN(OB, OC - oc0);
-#if defined(S2_MVE)
-    const mve_pred16_t p0 = vctp16q(nb), p1 = vctp16q(nb - 8), p2 = vctp16q(nb - 16), p3 = vctp16q(nb - 24);
-    const mve_pred16_t q0 = vctp32q(nb), q1 = vctp32q(nb - 4), q2 = vctp32q(nb - 8), q3 = vctp32q(nb - 12);
-    int16x8_t a0 = vdupq_n_s16(0), a1 = a0, a2 = a0, a3 = a0;
-    int32x4_t b0 = vdupq_n_s32(0), b1 = b0, b2 = b0, b3 = b0;
-#else
-    for (int o = 0; o < nb; o++) sums[o] = 0;
-#endif
-    for (int t = 0; t < rf.n; t++) {
-      const uint32_t *m = sp->mask + (size_t)rf.pix[t] * words;
-      const int8_t *wb = p->w + rf.woff[t] + oc0;
-      for (int wi = 0; wi < words; wi++) {
-        uint32_t bits = m[wi];
-        const int8_t *wbase = wb + (size_t)wi * 32 * OC;
-        while (bits) {
-          const int8_t *wp = wbase + (size_t)__builtin_ctz(bits) * OC;
-          bits &= bits - 1u;
-#if defined(S2_MVE)
-          if (acc16) {
-            a0 = vaddq_s16(a0, vldrbq_z_s16(wp, p0));
-            a1 = vaddq_s16(a1, vldrbq_z_s16(wp + 8, p1));
-            a2 = vaddq_s16(a2, vldrbq_z_s16(wp + 16, p2));
-            a3 = vaddq_s16(a3, vldrbq_z_s16(wp + 24, p3));
-          } else {
-            b0 = vaddq_s32(b0, vldrbq_z_s32(wp, q0));
-            b1 = vaddq_s32(b1, vldrbq_z_s32(wp + 4, q1));
-            b2 = vaddq_s32(b2, vldrbq_z_s32(wp + 8, q2));
-            b3 = vaddq_s32(b3, vldrbq_z_s32(wp + 12, q3));
-          }
-#else
-          for (int o = 0; o < nb; o++) sums[o] += wp[o];
-#endif
-        }
-      }
-    }
-#if defined(S2_MVE)
-    if (acc16) {
-      int16_t tmp[32];
-      vst1q_s16(tmp, a0); vst1q_s16(tmp + 8, a1); vst1q_s16(tmp + 16, a2); vst1q_s16(tmp + 24, a3);
-      for (int o = 0; o < 32; o += 4) vst1q_s32(sums + o, vldrhq_s32(tmp + o));
-    } else {
-      vst1q_s32(sums, b0); vst1q_s32(sums + 4, b1); vst1q_s32(sums + 8, b2); vst1q_s32(sums + 12, b3);
-    }
-#endif
-    s2_spike_finish(p, sums, oc0, nb, out);
-  }
 }
 
 uint32_t s2_conv_spike_mask(const s2_conv_t *p, const int8_t *in, int8_t *out, void *scratch) {
@@ -731,7 +735,7 @@ uint32_t s2_conv_spike_mask(const s2_conv_t *p, const int8_t *in, int8_t *out, v
   s2_spikes_t sp = {p, 0, 0, mask, words};
   for (int oy = 0; oy < p->out_h; oy++)
     for (int ox = 0; ox < p->out_w; ox++) {
-      s2_gather_mask(p, &sp, oy, ox, out);
+      s2_gather(p, &sp, oy, ox, out);
       out += p->out_c;
     }
   return total;
@@ -966,14 +970,18 @@ void s2_add(const s2_add_t *p, const int8_t *a, const int8_t *b, int8_t *out) {
  * input, rounded half away from zero; no requantization)
  * ==================================================================== */
 
+/* The window of output pixel (oy, ox) inside the input: rows iy0 + [y0, y1),
+ * columns ix0 + [x0, x1). */
+#define S2_POOL_WINDOW(p, oy, ox)                                                  \
+  const int iy0 = (oy) * (p)->s_h - (p)->pad_t, ix0 = (ox) * (p)->s_w - (p)->pad_l; \
+  const int y0 = S2_MAX(0, -iy0), y1 = S2_MIN((p)->k_h, (p)->in_h - iy0);          \
+  const int x0 = S2_MAX(0, -ix0), x1 = S2_MIN((p)->k_w, (p)->in_w - ix0)
+
 void s2_avgpool(const s2_pool_t *p, const int8_t *in, int8_t *out) {
   const int C = p->c;
   for (int oy = 0; oy < p->out_h; oy++) {
-    const int iy0 = oy * p->s_h - p->pad_t;
-    const int y0 = S2_MAX(0, -iy0), y1 = S2_MIN(p->k_h, p->in_h - iy0);
     for (int ox = 0; ox < p->out_w; ox++) {
-      const int ix0 = ox * p->s_w - p->pad_l;
-      const int x0 = S2_MAX(0, -ix0), x1 = S2_MIN(p->k_w, p->in_w - ix0);
+      S2_POOL_WINDOW(p, oy, ox);
       const int count = (y1 - y0) * (x1 - x0);
 #ifdef S2_MVE
       if (p->div_m && count == p->k_h * p->k_w) {
@@ -1026,11 +1034,8 @@ void s2_avgpool(const s2_pool_t *p, const int8_t *in, int8_t *out) {
 void s2_maxpool(const s2_pool_t *p, const int8_t *in, int8_t *out) {
   const int C = p->c;
   for (int oy = 0; oy < p->out_h; oy++) {
-    const int iy0 = oy * p->s_h - p->pad_t;
-    const int y0 = S2_MAX(0, -iy0), y1 = S2_MIN(p->k_h, p->in_h - iy0);
     for (int ox = 0; ox < p->out_w; ox++) {
-      const int ix0 = ox * p->s_w - p->pad_l;
-      const int x0 = S2_MAX(0, -ix0), x1 = S2_MIN(p->k_w, p->in_w - ix0);
+      S2_POOL_WINDOW(p, oy, ox);
 #ifdef S2_MVE
       for (int c = 0; c < C; c += 16) {
         mve_pred16_t pr = vctp8q(C - c);
