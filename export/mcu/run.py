@@ -1,0 +1,390 @@
+"""Generate, build, run and measure: the microcontroller report of an int8 model.
+
+:func:`run_mcu` is the whole path for one flatbuffer:
+
+1. lower it (:mod:`export.mcu.lower`), spike tensors from the conversion;
+2. quantize the images with the model's input quantization and run them
+   through the ``tflite-micro`` interpreter (the reference, raw int8
+   outputs);
+3. host build of every layout (``gcc``): outputs byte-compared with TFLM;
+4. per core: firmware of every layout on the first ``measure_images``
+   images under QEMU -- per-layer retired instructions; each spike-capable
+   layer takes the layout with the fewest (``layouts="auto"``); the chosen
+   firmware then runs every image, outputs byte-compared with TFLM, and
+   twice on a few images to check the counts are the same;
+5. a JSON-friendly report (:func:`run_mcu`'s docstring) and a summary.
+
+:func:`reporter` wraps it as an :class:`export.pipeline.FormatReporter` for
+``export_run`` (``report["formats"]["int8"]["mcu"]``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from export.mcu.lower import DENSE, SPIKE_LAYOUTS, Program, lower
+
+__all__ = ["spike_levels", "quantize_inputs", "tflm_outputs", "run_mcu", "reporter", "format_summary",
+           "DEFAULT_CORES", "DEFAULT_IMAGES", "DEFAULT_MEASURE_IMAGES"]
+
+DEFAULT_CORES = ("cortex-m4", "cortex-m55")
+DEFAULT_IMAGES = 200
+DEFAULT_MEASURE_IMAGES = 20
+DETERMINISM_IMAGES = 3
+
+
+def spike_levels(conversion) -> Dict[int, Tuple[int, int]]:
+    """``{tensor index: (off code, on code)}`` of the spike tensors of an
+    :class:`export.tflite.Conversion` (saturate neuron: the levels of its
+    plan; other formulations have none the generator can use)."""
+    from export.flatbuffer import read_model
+    from export.tflite import level_codes
+
+    if conversion is None or conversion.plan is None or not conversion.spike_tensors:
+        return {}
+    graph = read_model(conversion.flatbuffer).main
+    out = {}
+    for name, t in conversion.spike_tensors.items():
+        tensor = graph.tensors[t]
+        neuron = conversion.plan.neurons.get(name)
+        if tensor.quantization is None or neuron is None or tensor.dtype != np.int8:
+            continue
+        out[int(t)] = tuple(int(c) for c in level_codes(tensor.quantization, tensor.dtype, neuron.levels))
+    return out
+
+
+def _as_float(images):
+    images = np.asarray(images)
+    return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+
+
+def quantize_inputs(flatbuffer, images) -> np.ndarray:
+    """The images (uint8, or float32 in the model's convention) as the
+    model's input tensor holds them: ``[N, input bytes]`` int8 (or float32),
+    quantized as :func:`export.runtimes.quantize` does."""
+    from export.flatbuffer import read_model
+    from export.runtimes import quantize
+
+    graph = read_model(flatbuffer).main
+    t = graph.tensors[graph.inputs[0]]
+    x = _as_float(images)
+    if tuple(x.shape[1:]) != tuple(t.shape[1:]):
+        raise ValueError(f"images of shape {tuple(x.shape[1:])} do not match the model input {tuple(t.shape[1:])}")
+    details = {"dtype": t.dtype}
+    if t.quantization is not None:
+        details["quantization_parameters"] = {"scales": t.quantization.scales, "zero_points": t.quantization.zero_points}
+    return quantize(x, details).reshape(len(x), -1)
+
+
+def tflm_outputs(flatbuffer, inputs: np.ndarray, arena_bytes: Optional[int] = None) -> Tuple[np.ndarray, int]:
+    """Raw outputs of the ``tflite-micro`` interpreter for ``inputs`` (as
+    :func:`quantize_inputs` gives them) and its tensor arena: the smallest
+    that runs (:func:`export.runtimes.tflm_arena_size`) unless
+    ``arena_bytes`` is given."""
+    from export.runtimes import quiet_stderr, tflm_arena_size
+    from export.flatbuffer import read_model
+    from tflite_micro.python.tflite_micro import runtime
+
+    graph = read_model(flatbuffer).main
+    shape = graph.tensors[graph.inputs[0]].shape
+    arena = tflm_arena_size(flatbuffer) if arena_bytes is None else int(arena_bytes)
+    with quiet_stderr():
+        interp = runtime.Interpreter.from_bytes(bytes(flatbuffer), arena_size=int(arena))
+    outs = []
+    for x in inputs:
+        interp.set_input(np.asarray(x).reshape(shape), 0)
+        interp.invoke()
+        outs.append(np.asarray(interp.get_output(0)).reshape(-1).copy())
+    return np.stack(outs), int(arena)
+
+
+def _spike_rows(program: Program):
+    return [l for l in program.layers if l.spike_capable]
+
+
+def _layer_table(program, layouts, runs_by_layout, chosen):
+    """Per layer: op, layout, MACs, mean instructions per layout, input firing rate."""
+    rows = []
+    any_run = next(iter(runs_by_layout.values()))
+    fired_src = next((r for lay, r in runs_by_layout.items() if lay != DENSE), None)
+    for l in program.layers:
+        p = l.params
+        row = {"index": l.index, "name": l.name, "op": l.op, "layout": chosen[l.index], "macs": int(l.macs),
+               "instructions": {lay: float(np.mean(r.layer_instructions[:, l.index]))
+                                for lay, r in runs_by_layout.items()}}
+        if l.spike_capable and fired_src is not None:
+            inputs = p["in_h"] * p["in_w"] * p["in_c"]
+            rate = fired_src.fired[:, l.index] / float(inputs)
+            row["input_firing_rate"] = float(np.mean(rate))
+            row["ac_operations"] = float(np.mean(rate) * l.macs)
+        rows.append(row)
+    del any_run
+    return rows
+
+
+def _fit(program, run, layout_of):
+    """Least squares over (spike-driven layer, image): instructions against
+    Appendix B's AC count (FLOPs x input firing rate), alone and with a
+    per-output term."""
+    xs, outs, ys = [], [], []
+    for l in program.layers:
+        if not l.spike_capable or layout_of[l.index] == DENSE:
+            continue
+        p = l.params
+        rate = run.fired[:, l.index] / float(p["in_h"] * p["in_w"] * p["in_c"])
+        xs.append(rate * l.macs)
+        outs.append(np.full(len(rate), p["out_h"] * p["out_w"] * p["out_c"], float))
+        ys.append(run.layer_instructions[:, l.index].astype(float))
+    if not xs:
+        return None
+    x, o, y = np.concatenate(xs), np.concatenate(outs), np.concatenate(ys)
+
+    def r2(pred):
+        return float(1.0 - np.sum((y - pred) ** 2) / max(np.sum((y - y.mean()) ** 2), 1e-12))
+
+    a = np.vstack([x, np.ones_like(x)]).T
+    (slope, icept), *_ = np.linalg.lstsq(a, y, rcond=None)
+    b = np.vstack([x, o]).T
+    (s2, per_out), *_ = np.linalg.lstsq(b, y, rcond=None)
+    return {"points": int(len(y)),
+            "instructions_vs_ac": {"per_ac": float(slope), "intercept": float(icept), "r2": r2(a @ [slope, icept])},
+            "instructions_vs_ac_and_outputs": {"per_ac": float(s2), "per_output": float(per_out),
+                                               "r2": r2(b @ [s2, per_out])}}
+
+
+def run_mcu(flatbuffer: bytes, images, cores: Sequence[str] = DEFAULT_CORES,
+            spike_levels_: Optional[Dict[int, Tuple[int, int]]] = None, layouts: Union[str, Dict] = "auto",
+            num_images: int = DEFAULT_IMAGES, measure_images: int = DEFAULT_MEASURE_IMAGES,
+            host_images: Optional[int] = None, output_dir: Optional[str] = None, model_name: str = "model",
+            verbose: bool = False) -> Dict:
+    """Generates, builds, runs and measures the C of ``flatbuffer`` (module
+    docstring).
+
+    Args:
+      flatbuffer: int8 ``.tflite`` bytes (edge ops).
+      images: test images (uint8 NHWC, or float32 in the model's convention).
+      cores: any of :data:`export.mcu.firmware.CORES`; ``()`` for the host check only.
+      spike_levels_: ``{tensor: (off code, on code)}`` (:func:`spike_levels`
+        of the conversion); ``None``/``{}``: dense layouts only.
+      layouts: ``"auto"`` (per layer, the fewest instructions measured on
+        each core), one layout for all layers, or ``{layer: layout}``.
+      num_images: images run under QEMU and compared with TFLM.
+      measure_images: images of the layout measurement.
+      host_images: images of the host check (default: all given).
+      output_dir: keep the generated sources and firmware there
+        (``<output_dir>/<core>/``, ``host/``); default a temporary directory.
+
+    Returns:
+      ``{"model", "tflite_bytes", "tflm_arena_bytes", "layers", "spike_layers",
+      "host": {...}, "cores": {core: {...}}}``; per core ``board``,
+      ``layouts`` (per layer), ``bit_exact`` (images, equal, fraction),
+      ``instructions`` (mean/min/max per inference of the chosen build),
+      ``instructions_dense`` (the all-dense build), ``per_layer`` (table),
+      ``fit``, ``flash_bytes``, ``ram_bytes`` (.data + .bss + stack
+      high-water mark), ``arena_bytes``, ``deterministic``, ``command``
+      (the gcc line), ``qemu_command``.
+
+    Raises:
+      export.mcu.lower.UnsupportedModelError: an op without a kernel.
+      export.mcu.build.ToolError: a missing or failing compiler / QEMU.
+    """
+    from export.mcu import firmware as fw_mod
+    from export.mcu.build import build_host, run_host
+    from export.mcu.generate import generate
+
+    t_start = time.perf_counter()
+    program = lower(flatbuffer, spike_levels_ or {})
+    inputs = quantize_inputs(flatbuffer, images)
+    n_host = len(inputs) if host_images is None else min(len(inputs), int(host_images))
+    n_qemu = min(len(inputs), int(num_images))
+    n_meas = min(n_qemu, int(measure_images))
+    ref, arena_tflm = tflm_outputs(flatbuffer, inputs[:max(n_host, n_qemu)])
+    out_t = program.tensors[program.output]
+    out_dtype = np.float32 if out_t.dtype == "float32" else np.int8
+    if out_dtype == np.float32:
+        ref = ref.view(np.float32) if ref.dtype != np.float32 else ref
+    spike_layers = _spike_rows(program)
+    candidates = (DENSE,) + (SPIKE_LAYOUTS if spike_layers else ())
+    tmp = None
+    if output_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="s2mcu_")
+        root = tmp.name
+    else:
+        root = output_dir
+        os.makedirs(root, exist_ok=True)
+    report = {"model": model_name, "tflite_bytes": len(flatbuffer), "tflm_arena_bytes": arena_tflm,
+              "layers": len(program.layers), "spike_layers": [l.name for l in spike_layers],
+              "op_counts": program.op_counts, "host": {}, "cores": {}}
+    try:
+        # host: every layout, outputs against TFLM
+        host = {}
+        for lay in candidates:
+            code = generate(program, lay, target="host", model_name=model_name)
+            exe = build_host(code, os.path.join(root, "host", lay))
+            got = run_host(exe, inputs[:n_host], (out_t.nbytes // (4 if out_dtype == np.float32 else 1),),
+                           output_dtype=out_dtype)["outputs"]
+            equal = np.all(got == ref[:n_host].reshape(got.shape), axis=1)
+            host[lay] = {"images": int(n_host), "equal": int(equal.sum()), "fraction": float(equal.mean()),
+                         "arena_bytes": int(code.arena_bytes)}
+        report["host"] = host
+        if verbose:
+            parts = ", ".join(f"{k} {v['equal']}/{v['images']}" for k, v in host.items())
+            print(f"  host build: {parts} byte-identical with TFLM", flush=True)
+        for core in cores:
+            fw_mod.board(core)
+            entry = _run_core(program, core, inputs, ref, n_qemu, n_meas, candidates, layouts, root, model_name,
+                              out_dtype, out_t)
+            entry["tflite_bytes"] = len(flatbuffer)
+            entry["tflm_arena_bytes"] = arena_tflm
+            report["cores"][core] = entry
+            if verbose:
+                print(_core_line(core, entry), flush=True)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    report["seconds"] = time.perf_counter() - t_start
+    return report
+
+
+def _run_core(program, core, inputs, ref, n_qemu, n_meas, candidates, layouts, root, model_name, out_dtype, out_t):
+    from export.mcu import firmware as fw_mod
+    from export.mcu.generate import generate
+
+    layers = len(program.layers)
+    runs, firmwares, codes = {}, {}, {}
+    measure = layouts == "auto" and len(candidates) > 1
+    uniform = candidates if measure else ()
+    for lay in uniform:
+        code = generate(program, lay, target=core, model_name=model_name)
+        fw = fw_mod.build_firmware(code, core, os.path.join(root, core, lay))
+        runs[lay] = fw_mod.run_qemu(fw, inputs[:n_meas], layers, out_t.nbytes, out_dtype)
+        firmwares[lay], codes[lay] = fw, code
+    if measure:
+        chosen = {}
+        for l in program.layers:
+            if l.spike_capable:
+                chosen[l.index] = min(candidates, key=lambda lay: (runs[lay].layer_instructions[:, l.index].mean(),
+                                                                   candidates.index(lay)))
+            else:
+                chosen[l.index] = DENSE
+    else:
+        chosen = layouts if isinstance(layouts, dict) else (layouts if layouts != "auto" else DENSE)
+    code = generate(program, chosen, target=core, model_name=model_name)
+    fw = fw_mod.build_firmware(code, core, os.path.join(root, core, "chosen"))
+    final = fw_mod.run_qemu(fw, inputs[:n_qemu], layers, out_t.nbytes, out_dtype)
+    again = fw_mod.run_qemu(fw, inputs[:min(DETERMINISM_IMAGES, n_qemu)], layers, out_t.nbytes, out_dtype)
+    equal = np.all(final.outputs == ref[:n_qemu].reshape(final.outputs.shape), axis=1)
+    # the all-dense build over the same images (the dense path of the same model)
+    if DENSE in runs and n_meas == n_qemu:
+        dense_run = runs[DENSE]
+    else:
+        dcode = generate(program, DENSE, target=core, model_name=model_name)
+        dfw = fw_mod.build_firmware(dcode, core, os.path.join(root, core, DENSE))
+        dense_run = fw_mod.run_qemu(dfw, inputs[:n_qemu], layers, out_t.nbytes, out_dtype)
+        firmwares[DENSE], codes[DENSE] = dfw, dcode
+    dense_equal = np.all(dense_run.outputs == ref[:len(dense_run.outputs)].reshape(dense_run.outputs.shape), axis=1)
+    b = fw_mod.board(core)
+    by_layout = dict(runs) if runs else {DENSE: dense_run}
+    by_layout["chosen"] = final
+    layout_names = code.layouts
+
+    def stats(v):
+        return {"mean": float(np.mean(v)), "min": int(np.min(v)), "max": int(np.max(v)), "images": int(len(v))}
+
+    entry = {
+        "board": b.machine, "core": core, "layouts": {program.layers[i].name: lay for i, lay in layout_names.items()
+                                                       if program.layers[i].spike_capable},
+        "bit_exact": {"images": int(len(equal)), "equal": int(equal.sum()), "fraction": float(equal.mean())},
+        "dense_bit_exact": {"images": int(len(dense_equal)), "equal": int(dense_equal.sum())},
+        "instructions": stats(final.instructions),
+        "instructions_dense": stats(dense_run.instructions),
+        "measured_layouts": {lay: stats(r.instructions) for lay, r in runs.items()},
+        "per_layer": _layer_table(program, layout_names, by_layout, layout_names),
+        "fit": _fit(program, final, layout_names),
+        "flash_bytes": int(fw.flash_bytes), "static_ram_bytes": int(fw.static_ram_bytes),
+        "stack_bytes": int(final.stack_used), "ram_bytes": int(fw.static_ram_bytes + final.stack_used),
+        "arena_bytes": int(code.arena_bytes), "constant_bytes": int(code.const_bytes),
+        "sections": {k: v for k, v in fw.sections.items() if v and not k.startswith((".debug", ".comment"))},
+        "breakdown": fw.breakdown,
+        "dense": {"flash_bytes": int((firmwares.get(DENSE) or fw).flash_bytes),
+                  "ram_bytes": int((firmwares.get(DENSE) or fw).static_ram_bytes + dense_run.stack_used),
+                  "arena_bytes": int((codes.get(DENSE) or code).arena_bytes)},
+        "deterministic": bool(np.array_equal(again.instructions, final.instructions[:len(again.instructions)]) and
+                              np.array_equal(again.layer_instructions,
+                                             final.layer_instructions[:len(again.instructions)])),
+        "instructions_per_tick": final.instructions_per_tick,
+        "mve_self_test": {1: "passed", 2: "no MVE"}.get(final.mve, "failed"),
+        "mvfr1": f"0x{final.mvfr1:08x}",
+        "command": " ".join(fw.command), "qemu_command": " ".join(final.command[:-1] + ["firmware.elf"]),
+    }
+    entry["spike_vs_dense"] = entry["instructions"]["mean"] / entry["instructions_dense"]["mean"]
+    return entry
+
+
+def _core_line(core, e):
+    return (f"  {core} ({e['board']}): {e['instructions']['mean'] / 1e6:.3f} M instructions per inference "
+            f"({e['instructions_dense']['mean'] / 1e6:.3f} M dense, x{e['spike_vs_dense']:.2f}); flash "
+            f"{e['flash_bytes']} B, RAM {e['ram_bytes']} B (stack {e['stack_bytes']} B); "
+            f"{e['bit_exact']['equal']}/{e['bit_exact']['images']} images byte-identical with TFLM")
+
+
+def format_summary(report: Dict, indent: str = "  ") -> str:
+    """Printed summary of a :func:`run_mcu` report."""
+    lines = [f"{indent}microcontroller C (export.mcu): {report['layers']} layers, "
+             f"{len(report['spike_layers'])} spike-driven candidates; .tflite {report['tflite_bytes']} B, "
+             f"TFLM arena {report['tflm_arena_bytes']} B"]
+    for lay, h in report["host"].items():
+        lines.append(f"{indent}  host {lay}: {h['equal']}/{h['images']} images byte-identical with TFLM")
+    if report["cores"]:
+        lines.append(f"{indent}  core        instructions  dense       ratio  flash[B]  RAM[B]  stack[B]  "
+                     "bit-exact  deterministic")
+        for core, e in report["cores"].items():
+            lines.append(f"{indent}  {core:<10} {e['instructions']['mean']:>13,.0f} {e['instructions_dense']['mean']:>12,.0f}"
+                         f"  {e['spike_vs_dense']:>5.2f}  {e['flash_bytes']:>8}  {e['ram_bytes']:>6}  "
+                         f"{e['stack_bytes']:>8}  {e['bit_exact']['equal']:>4}/{e['bit_exact']['images']:<4}  "
+                         f"{'yes' if e['deterministic'] else 'NO'}")
+    return "\n".join(lines)
+
+
+def reporter(cores: Sequence[str] = DEFAULT_CORES, images=None, num_images: int = DEFAULT_IMAGES,
+             measure_images: int = DEFAULT_MEASURE_IMAGES, layouts: Union[str, Dict] = "auto",
+             output_dir: Optional[str] = None, formats: Sequence[str] = ("int8",)):
+    """The export pipeline's hook (:class:`export.pipeline.FormatReporter`,
+    name ``"mcu"``): for each conversion of ``formats`` (int8 only), runs
+    :func:`run_mcu` on ``images`` (the verification images: uint8 or
+    float32) and adds its report; ``output_dir`` keeps the C and firmware.
+
+    Example::
+
+        from export import export_run, mcu
+        export_run(model, out_dir, x_test, y_test,
+                   reporters=[mcu.reporter(("cortex-m4", "cortex-m55"), images=x_test)])
+    """
+    from export.mcu.firmware import board, missing_tools
+    from export.pipeline import FormatReporter
+
+    for core in cores:
+        board(core)
+    if images is None:
+        raise ValueError("export.mcu.reporter needs images: the test images the firmware runs and TFLM checks")
+    if any(f != "int8" for f in formats):
+        raise ValueError("the microcontroller generator runs int8 models only (formats=('int8',))")
+    if cores and missing_tools():
+        from export.mcu.build import ToolError
+
+        raise ToolError(f"--mcu needs {', '.join(missing_tools())}; on Debian: apt-get install gcc-arm-none-eabi "
+                        "libnewlib-arm-none-eabi qemu-system-arm")
+
+    def run(fmt, conversion):
+        return run_mcu(conversion.flatbuffer, images, cores, spike_levels(conversion), layouts, num_images,
+                       measure_images, output_dir=output_dir, model_name=getattr(conversion.model, "name", "model"))
+
+    def summary(fmt, figures):
+        return format_summary(figures)
+
+    return FormatReporter(name="mcu", formats=tuple(formats), run=run, summary=summary)

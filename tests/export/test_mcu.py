@@ -1,0 +1,296 @@
+"""Microcontroller C (export.mcu), host build: TFLite's integer arithmetic,
+lowering, the memory plan, and the generated C byte-compared with the
+tflite-micro interpreter on the shared trained PreActResNet (every layout),
+a zoo model, and one-op models. QEMU runs are in test_mcu_qemu.py (slow)."""
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from export.mcu import quant
+from export.mcu.build import build_host, run_host
+from export.mcu.generate import division_magic, generate, spike_accumulator_bound
+from export.mcu.lower import DENSE, SPIKE_LAYOUTS, UnsupportedModelError, lower
+from export.mcu.run import quantize_inputs, spike_levels, tflm_outputs
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+N_HOST = 300
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs a host C compiler (gcc)")
+
+
+# ---------------------------------------------------------------- arithmetic
+
+
+def _exact_srdhm(a, b):
+    """floor((a b + 2^30) / 2^31) as gemmlowp defines it: a nudge of
+    +-2^30 by sign and C's truncating division."""
+    ab = a * b
+    nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
+    num = ab + nudge
+    q = abs(num) // (1 << 31)
+    return q if num >= 0 else -q
+
+
+def _exact_rdbp(x, e):
+    """x / 2^e rounded half away from zero (exact rationals)."""
+    from fractions import Fraction
+
+    v = Fraction(x, 1 << e)
+    r = math.floor(abs(v) + Fraction(1, 2))
+    return r if v >= 0 else -r
+
+
+def test_srdhm_and_rdbp_match_their_definitions():
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.integers(-2 ** 31, 2 ** 31, 4000), [-2 ** 31, 2 ** 31 - 1, 0, 1, -1, -2 ** 30, 2 ** 30]])
+    b = np.concatenate([rng.integers(0, 2 ** 31, 4000), [-2 ** 31, 2 ** 31 - 1, 2 ** 30, 2 ** 30, 2 ** 30, 2 ** 30,
+                                                          2 ** 30]])
+    got = quant.srdhm(a, b)
+    for x, y, g in zip(a.tolist(), b.tolist(), got.tolist()):
+        expect = 2 ** 31 - 1 if x == y == -2 ** 31 else _exact_srdhm(x, y)
+        assert g == expect, (x, y)
+    x = rng.integers(-2 ** 31, 2 ** 31, 3000)
+    e = rng.integers(0, 31, 3000)
+    ties = np.array([-3, -1, 1, 3, -5, 5, -2 ** 31, 2 ** 31 - 1])  # x / 2 = +-.5, +-1.5, ...
+    for xi, ei, g in zip(np.concatenate([x, ties]).tolist(), np.concatenate([e, np.ones(8, int)]).tolist(),
+                         quant.rdbp(np.concatenate([x, ties]), np.concatenate([e, np.ones(8, int)])).tolist()):
+        assert g == _exact_rdbp(xi, ei), (xi, ei)
+
+
+def test_quantize_multiplier_edge_cases():
+    for m in (0.25, 0.5, 1.0, 3.0, 255.5, 1e-3, 0.7071067811865476):
+        q, s = quant.quantize_multiplier(m)
+        assert 2 ** 30 <= q < 2 ** 31 and abs(q * 2.0 ** (s - 31) - m) <= m * 2.0 ** -30
+    # f * 2^31 rounds up to 2^31: becomes 2^30 with the exponent one higher
+    q, s = quant.quantize_multiplier(1.0 - 2.0 ** -33)
+    assert (q, s) == (2 ** 30, 1)
+    assert quant.quantize_multiplier(0.0) == (0, 0)
+    assert quant.quantize_multiplier(2.0 ** -40) == (0, 0)          # shift < -31 flushes to zero
+
+
+def test_double_and_single_rounding_differ_on_ties():
+    """The two TFLite variants really are different functions (so the
+    experiment in test_interpreter_uses_double_rounding can tell them apart)."""
+    q, s = quant.quantize_multiplier(0.25)   # (2^30, -1): a rounding doubling high mul, then a shift
+    x = np.array([-6, -2, 2, 6])             # x / 4 on a tie
+    assert quant.multiply_by_quantized_multiplier(x, q, s).tolist() == [-2, -1, 1, 2]
+    assert quant.multiply_single_rounding(x, q, s).tolist() == [-1, 0, 1, 2]
+
+
+def test_division_magic_is_exact():
+    for n in (2, 3, 9, 16, 25, 49, 100, 144, 1024):
+        m, s = division_magic(n)
+        u = np.arange(128 * n + n // 2 + 1, dtype=np.uint64)
+        assert m > 0 and np.array_equal((u * np.uint64(m)) >> np.uint64(32 + s), u // np.uint64(n)), n
+
+
+def test_spike_accumulator_bound():
+    w = np.array([[[[100, -20]], [[100, -127]]], [[[-3, 0]], [[0, 0]]]], np.int8).reshape(2, 1, 1, 4)
+    assert spike_accumulator_bound(w) == 200   # channel 0: +200 / -20; channel 1: 0 / -130
+
+
+# ------------------------------------------------------------ the test model
+
+
+def _xq(x):
+    return x.astype("float32") / 255.0 if x.dtype == np.uint8 else x
+
+
+@pytest.fixture(scope="module")
+def s2nn_int8(folded, calibration):
+    from export.tflite import convert
+
+    return convert(folded[0], "int8", calibration)
+
+
+@pytest.fixture(scope="module")
+def reference(s2nn_int8, fmnist):
+    inputs = quantize_inputs(s2nn_int8.flatbuffer, fmnist[2][:N_HOST])
+    outputs, arena = tflm_outputs(s2nn_int8.flatbuffer, inputs)
+    return inputs, outputs, arena
+
+
+def test_lowering_finds_the_spike_driven_layers(s2nn_int8):
+    program = lower(s2nn_int8.flatbuffer, spike_levels(s2nn_int8))
+    kinds = [l.kind for l in program.layers]
+    assert kinds.count("conv") == 6 + 1 and kinds.count("dwconv") == 3 and kinds.count("add") == 2
+    # every conv reading a neuron's spikes (directly or through the 1x1
+    # subsampling pool) is a spike-driven candidate; the stem (image) and
+    # the head (pooled averages) are not
+    spiking = {l.name for l in program.spike_layers}
+    readers = [l for l in program.layers if l.kind == "conv" and program.tensors[program.root(l.inputs[0])].spike]
+    assert spiking == {l.name for l in readers} and len(spiking) == 5
+    assert all(l.layouts == (DENSE,) + SPIKE_LAYOUTS for l in program.spike_layers)
+    assert program.layers[0].layouts == (DENSE,)
+    levels = spike_levels(s2nn_int8)
+    assert len(levels) == len(s2nn_int8.spike_tensors) and set(levels.values()) == {(-128, 127)}
+
+
+@pytest.mark.parametrize("layout", ["dense", "spike_list", "spike_mask"])
+def test_host_build_is_byte_identical_with_tflm(s2nn_int8, reference, tmp_path, layout):
+    """The generated C, compiled with gcc, gives TFLM's int8 logits byte for
+    byte on every test image, in every layout; the spike kernels check that
+    each spike tensor held only its two codes (-DS2_CHECK_SPIKES) and count
+    the inputs that fired."""
+    inputs, ref, _ = reference
+    program = lower(s2nn_int8.flatbuffer, spike_levels(s2nn_int8))
+    code = generate(program, layout, target="host")
+    exe = build_host(code, str(tmp_path))
+    got = run_host(exe, inputs, (10,), layers=len(program.layers))
+    assert got["outputs"].shape == (N_HOST, 10)
+    mismatched = np.flatnonzero(np.any(got["outputs"] != ref, axis=1))
+    assert mismatched.size == 0, f"{mismatched.size} images differ, first {mismatched[:5]}"
+    fired = got["fired"]
+    for l in program.layers:
+        if layout != DENSE and l.spike_capable:
+            p = l.params
+            assert 0 < fired[:, l.index].mean() < p["in_h"] * p["in_w"] * p["in_c"], l.name
+        else:
+            assert not fired[:, l.index].any(), l.name
+
+
+def test_interpreter_uses_double_rounding(s2nn_int8, reference, tmp_path):
+    """Which MultiplyByQuantizedMultiplier the tflite-micro wheel runs,
+    measured: the default (double-rounding) build matches it on every image
+    (test above); the same C built with TFLITE_SINGLE_ROUNDING's variant
+    does not."""
+    inputs, ref, _ = reference
+    program = lower(s2nn_int8.flatbuffer, spike_levels(s2nn_int8))
+    code = generate(program, "dense", target="host")
+    from export.mcu.build import run_tool, write_sources
+
+    write_sources(code, str(tmp_path), extra=("host_main.c",))
+    exe = str(tmp_path / "single")
+    run_tool(["gcc", "-O2", "-DS2_SINGLE_ROUNDING", "-o", exe, "model.c", "s2mcu.c", "host_main.c"], cwd=str(tmp_path))
+    got = run_host(exe, inputs, (10,))["outputs"]
+    differ = np.any(got != ref, axis=1)
+    assert differ.any(), "the single-rounding build matches TFLM too: the experiment cannot tell the variants apart"
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 8
+
+
+def test_memory_plan(s2nn_int8, reference):
+    """The activation buffer: no two blocks alive at the same time overlap,
+    elementwise ops reuse their input, and it is below TFLM's arena."""
+    program = lower(s2nn_int8.flatbuffer, spike_levels(s2nn_int8))
+    for layout in ("dense", "spike_list"):
+        code = generate(program, layout, target="cortex-m55")
+        blocks = list(code.plan.blocks.values())
+        for i, a in enumerate(blocks):
+            assert a.offset % 16 == 0 and a.offset + a.size <= code.arena_bytes
+            for b in blocks[i + 1:]:
+                if a.first <= b.last and b.first <= a.last:
+                    assert a.offset + a.size <= b.offset or b.offset + b.size <= a.offset, (a, b)
+        assert code.arena_bytes >= code.plan.peak_live_bytes()
+        assert code.plan.shared, "no elementwise layer wrote over its input"
+        assert code.arena_bytes < reference[2], (layout, code.arena_bytes, reference[2])
+    # the input tensor is never overwritten before the first layer reads it
+    assert code.plan.offset(f"t{program.root(program.input)}") is not None
+
+
+def test_zoo_model_ds_cnn_is_byte_identical(tmp_path):
+    """MLPerf Tiny DS-CNN (depthwise-separable, spike-driven depthwise and
+    pointwise convs) through the generator: host build of each layout
+    against TFLM."""
+    from tests import zoo
+    from export.tflite import convert
+
+    model = zoo.trained("ds_cnn")
+    x_train, _, x_test, _ = zoo.data("ds_cnn")
+
+    def representative():
+        for i in range(0, 200, 50):
+            yield [x_train[-200:][i:i + 50]]
+
+    conv = convert(model, "int8", representative)
+    program = lower(conv.flatbuffer, spike_levels(conv))
+    assert {l.kind for l in program.spike_layers} == {"conv", "dwconv"}
+    inputs = quantize_inputs(conv.flatbuffer, x_test[:100])
+    ref, _ = tflm_outputs(conv.flatbuffer, inputs)
+    for layout in ("dense", "spike_list", "spike_mask"):
+        exe = build_host(generate(program, layout, target="host"), str(tmp_path / layout))
+        got = run_host(exe, inputs, (ref.shape[1],))["outputs"]
+        assert np.array_equal(got, ref), layout
+
+
+# ----------------------------------------------------- one-op models and errors
+
+
+def _single_op_flatbuffer(layer_fn, input_shape, seed=0):
+    import keras
+
+    from export.tflite import convert
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(input_shape)
+    model = keras.Model(inputs, layer_fn(inputs))
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=(64,) + tuple(input_shape)).astype("float32")
+    return convert(model, "int8", lambda: [[data]]).flatbuffer, data
+
+
+@pytest.mark.parametrize("case", ["maxpool_same", "avgpool_same", "depthwise_mult2_dilated", "dense_relu6",
+                                  "mean_keepdims", "conv_strided_valid"])
+def test_single_ops_are_byte_identical(case, tmp_path):
+    """Ops and options the quickstart model does not use (SAME padding at
+    borders, depth multiplier, dilation, a fused RELU6 clamp, MEAN with
+    keepdims over 99 positions and its own output grid, VALID strided
+    conv), each against TFLM. (A fixed TFLM arena: its MEAN kernel crashes
+    the process, instead of failing, in too small an arena, which the
+    arena bisection would try.)"""
+    import keras
+
+    layers = {
+        "maxpool_same": lambda x: keras.layers.MaxPooling2D(3, 2, padding="same")(keras.layers.Conv2D(6, 3)(x)),
+        "avgpool_same": lambda x: keras.layers.AveragePooling2D(3, 2, padding="same")(keras.layers.Conv2D(6, 3)(x)),
+        "depthwise_mult2_dilated": lambda x: keras.layers.DepthwiseConv2D(3, depth_multiplier=2, dilation_rate=2,
+                                                                           padding="same")(x),
+        "dense_relu6": lambda x: keras.layers.Dense(7, activation="relu6")(keras.layers.Flatten()(x)),
+        "mean_keepdims": lambda x: keras.ops.mean(keras.layers.Conv2D(5, 1)(x), axis=(1, 2), keepdims=True),
+        "conv_strided_valid": lambda x: keras.layers.Conv2D(9, (3, 2), strides=(2, 3))(x),
+    }
+    flat, data = _single_op_flatbuffer(layers[case], (11, 9, 3))
+    program = lower(flat)
+    inputs = quantize_inputs(flat, data[:40])
+    ref, _ = tflm_outputs(flat, inputs, arena_bytes=1 << 20)
+    for hwio in (0, 32):   # the OHWI dot products, and the per-tap HWIO path (Helium's for small K)
+        exe = build_host(generate(program, "dense", target="host", dense_hwio_taps=hwio), str(tmp_path / str(hwio)))
+        got = run_host(exe, inputs, (ref.shape[1],))["outputs"]
+        assert np.array_equal(got, ref), (case, hwio)
+
+
+def test_unsupported_op_is_one_clear_error():
+    import keras
+
+    flat, _ = _single_op_flatbuffer(lambda x: keras.layers.Activation("tanh")(keras.layers.Conv2D(4, 3)(x)), (8, 8, 1))
+    with pytest.raises(UnsupportedModelError, match=r"operator \d+ \(TANH\) has no microcontroller kernel; "
+                                                    r"supported: CONV_2D"):
+        lower(flat)
+
+
+def test_float_model_is_refused():
+    import keras
+
+    from export.tflite import to_tflite
+
+    inputs = keras.Input((6, 6, 1))
+    flat = to_tflite(keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs)), "float32")
+    with pytest.raises(UnsupportedModelError, match="FLOAT32.*int8"):
+        lower(flat)
+
+
+def test_cli_bad_input_is_one_error_line(tmp_path):
+    for args, needle in ((["--model", str(tmp_path / "missing.keras"), "--output_dir", str(tmp_path)],
+                          "does not exist"),
+                         (["--tflite", __file__, "--output_dir", str(tmp_path)], "must be a .tflite file"),
+                         (["--model", "x.keras", "--output_dir", str(tmp_path), "--cores", "cortex-m7"],
+                          "--cores takes distinct comma-separated values of cortex-m4, cortex-m55")):
+        proc = subprocess.run([sys.executable, "-m", "export.mcu", *args], cwd=REPO, capture_output=True, text=True)
+        lines = [l for l in proc.stderr.splitlines() if l.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("python -m export.mcu: error:"), \
+            proc.stderr
+        assert needle in lines[0], lines[0]
