@@ -58,24 +58,17 @@ def parse(argv=None):
 
 
 def _convert(path, calib, gap, bnfold):
-    from export import rewrites
     from export.pipeline import load_model
-    from export.runtimes import quiet_stderr
     from export.tflite import convert, ensure_folded
 
-    with quiet_stderr():
-        model = load_model(path)
-    model = ensure_folded(model)
-    if bnfold:
-        model = rewrites.batchnorm_as_depthwise(model)
-    if gap:
-        model = rewrites.global_average_pool_as_average_pool(model)
+    model = ensure_folded(load_model(path))
+    names = (("bn_as_depthwise",) if bnfold else ()) + (("gap_as_average_pool",) if gap else ())
 
     def representative():
         for i in range(0, len(calib), 50):
             yield [calib[i:i + 50]]
 
-    return convert(model, "int8", representative)
+    return convert(model, "int8", representative, rewrites=names)
 
 
 def _targets(models, cores):

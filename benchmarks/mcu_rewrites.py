@@ -68,7 +68,7 @@ def main(argv=None):
           "top-1 agree  accuracy MEAN / AVG_POOL")
     for fmt in ("float32", "int8", "int16x8"):
         rep = representative if fmt != "float32" else None
-        a, b = convert(folded, fmt, rep), convert(gap, fmt, rep)
+        a, b = convert(folded, fmt, rep, rewrites=()), convert(gap, fmt, rep, rewrites=())
         oa, ob = run_tflm(a.flatbuffer, x)["outputs"], run_tflm(b.flatbuffer, x)["outputs"]
         g = read_model(b.flatbuffer).main
         q = g.tensors[g.outputs[0]].quantization
@@ -91,7 +91,7 @@ def main(argv=None):
     relu = load_model(args.relu_model)
     bnf = rewrites.batchnorm_as_depthwise(relu)
     la, lb = relu.predict(x, verbose=0), bnf.predict(x, verbose=0)
-    ca, cb = convert(relu, "int8", representative), convert(bnf, "int8", representative)
+    ca, cb = convert(relu, "int8", representative, rewrites=()), convert(bnf, "int8", representative, rewrites=())
     entry = out["bn_as_depthwise"]
     entry.update(keras_max_logit_diff=float(np.max(np.abs(la - lb))),
                  keras_top1_agreement=float(np.mean(la.argmax(1) == lb.argmax(1))),

@@ -18,10 +18,16 @@ TensorFlow Lite Micro.
 
 CLI: ``python -m export --model RUN/model.keras --output_dir RUN/export``.
 See docs/EXPORT.md. Importing this package is cheap: the TensorFlow-heavy
-modules load on first use of a name below.
+modules load on first use of a name below. Importing it also registers the
+export's Keras layers (:mod:`export.layers`), so ``keras.saving.load_model``
+loads ``model_folded.keras`` and ``model_qat.keras`` -- at once when Keras is
+already imported, else when it is.
 """
 
 from export.lazy import lazy_attributes
+from export.loader import register_when_keras_loads
+
+register_when_keras_loads()
 
 __all__ = ["fold_batchnorm", "fold_batchnorm_with_report", "FoldError", "ThresholdNeuron",
            "to_tflite", "convert", "Conversion", "edge_model", "EdgeError", "export_run", "ExportConfig",

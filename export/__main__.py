@@ -79,6 +79,18 @@ def _accelerators(text):
     return _subset("--ethos_u", ACCELERATORS, text)
 
 
+def _rewrites(text):
+    from export.formats import REWRITES
+
+    return [] if text.strip() == "none" else _subset("--rewrites", REWRITES, text)
+
+
+def _cores(text):
+    from export.mcu import CORES
+
+    return _subset("--mcu", CORES, text)
+
+
 def build_parser():
     p = cli.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="trained .keras model (also model_qat.keras / model_folded.keras)")
@@ -109,9 +121,20 @@ def build_parser():
     p.add_argument("--merge_shortcuts", action="store_true",
                    help="export AveragePooling2D(1, s) + 1x1 conv shortcuts as one strided 1x1 conv "
                         "(one XNNPACK partition)")
+    p.add_argument("--rewrites", type=_rewrites, default=None, metavar="REWRITES",
+                   help="graph rewrites before converting, comma-separated: bn_as_depthwise (a ReLU model's "
+                        "BNs that no conv absorbs as one 1x1 depthwise conv, not MUL + ADD), gap_as_average_pool "
+                        "(global average pooling as AVERAGE_POOL_2D, not MEAN); default both; 'none' keeps the "
+                        "converter's forms")
     p.add_argument("--ethos_u", type=_accelerators, default=None, metavar="ACCELERATORS",
                    help="also compile the int8 model with Arm Vela for these Ethos-U accelerators "
                         "(comma-separated, e.g. ethos-u55-128,ethos-u85-256; needs the 'edge' extra)")
+    p.add_argument("--mcu", type=_cores, default=None, metavar="CORES",
+                   help="also compile the int8 model to C for these Cortex-M cores (cortex-m4,cortex-m55), run it "
+                        "under QEMU and compare every output byte with TFLite Micro (export.mcu; needs Debian's "
+                        "gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm)")
+    p.add_argument("--mcu_images", type=_positive_int, default=200,
+                   help="verification inputs run on each core with --mcu (default: 200)")
     p.add_argument("--qat_epochs", type=_nonnegative_float, default=0.0,
                    help="quantization-aware fine-tuning before the export, in epochs over the training inputs "
                         "(fractions allowed, e.g. 0.1; default 0: post-training quantization). The fine-tuned "
@@ -152,6 +175,8 @@ def _run(args) -> int:
         if not vela.available():
             raise cli.CLIError("--ethos_u needs Arm Vela: pip install 's2nn_keras[edge]'")
         reporters.append(vela.reporter(args.ethos_u))
+    if args.mcu and "int8" not in args.formats:
+        raise cli.CLIError("--mcu compiles the int8 model: add int8 to --formats")
     from export.cli_data import check_input_shape, load_dataset, load_npz
 
     qat_wanted = args.qat_epochs > 0
@@ -184,7 +209,12 @@ def _run(args) -> int:
         options = {k: v for k, v in (("batch_size", args.qat_batch_size),
                                      ("learning_rate", args.qat_learning_rate)) if v is not None}
         qat = QATConfig(epochs=args.qat_epochs, train_examples=args.qat_train_examples, **options)
+    if args.mcu:
+        from export import mcu
+
+        reporters.append(mcu.reporter(args.mcu, images=data.test_images, num_images=args.mcu_images))
     train = data.train_images
+    options = {} if args.rewrites is None else {"rewrites": tuple(args.rewrites)}
     config = ExportConfig(
         output_dir=args.output_dir, images=data.test_images, labels=data.test_labels, formats=tuple(args.formats),
         calibration_images=None if train is None else train[-args.num_calibration:],
@@ -192,8 +222,8 @@ def _run(args) -> int:
         c_array=not args.no_c_array, neuron=args.neuron, threshold_in_bias=not args.no_threshold_in_bias,
         merge_shortcuts=args.merge_shortcuts, spike_checks=not args.no_spike_checks, reporters=tuple(reporters),
         qat=qat, qat_images=train if qat is not None else None, task=args.task, verbose=not args.quiet,
-        extra={"model_path": args.model, "data": data.source,
-                                   **({} if args.data else {"dataset": data.source})}, allow_failed_checks=args.allow_failed_checks)
+        extra={"model_path": args.model, "data": data.source, **({} if args.data else {"dataset": data.source})},
+        allow_failed_checks=args.allow_failed_checks, **options)
     result = export_run(model, config)
     checks = result.report["checks"]
     if not checks["passed"]:  # kept only because --allow_failed_checks asked for it

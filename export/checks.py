@@ -45,12 +45,14 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
+from export.verify import REGRESSION_TOLERANCE, TASKS as VERIFY_TASKS, agreement as verify_agreement
+
 __all__ = ["BOUNDS", "TASKS", "REGRESSION_TOLERANCE", "CheckResult", "ExportCheckError", "agreement",
-           "agreement_per_example", "output_correlation", "evaluate", "failure_line"]
+           "output_correlation", "evaluate", "failure_line"]
 
 #: Every bound of the export's checks (module docstring).
 BOUNDS = {
@@ -63,11 +65,8 @@ BOUNDS = {
 }
 
 #: What an export verifies a model's outputs as (``ExportConfig.task``, ``--task``).
-TASKS = ("auto", "classification", "regression")
+TASKS = ("auto",) + VERIFY_TASKS
 
-#: Regression agreement: an example agrees when the RMS difference of its
-#: outputs is at most this fraction of the reference outputs' range.
-REGRESSION_TOLERANCE = 0.01
 
 
 @dataclasses.dataclass
@@ -104,30 +103,11 @@ class ExportCheckError(RuntimeError):
         self.result = result
 
 
-# TODO(i15core): replace by export.verify.agreement(reference_outputs, outputs, task) when the core
-# engineer's branch lands; this private stand-in has exactly that definition.
-def agreement_per_example(reference, outputs, task: str) -> np.ndarray:
-    """Per example, whether ``outputs`` agree with ``reference`` (both
-    ``[N, ...]``): classification, the same argmax; regression, the RMS
-    difference over the example's outputs at most
-    :data:`REGRESSION_TOLERANCE` of the reference outputs' range
-    (``max - min`` over the whole reference array)."""
-    ref = np.asarray(reference, np.float64)
-    out = np.asarray(outputs, np.float64)[:len(ref)]
-    ref = ref[:len(out)]
-    if task == "classification":
-        return ref.reshape(len(ref), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)
-    if task != "regression":
-        raise ValueError(f"task must be classification or regression, got {task!r}")
-    span = float(ref.max() - ref.min()) if ref.size else 0.0
-    rms = np.sqrt(np.mean((out - ref).reshape(len(ref), -1) ** 2, axis=1))
-    return rms <= REGRESSION_TOLERANCE * span
-
-
 def agreement(reference, outputs, task: str) -> float:
-    """The fraction of examples that agree (:func:`agreement_per_example`)."""
-    per = agreement_per_example(reference, outputs, task)
-    return float(np.mean(per)) if per.size else 1.0
+    """The agreeing fraction of :func:`export.verify.agreement` (the one
+    definition: same top-1 for classification, per-example RMS within
+    :data:`REGRESSION_TOLERANCE` of the reference range for regression)."""
+    return verify_agreement(reference, outputs, task)["agreement"]
 
 
 def output_correlation(reference, outputs) -> float:

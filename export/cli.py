@@ -53,6 +53,7 @@ EXPECTED_ERRORS = frozenset({
     "export.cli.CLIError", "export.loader.ModelFileError", "export.cli_data.DataFileError",
     "export.pipeline.ExportConfigError", "export.fold.FoldError", "export.edge.EdgeError",
     "export.qat.QATError", "export.vela.VelaError", "s2nn_keras.datasets.DatasetNotFoundError",
+    "export.mcu.build.ToolError", "export.mcu.lower.UnsupportedModelError",
     "builtins.OSError",  # the machine's: a folder that cannot be written, a full disk
 })
 _CHECK_ERROR = "export.checks.ExportCheckError"

@@ -43,7 +43,7 @@ with fresh layers; neurons are recognised with
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Tuple
 
 import keras
 import numpy as np
@@ -53,7 +53,7 @@ from s2nn_keras import layer_roles
 from s2nn_keras.graph import GraphError, LayerGraph
 from s2nn_keras.layers import is_spiking_neuron
 
-__all__ = ["FoldError", "fold_batchnorm", "fold_batchnorm_with_report", "bn_affine"]
+__all__ = ["FoldError", "fold_batchnorm", "fold_batchnorm_with_report", "bn_affine", "fold_linear"]
 
 
 class FoldError(ValueError):
@@ -184,7 +184,7 @@ def _neuron_params(layer):
     return (float(th) if th.ndim == 0 else th), float(layer.off_value), getattr(layer, "surrogate", None)
 
 
-def _fold_linear(layer, g=None, b=None, shift=0.0):
+def fold_linear(layer, g=None, b=None, shift=0.0):
     """Returns (config, kernel, bias) of ``layer`` with BN (g, b) and a
     threshold shift folded in: out' = g*(W x + c) + b - shift."""
     weights = layer.get_weights()
@@ -266,7 +266,7 @@ def fold_batchnorm_with_report(model: keras.Model, formulation: str = "compare",
             return new(*args, **kwargs)
         if name in pending_linear:
             g, b, shift = pending_linear[name]
-            config, kernel, bias = _fold_linear(layer, g, b, shift)
+            config, kernel, bias = fold_linear(layer, g, b, shift)
             new = type(layer).from_config(config)
             out = new(*args, **kwargs)
             new.set_weights([kernel, bias])

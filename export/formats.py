@@ -61,7 +61,7 @@ EDGE_OP_KERNELS = {
 #: Builtin ops every runtime we target (XNNPACK, CMSIS-NN / TFLite Micro,
 #: Arm Ethos-U55 via Vela) runs for int8. The default int8 and int16x8
 #: exports use only these; QUANTIZE only at the model boundary
-#: (``export.pipeline.boundary_ops`` checks where it sits).
+#: (``export.pipeline.inner_quantize_ops`` finds any that do not).
 EDGE_OPS = frozenset(EDGE_OP_KERNELS)
 
 #: Ops of the ``"compare"`` neuron (float32 and int8).
@@ -73,3 +73,14 @@ FORBIDDEN_EDGE_OPS = frozenset({
     "GREATER", "GREATER_EQUAL", "LESS", "LESS_EQUAL", "EQUAL", "NOT_EQUAL", "SELECT", "SELECT_V2",
     "LOGICAL_AND", "LOGICAL_OR", "LOGICAL_NOT", "CAST", "GATHER", "GATHER_ND",
 })
+
+#: Graph rewrites ``export.tflite.convert`` applies before converting
+#: (:mod:`export.rewrites`, the same function): ``"bn_as_depthwise"`` writes
+#: a BatchNormalization that no conv absorbs as one 1x1 depthwise conv with
+#: the ReLU fused (ReLU models; a spiking model's BNs are folded into its
+#: neurons anyway), ``"gap_as_average_pool"`` global average pooling as
+#: ``AVERAGE_POOL_2D`` instead of ``MEAN`` (TFLite Micro / CMSIS-NN run
+#: MEAN with a reference kernel). Both by default; ``()`` keeps the
+#: converter's own forms (``MUL`` + ``ADD``, ``MEAN``).
+REWRITES = ("bn_as_depthwise", "gap_as_average_pool")
+DEFAULT_REWRITES = REWRITES

@@ -26,11 +26,15 @@ Example::
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
 import re
+import sys
 import zipfile
 
-__all__ = ["load_model", "check_model_file", "ModelFileError", "register_layers", "first_line"]
+__all__ = ["load_model", "check_model_file", "ModelFileError", "register_layers", "register_when_keras_loads",
+           "first_line"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _UNKNOWN_CLASS = re.compile(r"Could not locate (?:class|function) '([^']+)'")
@@ -53,13 +57,44 @@ def first_line(err: BaseException) -> str:
 
 
 def register_layers() -> None:
-    """Imports every module that registers a layer this package saves
-    (S2Activation, the regularizer, ThresholdNeuron, GridQuantize, the QAT
-    layers). Imports TensorFlow (the export's layers need it)."""
-    import s2nn_keras  # noqa: F401  (S2Activation, FiringRateRegularizer)
-    import export.neurons  # noqa: F401  (ThresholdNeuron)
-    import export.edge  # noqa: F401  (GridQuantize)
-    import export.qat  # noqa: F401  (quantization-aware training layers)
+    """Registers every layer this package saves (S2Activation, the
+    regularizer, ThresholdNeuron, GridQuantize, the QAT layers) with Keras:
+    :mod:`export.layers`, which does not import TensorFlow."""
+    import export.layers  # noqa: F401
+
+
+class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
+    """Finds ``keras`` with the other finders and registers the export's
+    layers right after the module has run (once; then steps aside)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run = loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            register_layers()
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def register_when_keras_loads() -> None:
+    """Makes ``import export`` enough for plain ``keras.saving.load_model``
+    to load every file the export writes, without importing Keras (and
+    TensorFlow) itself: the layers are registered now when Keras is already
+    imported, else the moment it is (a finder on ``sys.meta_path`` that
+    runs once). ``export/__init__.py`` calls it."""
+    if "keras" in sys.modules:
+        register_layers()
+    elif not any(isinstance(f, _RegisterAfterKeras) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterKeras())
 
 
 def _causes(err):

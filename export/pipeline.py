@@ -64,8 +64,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from export.checks import TASKS, ExportCheckError, agreement, evaluate, failure_line, output_correlation
-from export.formats import (COMPARE_OPS, DEFAULT_FORMATS, DEFAULT_NEURON, EDGE_OPS, FORBIDDEN_EDGE_OPS,
-                            NEURON_FORMULATIONS, QUANTIZATIONS)
+from export.formats import (COMPARE_OPS, DEFAULT_FORMATS, DEFAULT_NEURON, DEFAULT_REWRITES, EDGE_OPS,
+                            FORBIDDEN_EDGE_OPS, NEURON_FORMULATIONS, QUANTIZATIONS, REWRITES)
 from export.loader import load_model
 from export.verify import batches, model_logits
 
@@ -183,6 +183,10 @@ class ExportConfig:
         for measuring what that buys.
       merge_shortcuts: export strided shortcuts as one strided 1x1 conv
         (:func:`export.tflite.merge_strided_shortcuts`).
+      rewrites: graph rewrites before converting
+        (:data:`export.formats.REWRITES`; default both: a ReLU model's
+        unabsorbed BNs as 1x1 depthwise convs, global average pooling as
+        ``AVERAGE_POOL_2D``); ``()`` keeps the converter's forms.
       spike_checks: run :func:`export.verify.verify_spikes` per format
         (spiking models); without them the spike checks are not judged.
       reporters: extra per-format figures and checks (:class:`FormatReporter`).
@@ -215,6 +219,7 @@ class ExportConfig:
     neuron: str = DEFAULT_NEURON
     threshold_in_bias: bool = True
     merge_shortcuts: bool = False
+    rewrites: Tuple[str, ...] = DEFAULT_REWRITES
     spike_checks: bool = True
     reporters: Tuple[FormatReporter, ...] = ()
     qat: Any = None
@@ -262,6 +267,11 @@ class ExportConfig:
         if self.neuron not in NEURON_FORMULATIONS:
             raise ExportConfigError(f"ExportConfig.neuron must be one of {', '.join(NEURON_FORMULATIONS)}; "
                                     f"got {self.neuron!r}")
+        if isinstance(self.rewrites, str) or not isinstance(self.rewrites, (list, tuple)) or any(
+                r not in REWRITES for r in self.rewrites):
+            raise ExportConfigError(f"ExportConfig.rewrites must be a sequence of names among {', '.join(REWRITES)} "
+                                    f"(or ()); got {self.rewrites!r}")
+        object.__setattr__(self, "rewrites", tuple(dict.fromkeys(self.rewrites)))
         if self.task not in TASKS:
             raise ExportConfigError(f"ExportConfig.task must be one of {', '.join(TASKS)}; got {self.task!r}")
         reporters = tuple(self.reporters or ())
@@ -539,7 +549,8 @@ def _export(model, model_path, c, x, y, calib, calib_source, task, out_dir, conv
     if c.qat is not None:
         from export.qat import quantization_aware_fine_tune
 
-        tuned = quantization_aware_fine_tune(model, c.qat_images, calib, c.qat)
+        # the fine-tuning distils what the checks compare: logits, or a regression's outputs
+        tuned = quantization_aware_fine_tune(model, c.qat_images, calib, dataclasses.replace(c.qat, task=task))
         model, qat_report = tuned.model, tuned.report
         model.save(os.path.join(out_dir, "model_qat.keras"))
 
@@ -578,6 +589,7 @@ def _export(model, model_path, c, x, y, calib, calib_source, task, out_dir, conv
         "calibration_source": calib_source,
         "threshold_in_bias": bool(c.threshold_in_bias),
         "merge_shortcuts": bool(c.merge_shortcuts),
+        "rewrites": list(c.rewrites),
         "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                  "python": platform.python_version(), "litert_threads": 1},
         "keras": {"model": "qat" if qat_report is not None else "trained",
@@ -602,7 +614,7 @@ def _export(model, model_path, c, x, y, calib, calib_source, task, out_dir, conv
     for fmt in c.formats:
         # 3. convert
         conv = convert(folded, fmt, representative if fmt != "float32" else None, neuron=c.neuron,
-                       merge_shortcuts=c.merge_shortcuts)
+                       merge_shortcuts=c.merge_shortcuts, rewrites=c.rewrites)
         conversions[fmt] = conv
         fname = f"model_{fmt}.tflite"
         with open(os.path.join(out_dir, fname), "wb") as f:

@@ -152,7 +152,7 @@ def batchnorm_as_depthwise(model: keras.Model) -> keras.Model:
     Raises:
       s2nn_keras.graph.GraphError: the model has no readable layer graph.
     """
-    from export.fold import _fold_linear, bn_affine   # the fold's one Conv/Dense + BN arithmetic
+    from export.fold import fold_linear, bn_affine   # the fold's one Conv/Dense + BN arithmetic
 
     graph = LayerGraph(model)
     into_producer: Dict[str, str] = {}     # producer name -> BN name
@@ -190,7 +190,7 @@ def batchnorm_as_depthwise(model: keras.Model) -> keras.Model:
             return args[0]     # folded into the layer before it
         if name in into_producer:
             g, b = bn_affine(graph.layer(into_producer[name]))
-            config, kernel, bias = _fold_linear(layer, g, b)
+            config, kernel, bias = fold_linear(layer, g, b)
             new = type(layer).from_config(config)
             out = new(*args, **kwargs)
             new.set_weights([kernel, bias])

@@ -28,13 +28,14 @@ Example::
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from export.quiet import filtered_stderr, silenced_stderr
+from export.quiet import filtered_stderr
 
 __all__ = ["RUNTIMES", "interpreter", "Session", "run_litert", "run_tflm", "tflm_arena_size", "quantize",
            "dequantize"]
@@ -183,34 +184,98 @@ def run_litert(tflite_model: bytes, images: np.ndarray, num_threads: int = 1) ->
     return Session(tflite_model, "litert", num_threads=num_threads).predict(images)
 
 
+_ARENA_WORKER = r"""
+import sys
+import numpy as np
+from export.quiet import silenced_stderr
+from export.runtimes import Session
+flat = open(sys.argv[1], "rb").read()
+sample = np.load(sys.argv[2]) if sys.argv[2] != "-" else None
+for line in sys.stdin:
+    try:
+        with silenced_stderr():  # TFLM prints each failed allocation
+            s = Session(flat, "tflm", arena_size=int(line))
+            x = np.zeros(s.inputs[0]["shape"], np.float32) if sample is None else sample[None]
+            s.set_input(s.quantize_input(x))
+            s.invoke()
+        ok = 1
+    except Exception:  # TFLM raises RuntimeError when the arena is too small
+        ok = 0
+    print(ok, flush=True)
+"""
+
+
+class _ArenaProbe:
+    """Tries arena sizes in a worker process: TFLite Micro's allocator
+    sometimes crashes the process outright on an arena that is too small
+    (seen on FULLY_CONNECTED and MEAN models), which must count as "too
+    small", not take the caller down. A crashed worker is replaced."""
+
+    def __init__(self, tflite_model, sample):
+        import subprocess
+        import sys
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory(prefix="s2nn_arena_")
+        self._model = os.path.join(self._dir.name, "model.tflite")
+        with open(self._model, "wb") as f:
+            f.write(bytes(tflite_model))
+        self._sample = "-"
+        if sample is not None:
+            self._sample = os.path.join(self._dir.name, "sample.npy")
+            np.save(self._sample, np.asarray(sample, np.float32))
+        self._cmd = [sys.executable, "-c", _ARENA_WORKER, self._model, self._sample]
+        self._popen = subprocess.Popen
+        self._proc = None
+
+    def works(self, size: int) -> bool:
+        import subprocess
+
+        if self._proc is None or self._proc.poll() is not None:
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+            self._proc = self._popen(self._cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=env)
+        try:
+            self._proc.stdin.write(f"{int(size)}\n")
+            self._proc.stdin.flush()
+            answer = self._proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            answer = ""
+        if answer.strip() not in ("0", "1"):  # the worker died on this size
+            self._proc.wait()
+            self._proc = None
+            return False
+        return answer.strip() == "1"
+
+    def close(self):
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.stdin.close()
+            self._proc.wait()
+        self._dir.cleanup()
+
+
 def tflm_arena_size(tflite_model: bytes, sample: np.ndarray = None, granularity: int = 16) -> int:
     """Smallest tensor arena (bytes, rounded up to ``granularity``) with
     which TFLite Micro allocates the model and runs one inference, found by
-    bisection. ``sample`` is one float32 input (zeros if None)."""
-
-    def works(size):
-        try:
-            with silenced_stderr():  # TFLM prints each failed allocation
-                s = Session(tflite_model, "tflm", arena_size=size)
-                x = np.zeros(s.inputs[0]["shape"], np.float32) if sample is None else sample[None]
-                s.set_input(s.quantize_input(x))
-                s.invoke()
-            return True
-        except Exception:  # TFLM raises RuntimeError when the arena is too small
-            return False
-
-    hi = max(4096, len(tflite_model))
-    while not works(hi):
-        hi *= 2
-        if hi > 1 << 31:
-            raise RuntimeError("TFLite Micro could not run the model with a 2 GiB arena")
-    lo = 0
-    while hi - lo > granularity:
-        mid = (lo + hi) // 2
-        if works(mid):
-            hi = mid
-        else:
-            lo = mid
+    bisection in a worker process (a size that crashes TFLite Micro counts
+    as too small). ``sample`` is one float32 input (zeros if None)."""
+    probe = _ArenaProbe(tflite_model, sample)
+    try:
+        hi = max(4096, len(tflite_model))
+        while not probe.works(hi):
+            hi *= 2
+            if hi > 1 << 31:
+                raise RuntimeError("TFLite Micro could not run the model with a 2 GiB arena")
+        lo = 0
+        while hi - lo > granularity:
+            mid = (lo + hi) // 2
+            if probe.works(mid):
+                hi = mid
+            else:
+                lo = mid
+    finally:
+        probe.close()
     return int(-(-hi // granularity) * granularity)
 
 

@@ -40,20 +40,15 @@ gets the same inference rewrite first: the builders' strided shortcut
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import logging
-import os
-import warnings
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from export.calibration import tensor_ranges
-from export.formats import DEFAULT_NEURON, NEURON_FORMULATIONS, QUANTIZATIONS
+from export.formats import DEFAULT_NEURON, DEFAULT_REWRITES, NEURON_FORMULATIONS, QUANTIZATIONS
 from export.formulations import get_formulation
 from export.neurons import ThresholdNeuron
 from s2nn_keras import layer_roles
@@ -500,7 +495,8 @@ def _finish(flat, model, names, quantization, formulation, plan=None):
 
 def convert(model: keras.Model, quantization: str = "float32",
             representative_data: Optional[Callable[[], Iterable]] = None,
-            neuron: str = DEFAULT_NEURON, merge_shortcuts: bool = False) -> Conversion:
+            neuron: str = DEFAULT_NEURON, merge_shortcuts: bool = False,
+            rewrites: Sequence[str] = DEFAULT_REWRITES) -> Conversion:
     """Converts a Keras model to TFLite and says how (see :class:`Conversion`).
 
     Args:
@@ -518,6 +514,11 @@ def convert(model: keras.Model, quantization: str = "float32",
       merge_shortcuts: first rewrite ``AveragePooling2D(1, s) -> 1x1 Conv2D``
         as one strided 1x1 conv (:func:`merge_strided_shortcuts`; the whole
         graph then runs in one XNNPACK partition).
+      rewrites: graph rewrites applied after the fold
+        (:data:`export.formats.REWRITES`, :mod:`export.rewrites`; the same
+        function): by default the ReLU baseline's unabsorbed BatchNorms as
+        1x1 depthwise convs and global average pooling as
+        ``AVERAGE_POOL_2D``; ``()`` keeps the converter's forms.
 
     Every spiking model first gets :func:`settle_spike_thresholds` (the
     same function), and every integer model the grids of its spike tensors
@@ -532,6 +533,10 @@ def convert(model: keras.Model, quantization: str = "float32",
     model = ensure_folded(model)
     if merge_shortcuts:
         model = merge_strided_shortcuts(model)
+    if rewrites:
+        from export.rewrites import apply as apply_rewrites
+
+        model = apply_rewrites(model, tuple(rewrites))
     if not is_spiking_model(model):
         return Conversion(_convert_keras(model, quantization, representative_data), quantization, None, model)
     model = settle_spike_thresholds(model)
@@ -573,7 +578,8 @@ def convert(model: keras.Model, quantization: str = "float32",
 
 def to_tflite(model: keras.Model, quantization: str = "float32",
               representative_data: Optional[Callable[[], Iterable]] = None,
-              neuron: str = DEFAULT_NEURON, merge_shortcuts: bool = False) -> bytes:
+              neuron: str = DEFAULT_NEURON, merge_shortcuts: bool = False,
+              rewrites: Sequence[str] = DEFAULT_REWRITES) -> bytes:
     """The ``.tflite`` flatbuffer bytes of :func:`convert` (same arguments).
 
     Example::
@@ -582,7 +588,7 @@ def to_tflite(model: keras.Model, quantization: str = "float32",
         flat_relu = to_tflite(relu_model, "int8", same_data)          # same converter settings
         flat_ablation = to_tflite(model, "int8", same_data, neuron="compare")
     """
-    return convert(model, quantization, representative_data, neuron, merge_shortcuts).flatbuffer
+    return convert(model, quantization, representative_data, neuron, merge_shortcuts, rewrites).flatbuffer
 
 
 from export.quiet import quiet_conversion  # noqa: E402  (the export's one output silencer)

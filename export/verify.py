@@ -149,7 +149,6 @@ def verify_fold(model, folded, images, batch_size=256) -> Dict:
     that differ. Only float ties at a threshold can make spikes differ:
     ``g*u + b`` and ``u`` vs ``(u_th - b)/g`` round differently.
     """
-    import keras
     from s2nn_keras.firing import neuron_layers
 
     orig_neurons = {l.name: l for l in neuron_layers(model)}
@@ -335,7 +334,6 @@ def verify_spikes(conversion, folded, images, runtimes: Sequence[str] = ("litert
     Returns:
       A JSON-friendly dict (see docs/EXPORT.md, "Report").
     """
-    import keras
 
     from export.spikes import run_spikes
 

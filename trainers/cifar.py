@@ -47,7 +47,7 @@ from absl import app
 from absl import flags as absl_flags
 
 from trainers import flags as trainer_flags
-from trainers.run import train  # noqa: F401  (public: trainers.cifar.train(config))
+from trainers.run import ExportChecksFailed, train  # noqa: F401  (public: trainers.cifar.train(config))
 
 FLAGS = absl_flags.FLAGS
 
@@ -61,6 +61,10 @@ def _main(config):
         print(f"error: {err}", file=sys.stderr)
         sys.stderr.flush()
         raise SystemExit(2)
+    except ExportChecksFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.stderr.flush()
+        raise SystemExit(3)
 
 
 def main(argv=None) -> None:

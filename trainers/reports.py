@@ -93,19 +93,27 @@ def post_training_reports(network, flags: Dict, data: Dict, output_dir: str, met
         n = flags["export_max_examples"] or len(data["test_images"])
         images, labels = data["test_images"][:n], data["test_labels"][:n]
         export_dir = os.path.join(output_dir, "export")
-        result = export.export_run(network, export.ExportConfig(
-            export_dir, images, labels, formats=tuple(flags["export_formats"]),
-            calibration_images=data["train_images"][-500:],
-            max_tflm_examples=flags["export_tflm_examples"] or None,
-            extra={"model_path": os.path.join(output_dir, "final.keras")}))
-        report = getattr(result, "report", result)  # export.ExportResult, or the report dict itself
-        metrics["export"] = _summarise_export(report, export_dir)
         energy_data = images.astype(np.float32) / 255.0
-        tflite_models = {fmt: os.path.join(export_dir, report["formats"][fmt]["file"])
-                         for fmt in ("float32", "int8") if fmt in report["formats"]}
-        folded = getattr(result, "folded", None)
-        if folded is None:
-            folded = keras.saving.load_model(os.path.join(export_dir, "model_folded.keras"))
+        try:
+            result = export.export_run(network, export.ExportConfig(
+                export_dir, images, labels, formats=tuple(flags["export_formats"]),
+                calibration_images=data["train_images"][-500:],
+                max_tflm_examples=flags["export_tflm_examples"] or None,
+                extra={"model_path": os.path.join(output_dir, "final.keras")}))
+        except export.ExportCheckError as err:
+            # The trained model stays; the failed export leaves no files.
+            # train() ends the run with exit status 3 after metrics.json.
+            report = err.result.report if err.result is not None else {}
+            metrics["export"] = {"failed_checks": report.get("checks", {}).get("failed", []), "message": str(err),
+                                 "command": export_command(output_dir, flags)}
+        else:
+            report = getattr(result, "report", result)  # export.ExportResult, or the report dict itself
+            metrics["export"] = _summarise_export(report, export_dir)
+            tflite_models = {fmt: os.path.join(export_dir, report["formats"][fmt]["file"])
+                             for fmt in ("float32", "int8") if fmt in report["formats"]}
+            folded = getattr(result, "folded", None)
+            if folded is None:
+                folded = keras.saving.load_model(os.path.join(export_dir, "model_folded.keras"))
     writer = _energy_writer()
     if writer is None:
         print("energy report skipped: export.energy_report is not available", file=sys.stderr, flush=True)

@@ -301,4 +301,14 @@ def train(config: Dict) -> Dict:
         print(f"-> {os.path.join(output_dir, files.METRICS_FILE)}", flush=True)
     else:
         shutil.rmtree(model_dir, ignore_errors=True)
+    failed = (metrics.get("export") or {}).get("failed_checks")
+    if failed:
+        raise ExportChecksFailed(f"the export's own checks failed ({', '.join(failed)}); no export files were "
+                                 f"written; the trained model is {os.path.join(output_dir, 'final.keras')}")
     return metrics
+
+
+class ExportChecksFailed(RuntimeError):
+    """The run trained and saved its model, but ``--export``'s checks failed
+    (``python -m trainers.cifar`` exits with status 3, as ``python -m
+    export`` does)."""

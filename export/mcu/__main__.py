@@ -6,128 +6,114 @@ microcontroller C, checks the host build against the ``tflite-micro``
 interpreter, builds the firmware of each ``--cores`` board, runs it under
 QEMU on test images, chooses each spike-driven layer's layout by measured
 instructions, and writes ``mcu_report.json``, the C (``<core>/chosen/model.c``,
-``model.h``, ``build.sh``) and a summary. Exit 0; 1 when the firmware or
-the host build is not byte-identical with TFLM on every image; 2 with one
-``error:`` line for bad input or a missing tool.
+``model.h``, ``build.sh``) and a summary. Ends as ``python -m export``
+does (:mod:`export.cli`): exit 0; 3 with one ``error:`` line when the
+firmware or the host build is not byte-identical with TFLM on every image;
+2 for bad input or a missing tool.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from export.__main__ import _positive_int  # noqa: E402  (the export CLI's flag types)
+from export import cli  # noqa: E402
+from export.__main__ import _DATASETS, _positive_int, _subset  # noqa: E402  (the export CLI's flag types)
+from export.formats import DEFAULT_REWRITES, REWRITES  # noqa: E402
 
 PROG = "python -m export.mcu"
-_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
 _LAYOUTS = ("auto", "dense", "spike_list", "spike_mask")
-_REWRITES = ("bn_as_depthwise", "gap_as_average_pool")
-_CORES = ("cortex-m4", "cortex-m55")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        _fail(message)
+def _cores(text):
+    from export.mcu import CORES
+
+    return [] if not text.strip() else _subset("--cores", CORES, text)
 
 
-def _fail(message, code=2):
-    sys.stderr.write(f"{PROG}: error: {message}\n")
-    sys.exit(code)
-
-
-def _subset(flag, valid, allow_empty=False):
-    def parse(text):
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in items if t not in valid]
-        if bad or (not items and not allow_empty) or len(set(items)) != len(items):
-            raise argparse.ArgumentTypeError(
-                f"{flag} takes distinct comma-separated values of {', '.join(valid)}; got {text!r}")
-        return items
-    return parse
+def _rewrites(text):
+    return [] if text.strip() in ("", "none") else _subset("--rewrites", REWRITES, text)
 
 
 def build_parser():
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = cli.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="a trained .keras model (S2NN or ReLU)")
     src.add_argument("--tflite", help="an int8 .tflite (no neuron plan: dense layouts only)")
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--cores", type=_subset("--cores", _CORES, allow_empty=True), default=list(_CORES),
-                   help="comma-separated boards to build and run (empty: host check only)")
+    p.add_argument("--cores", type=_cores, default=["cortex-m4", "cortex-m55"],
+                   help="comma-separated boards to build and run (cortex-m4,cortex-m55; '' for the host check only)")
     p.add_argument("--images", type=_positive_int, default=200, help="test images run under QEMU")
     p.add_argument("--host_images", type=_positive_int, default=None,
                    help="test images of the host check (default: --images)")
     p.add_argument("--measure_images", type=_positive_int, default=20, help="images of the layout measurement")
     p.add_argument("--layouts", choices=_LAYOUTS, default="auto",
                    help="spike-driven layers: auto (fewest measured instructions per layer and core) or one layout")
-    p.add_argument("--rewrites", type=_subset("--rewrites", _REWRITES, allow_empty=True), default=["bn_as_depthwise"],
-                   help="graph rewrites before converting (export.rewrites); default bn_as_depthwise "
-                        "(a ReLU model's BNs as depthwise convs, no effect on a folded S2NN)")
-    p.add_argument("--dataset", default="fashion_mnist", choices=_DATASETS)
+    p.add_argument("--rewrites", type=_rewrites, default=list(DEFAULT_REWRITES),
+                   help="graph rewrites before converting (export.rewrites; default: "
+                        f"{','.join(DEFAULT_REWRITES)}; 'none' for the converter's forms)")
+    p.add_argument("--dataset", default=None, choices=_DATASETS,
+                   help="built-in data set (default: fashion_mnist; not with --data)")
     p.add_argument("--data_dir", default=None)
+    p.add_argument("--data", default=None, metavar="PATH.npz",
+                   help="the model's own inputs: an .npz with test_images and train_images (as python -m export)")
     p.add_argument("--num_calibration", type=_positive_int, default=500)
     p.add_argument("--quiet", action="store_true")
+    cli.add_debug_flag(p)
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def _run(args) -> int:
     path = args.model or args.tflite
-    if not os.path.isfile(path):
-        _fail(f"{'--model' if args.model else '--tflite'} {path!r} does not exist")
-    if args.model and not path.endswith(".keras"):
-        _fail(f"--model must be a .keras file, got {path!r}")
-    if args.tflite and not path.endswith(".tflite"):
-        _fail(f"--tflite must be a .tflite file, got {path!r}")
+    if args.data is not None and (args.dataset is not None or args.data_dir is not None):
+        raise cli.CLIError("--data replaces --dataset/--data_dir: give one or the other")
+    if args.model:
+        from export.loader import check_model_file
+
+        try:
+            check_model_file(path)
+        except ValueError as err:
+            raise cli.CLIError(f"--model: {err}") from None
+    elif not os.path.isfile(path) or not path.endswith(".tflite"):
+        raise cli.CLIError(f"--tflite {path!r} " + ("is not a .tflite file" if os.path.isfile(path)
+                                                     else "does not exist"))
     from export.mcu.firmware import missing_tools
 
     missing = missing_tools() if args.cores else []
     if missing:
-        _fail(f"{', '.join(missing)} not found: the firmware needs the ARM toolchain and QEMU "
-              "(Debian: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm), "
-              "or pass --cores '' for the host check only")
+        raise cli.CLIError(f"{', '.join(missing)} not found: the firmware needs the ARM toolchain and QEMU "
+                           "(Debian: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm), "
+                           "or pass --cores '' for the host check only")
+    from export.cli_data import check_input_shape, load_dataset, load_npz
+
+    n_images = max(args.images, args.host_images or 0)
+    if args.data is not None:
+        data = load_npz(args.data, n_images, need_train=bool(args.model))
     from export.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from s2nn_keras.datasets import DatasetNotFoundError, load_arrays
-
-    n_images = max(args.images, args.host_images or 0)
-    try:
-        images, _ = load_arrays(args.dataset, "test", args.data_dir, n_images)
-        calibration = None
-        if args.model:
-            calibration = load_arrays(args.dataset, "train", args.data_dir)[0][-args.num_calibration:]
-    except (DatasetNotFoundError, ValueError, OSError) as err:
-        _fail(str(err).splitlines()[0])
-
-    from export.edge import EdgeError
-    from export.fold import FoldError
-    from export.mcu.build import ToolError
-    from export.mcu.lower import UnsupportedModelError
+    if args.data is None:
+        data = load_dataset(args.dataset or "fashion_mnist", args.data_dir, n_images, need_train=bool(args.model))
     from export.mcu.run import format_summary, run_mcu, spike_levels
 
     conversion = None
-    try:
-        if args.model:
-            flat, conversion, name = _convert(path, args, images, calibration)
-        else:
-            with open(path, "rb") as f:
-                flat = f.read()
-            name = os.path.basename(path)
-        levels = spike_levels(conversion)
-        os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, "model_int8.tflite"), "wb") as f:
-            f.write(flat)
-        report = run_mcu(flat, images, args.cores, levels, args.layouts if args.layouts == "auto" else args.layouts,
-                         num_images=args.images, measure_images=args.measure_images,
-                         host_images=args.host_images or args.images, output_dir=args.output_dir, model_name=name,
-                         verbose=not args.quiet)
-    except (EdgeError, FoldError, UnsupportedModelError, ToolError, ValueError) as err:
-        _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    if args.model:
+        conversion = _convert(path, args, data, check_input_shape)
+        flat, name = conversion.flatbuffer, conversion.model.name
+    else:
+        with open(path, "rb") as f:
+            flat = f.read()
+        name = os.path.basename(path)
+    levels = spike_levels(conversion)
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "model_int8.tflite"), "wb") as f:
+        f.write(flat)
+    report = run_mcu(flat, data.test_images, args.cores, levels, args.layouts, num_images=args.images,
+                     measure_images=args.measure_images, host_images=args.host_images or args.images,
+                     output_dir=args.output_dir, model_name=name, verbose=not args.quiet)
     report["source"] = path
     report["rewrites"] = list(args.rewrites) if args.model else []
     report["spike_tensors"] = len(levels)
@@ -141,34 +127,35 @@ def main(argv=None):
     bad += [c for c, e in report["cores"].items() if e["bit_exact"]["fraction"] < 1.0 or
             e["dense_bit_exact"]["equal"] < e["dense_bit_exact"]["images"]]
     if bad:
-        _fail(f"outputs not byte-identical with the tflite-micro interpreter: {', '.join(bad)}", code=1)
+        from export.checks import ExportCheckError
+
+        raise ExportCheckError(f"outputs not byte-identical with the tflite-micro interpreter: {', '.join(bad)} "
+                               f"(mcu_report.json in {args.output_dir!r} says where)")
     return 0
 
 
-def _convert(path, args, images, calibration):
-    from export.pipeline import load_model
-    from export.rewrites import apply
-    from export.runtimes import quiet_stderr
-    from export.tflite import convert, ensure_folded
+def _convert(path, args, data, check_input_shape):
+    """The verified int8 conversion of the model at ``path`` (folded first)."""
     import numpy as np
 
-    try:
-        with quiet_stderr():
-            model = load_model(path)
-    except Exception as err:
-        _fail(f"cannot load {path!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-    expected = tuple(int(d) for d in model.inputs[0].shape[1:])
-    if expected != tuple(images.shape[1:]):
-        _fail(f"model input shape {expected} does not match {args.dataset} images {tuple(images.shape[1:])}")
-    model = apply(ensure_folded(model), args.rewrites)
-    calib = calibration.astype(np.float32) / 255.0 if calibration.dtype == np.uint8 else calibration
+    from export.loader import load_model
+    from export.tflite import convert
+
+    model = load_model(path)
+    check_input_shape(data, model.inputs[0].shape[1:], f"model {path!r}")
+    train = data.train_images[-args.num_calibration:]
+    calib = train.astype(np.float32) / 255.0 if train.dtype == np.uint8 else train.astype(np.float32)
 
     def representative():
         for i in range(0, len(calib), 50):
             yield [calib[i:i + 50]]
 
-    conversion = convert(model, "int8", representative)
-    return conversion.flatbuffer, conversion, model.name
+    return convert(model, "int8", representative, rewrites=tuple(args.rewrites))
+
+
+def main(argv=None) -> int:
+    """Runs the command line; returns the exit status (module docstring)."""
+    return cli.run(PROG, build_parser, _run, argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from export.mcu.lower import DENSE, LAYOUTS, SPIKE_LAYOUTS, Program
+from export.mcu.lower import DENSE, LAYOUTS, Program
 from export.mcu.plan import MemoryPlan, plan_memory
 
 __all__ = ["GeneratedCode", "generate", "TARGETS", "layer_scratch", "spike_accumulator_bound", "division_magic"]

@@ -13,7 +13,7 @@ Micro's greedy planner); the buffer is as large as the highest end.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 __all__ = ["Block", "MemoryPlan", "plan_memory", "ALIGN"]
 

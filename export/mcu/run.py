@@ -86,15 +86,15 @@ def tflm_outputs(flatbuffer, inputs: np.ndarray, arena_bytes: Optional[int] = No
     :func:`quantize_inputs` gives them) and its tensor arena: the smallest
     that runs (:func:`export.runtimes.tflm_arena_size`) unless
     ``arena_bytes`` is given."""
-    from export.runtimes import quiet_stderr, tflm_arena_size
     from export.flatbuffer import read_model
-    from tflite_micro.python.tflite_micro import runtime
+    from export.quiet import silenced_stderr
+    from export.runtimes import interpreter, tflm_arena_size
 
     graph = read_model(flatbuffer).main
     shape = graph.tensors[graph.inputs[0]].shape
     arena = tflm_arena_size(flatbuffer) if arena_bytes is None else int(arena_bytes)
-    with quiet_stderr():
-        interp = runtime.Interpreter.from_bytes(bytes(flatbuffer), arena_size=int(arena))
+    with silenced_stderr():
+        interp = interpreter(flatbuffer, "tflm", arena_size=arena)
     outs = []
     for x in inputs:
         interp.set_input(np.asarray(x).reshape(shape), 0)
@@ -353,18 +353,23 @@ def format_summary(report: Dict, indent: str = "  ") -> str:
 
 def reporter(cores: Sequence[str] = DEFAULT_CORES, images=None, num_images: int = DEFAULT_IMAGES,
              measure_images: int = DEFAULT_MEASURE_IMAGES, layouts: Union[str, Dict] = "auto",
-             output_dir: Optional[str] = None, formats: Sequence[str] = ("int8",)):
+             formats: Sequence[str] = ("int8",), subdir: str = "mcu"):
     """The export pipeline's hook (:class:`export.pipeline.FormatReporter`,
     name ``"mcu"``): for each conversion of ``formats`` (int8 only), runs
     :func:`run_mcu` on ``images`` (the verification images: uint8 or
-    float32) and adds its report; ``output_dir`` keeps the C and firmware.
+    float32), adds its report, and keeps the C sources and firmware in
+    ``<export output_dir>/<subdir>`` (published with the export's files).
+    Its checks: every host build and every core's firmware byte-identical
+    with TFLite Micro on every image, and the instruction counts
+    deterministic -- a difference fails the export.
 
     Example::
 
-        from export import export_run, mcu
-        export_run(model, out_dir, x_test, y_test,
-                   reporters=[mcu.reporter(("cortex-m4", "cortex-m55"), images=x_test)])
+        from export import ExportConfig, export_run, mcu
+        export_run(model, ExportConfig(out_dir, x_test, y_test,
+                                       reporters=(mcu.reporter(("cortex-m4", "cortex-m55"), images=x_test),)))
     """
+    from export.checks import CheckResult
     from export.mcu.firmware import board, missing_tools
     from export.pipeline import FormatReporter
 
@@ -380,11 +385,27 @@ def reporter(cores: Sequence[str] = DEFAULT_CORES, images=None, num_images: int 
         raise ToolError(f"--mcu needs {', '.join(missing_tools())}; on Debian: apt-get install gcc-arm-none-eabi "
                         "libnewlib-arm-none-eabi qemu-system-arm")
 
-    def run(fmt, conversion):
+    def run(fmt, conversion, output_dir):
         return run_mcu(conversion.flatbuffer, images, cores, spike_levels(conversion), layouts, num_images,
-                       measure_images, output_dir=output_dir, model_name=getattr(conversion.model, "name", "model"))
+                       measure_images, output_dir=os.path.join(output_dir, subdir),
+                       model_name=getattr(conversion.model, "name", "model"))
 
     def summary(fmt, figures):
         return format_summary(figures)
 
-    return FormatReporter(name="mcu", formats=tuple(formats), run=run, summary=summary)
+    def checks(fmt, figures):
+        def check(name, ok, what):
+            return CheckResult(name, bool(ok), True, "is", bool(ok), what)
+
+        results = [check(f"host.{lay}.bit_exact", h["equal"] == h["images"],
+                         f"host build ({lay}) byte-identical with TFLite Micro on every image")
+                   for lay, h in figures["host"].items()]
+        for core, e in figures["cores"].items():
+            results.append(check(f"{core}.bit_exact", e["bit_exact"]["equal"] == e["bit_exact"]["images"],
+                                 f"{core} firmware byte-identical with TFLite Micro on every image"))
+            results.append(check(f"{core}.deterministic", e["deterministic"],
+                                 "the same instruction counts on a second run"))
+        return results
+
+    return FormatReporter(name="mcu", formats=tuple(formats), run=run, summary=summary, checks=checks,
+                          writes_files=True)

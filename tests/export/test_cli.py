@@ -12,10 +12,7 @@ Every run must end in exactly one of two ways (:func:`outcome`):
   export's own checks failed) -- never 1 (a bug) -- and no export files
   left behind, nor a staging folder.
 
-Zoo models that end in an error today only because of the export numerics
-(neurons into an Add, Dense neurons, ...) carry
-``xfail(strict=True, reason=NEEDS_CORE)``: the marks go when that work lands.
-The default set walks a representative few (the quantization-aware path,
+Every zoo model must end in a verified export. The default set walks a representative few (the quantization-aware path,
 whose ``model_qat.keras`` and ``model_folded.keras`` must load in both
 CLIs; the Sequential CNN of the issue; the broken files); the rest of the
 zoo and the slower variants are ``slow``.
@@ -35,10 +32,7 @@ from tests import zoo
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROGS = {"export": "python -m export", "export.energy": "python -m export.energy"}
-NEEDS_CORE = "needs the i15core export work"
 ALARMING = re.compile(r"traceback|\berror\b|exception", re.IGNORECASE)
-# Zoo models that export today (the others wait for the export numerics).
-EXPORTS_TODAY = ("ds_cnn", "neuron_without_bn")
 EXPORT_ARGS = ("--formats", "int8", "--max_test_examples", "60", "--max_tflm_examples", "8", "--no_c_array")
 
 
@@ -102,9 +96,7 @@ def _zoo_files(workdir, name):
 
 
 def _zoo_param(name, slow):
-    marks = [] if name in EXPORTS_TODAY else [pytest.mark.xfail(strict=True, reason=NEEDS_CORE)]
-    if slow:
-        marks.append(pytest.mark.slow)
+    marks = [pytest.mark.slow] if slow else []
     return pytest.param(name, marks=marks, id=name)
 
 

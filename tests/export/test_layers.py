@@ -1,6 +1,7 @@
 """export.layers registers every Keras layer the export writes into a model,
 without importing TensorFlow: folded, quantization-aware and QAT-training
-models load with plain keras.saving.load_model after `import export.layers`."""
+models load with plain keras.saving.load_model after `import export`
+(which registers them without importing Keras itself)."""
 
 import os
 import subprocess
@@ -33,11 +34,16 @@ NO_TF = textwrap.dedent(r"""
 
 LOAD = textwrap.dedent(r"""
     import sys
+    if sys.argv[1] == "export first":   # `import export` alone registers, when Keras comes later too
+        import export  # noqa: F401
+        assert "keras" not in sys.modules and "tensorflow" not in sys.modules  # import export stays cheap
+        import keras
+    else:
+        import keras
+        import export  # noqa: F401  (the one import a user needs)
     import numpy as np
-    import keras
-    import export.layers  # noqa: F401  (the one import a user needs)
-    x = np.load(sys.argv[1])
-    for path in sys.argv[2:]:
+    x = np.load(sys.argv[2])
+    for path in sys.argv[3:]:
         model = keras.saving.load_model(path)
         np.save(path + ".npy", np.asarray(model(x, training=False)))
     print("OK")
@@ -84,9 +90,11 @@ def test_every_export_model_loads_after_importing_the_registry(tmp_path):
         paths.append(str(tmp_path / f"{name}.keras"))
         m.save(paths[-1])
     np.save(tmp_path / "x.npy", x)
-    proc = subprocess.run([sys.executable, "-c", LOAD, str(tmp_path / "x.npy")] + paths, capture_output=True,
-                          text=True, cwd=REPO, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
-    for name, path in zip(models, paths):
-        np.testing.assert_array_equal(np.load(path + ".npy"), np.asarray(models[name](x, training=False)),
-                                      err_msg=name)
+    for order in ("export first", "keras first"):
+        proc = subprocess.run([sys.executable, "-c", LOAD, order, str(tmp_path / "x.npy")] + paths,
+                              capture_output=True, text=True, cwd=REPO, timeout=600,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        assert proc.returncode == 0 and "OK" in proc.stdout, (order, proc.stderr[-3000:])
+        for name, path in zip(models, paths):
+            np.testing.assert_array_equal(np.load(path + ".npy"), np.asarray(models[name](x, training=False)),
+                                          err_msg=f"{name} ({order})")

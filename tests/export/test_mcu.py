@@ -286,9 +286,9 @@ def test_float_model_is_refused():
 def test_cli_bad_input_is_one_error_line(tmp_path):
     for args, needle in ((["--model", str(tmp_path / "missing.keras"), "--output_dir", str(tmp_path)],
                           "does not exist"),
-                         (["--tflite", __file__, "--output_dir", str(tmp_path)], "must be a .tflite file"),
+                         (["--tflite", __file__, "--output_dir", str(tmp_path)], "is not a .tflite file"),
                          (["--model", "x.keras", "--output_dir", str(tmp_path), "--cores", "cortex-m7"],
-                          "--cores takes distinct comma-separated values of cortex-m4, cortex-m55")):
+                          "--cores takes a comma-separated subset of cortex-m4,cortex-m55, got 'cortex-m7'")):
         proc = subprocess.run([sys.executable, "-m", "export.mcu", *args], cwd=REPO, capture_output=True, text=True)
         lines = [l for l in proc.stderr.splitlines() if l.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("python -m export.mcu: error:"), \

@@ -109,23 +109,25 @@ def test_cli_end_to_end(trained_model, tmp_path):
 def test_reporter_in_export_run(trained_model, fmnist, tmp_path):
     """export.mcu.reporter plugs into export_run: report["formats"]["int8"]["mcu"]."""
     from export import mcu
-    from export.pipeline import export_run
+    from export.pipeline import ExportConfig, export_run
 
     x, y = fmnist[2][:40], fmnist[3][:40]
-    result = export_run(trained_model, str(tmp_path), x, y, formats=("int8",), calibration_images=fmnist[0][-100:],
-                        max_tflm_examples=20, c_array=False, verbose=False, spike_checks=False,
-                        reporters=[mcu.reporter(("cortex-m55",), images=x[:8], num_images=8, measure_images=3)])
+    result = export_run(trained_model, ExportConfig(
+        str(tmp_path), x, y, formats=("int8",), calibration_images=fmnist[0][-100:], max_tflm_examples=20,
+        c_array=False, verbose=False, spike_checks=False,
+        reporters=(mcu.reporter(("cortex-m55",), images=x[:8], num_images=8, measure_images=3),)))
     figures = result["formats"]["int8"]["mcu"]
     assert figures["cores"]["cortex-m55"]["bit_exact"]["fraction"] == 1.0
+    names = {c["name"] for c in result["checks"]["results"]}
+    assert {"int8.mcu.cortex-m55.bit_exact", "int8.mcu.cortex-m55.deterministic"} <= names
+    assert (tmp_path / "mcu").is_dir()       # the C and firmware, published with the export
     assert figures["spike_layers"] and figures["tflite_bytes"] == result["formats"]["int8"]["size_bytes"]
     assert "microcontroller C" in mcu.format_summary(figures)
 
 
 @pytest.mark.parametrize("name", ["resnet8", "ds_cnn", "mobilenet_v1", "fc_autoencoder"])
 def test_mlperf_tiny_on_both_cores(name, tmp_path):
-    """Every MLPerf Tiny model the int8 export produces runs on both boards,
-    byte-identical with TFLM (a model the saturate export still refuses is
-    skipped with the export's own message: issue 15's work)."""
+    """Every MLPerf Tiny model runs on both boards, byte-identical with TFLM."""
     from tests import zoo
     from export.tflite import convert
 
@@ -136,10 +138,7 @@ def test_mlperf_tiny_on_both_cores(name, tmp_path):
         for i in range(0, 200, 50):
             yield [x_train[-200:][i:i + 50]]
 
-    try:
-        conv = convert(model, "int8", representative)
-    except (ValueError, RuntimeError) as err:   # EdgeError / FoldError are ValueErrors
-        pytest.skip(f"the int8 export refuses {name}: {str(err).splitlines()[0][:200]}")
+    conv = convert(model, "int8", representative)
     report = run_mcu(conv.flatbuffer, x_test[:10], ("cortex-m4", "cortex-m55"), spike_levels(conv), num_images=10,
                      measure_images=3, output_dir=str(tmp_path))
     for core, e in report["cores"].items():

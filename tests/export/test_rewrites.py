@@ -66,8 +66,8 @@ def test_bn_as_depthwise_tflite_ops(relu_resnet, images):
     MUL + ADD per pre-activation BN become one DEPTHWISE_CONV_2D with a
     fused RELU; nothing else changes."""
     rep = lambda: [[images[:32]]]     # noqa: E731
-    before = op_counts(convert(relu_resnet, "int8", rep).flatbuffer)
-    after = op_counts(convert(rewrites.batchnorm_as_depthwise(relu_resnet), "int8", rep).flatbuffer)
+    before = op_counts(convert(relu_resnet, "int8", rep, rewrites=()).flatbuffer)
+    after = op_counts(convert(rewrites.batchnorm_as_depthwise(relu_resnet), "int8", rep, rewrites=()).flatbuffer)
     preact = _count(relu_resnet, "BatchNormalization") - 2
     assert before["MUL"] == preact and "MUL" not in after
     assert after["DEPTHWISE_CONV_2D"] == preact and "DEPTHWISE_CONV_2D" not in before
@@ -138,7 +138,7 @@ def test_gap_as_average_pool_in_tflite(folded, calibration, fmnist):
     np.testing.assert_array_equal(rewritten.predict(x, verbose=0), model.predict(x, verbose=0))
     for fmt in ("float32", "int8", "int16x8"):
         rep = calibration if fmt != "float32" else None
-        a, b = convert(model, fmt, rep), convert(rewritten, fmt, rep)
+        a, b = convert(model, fmt, rep, rewrites=()), convert(rewritten, fmt, rep, rewrites=())
         ops_a, ops_b = op_counts(a.flatbuffer), op_counts(b.flatbuffer)
         assert ops_a.get("MEAN") == 1 and "MEAN" not in ops_b
         assert ops_b["AVERAGE_POOL_2D"] == ops_a.get("AVERAGE_POOL_2D", 0) + 1 and set(ops_b) <= EDGE_OPS
@@ -152,3 +152,11 @@ def test_gap_as_average_pool_in_tflite(folded, calibration, fmnist):
             g = read_model(b.flatbuffer).main
             step = float(g.tensors[g.outputs[0]].quantization.scales[0])
             assert np.abs(oa - ob).max() <= 1.0001 * step, fmt
+
+
+def test_rewrite_names_are_the_formats_list():
+    """The CLI validates --rewrites against export.formats (no TensorFlow); the
+    functions are export.rewrites'; the two name the same rewrites in the same order."""
+    from export import formats, rewrites
+
+    assert tuple(rewrites.REWRITES) == formats.REWRITES == formats.DEFAULT_REWRITES

@@ -234,8 +234,9 @@ def test_cli_unfoldable_model_is_one_line_exit_2(tmp_path):
 
 
 def test_relu_baseline_goes_through_the_same_path(fmnist, tmp_path):
-    """A model without spiking neurons: to_tflite converts it as it is (the
-    converter folds conv+BN and writes the pre-activation BNs as MUL+ADD)
+    """A model without spiking neurons: to_tflite converts it with the same
+    settings (the converter folds conv+BN; the pre-activation BNs become 1x1
+    depthwise convs by default, the converter's MUL + ADD with rewrites=())
     and export_run reports it without fold or spike checks."""
     import keras
     from export import ExportConfig, export_run
@@ -245,9 +246,12 @@ def test_relu_baseline_goes_through_the_same_path(fmnist, tmp_path):
     relu = PreActResNet([1, 1], (28, 28, 1), 10, activation="relu", width=4, dropout=0.0)
     x_train, _, x_test, y_test = fmnist
     calib = x_train[-40:].astype("float32") / 255.0
-    flat = to_tflite(relu, "int8", lambda: ([calib[i:i + 20]] for i in range(0, 40, 20)))
-    ops = op_names(flat)
-    assert not COMPARE & set(ops) and "CONV_2D" in ops, ops
+    rep = lambda: ([calib[i:i + 20]] for i in range(0, 40, 20))  # noqa: E731
+    ops = op_names(to_tflite(relu, "int8", rep))
+    assert not COMPARE & set(ops) and "CONV_2D" in ops and "MUL" not in ops and "MEAN" not in ops, ops
+    assert ops["DEPTHWISE_CONV_2D"] == 3 and ops["AVERAGE_POOL_2D"] >= 1, ops   # 3 pre-activation BNs, the GAP
+    plain = op_names(to_tflite(relu, "int8", rep, rewrites=()))
+    assert plain["MUL"] == 3 and plain["MEAN"] == 1 and "DEPTHWISE_CONV_2D" not in plain, plain
     result = export_run(relu, ExportConfig(str(tmp_path / "relu"), x_test[:20], y_test[:20], formats=("int8",),
                                            calibration_images=x_train[-40:], num_calibration=40,
                                            max_tflm_examples=5, c_array=False, verbose=False))
@@ -366,5 +370,6 @@ def test_strided_shortcut_becomes_one_strided_conv(folded, fmnist):
     assert any(type(l).__name__ == "AveragePooling2D" for l in model.layers)
     x = fmnist[2][:16].astype("float32") / 255.0
     np.testing.assert_array_equal(model.predict(x, verbose=0), merged.predict(x, verbose=0))
-    assert "AVERAGE_POOL_2D" not in op_names(convert(model, "float32", merge_shortcuts=True).flatbuffer)
-    assert "AVERAGE_POOL_2D" in op_names(convert(model, "float32").flatbuffer)  # off by default
+    # (rewrites=(): the global pool stays MEAN, so any AVERAGE_POOL_2D is a shortcut's)
+    assert "AVERAGE_POOL_2D" not in op_names(convert(model, "float32", merge_shortcuts=True, rewrites=()).flatbuffer)
+    assert "AVERAGE_POOL_2D" in op_names(convert(model, "float32", rewrites=()).flatbuffer)  # off by default

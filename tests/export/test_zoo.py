@@ -29,16 +29,6 @@ TENSOR_NEURONS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _generous_tflm_arena(monkeypatch):
-    """TFLite Micro's Python interpreter segfaults on some too-small arenas
-    (export.runtimes.tflm_arena_size bisects through them; measured on the FC
-    autoencoder: 16,422 and 17,595 bytes crash, 18,181-22,000 fail cleanly,
-    30,000 works). The spike probes here run with a generous fixed arena
-    until the measurement avoids them."""
-    monkeypatch.setattr("export.spikes._arena", lambda flat: max(1 << 20, 8 * len(flat)))
-
-
 def _case(name):
     from export.fold import fold_batchnorm
 
@@ -137,8 +127,7 @@ def test_quantization_aware_int8_agrees_with_its_keras_model(name):
     lite = agreement(ref, run_litert(conv.flatbuffer, x_test)["outputs"], task,
                      inputs=x_test if task == "regression" else None)
     assert lite["agreement"] >= 0.99, lite
-    micro = agreement(ref[:50], run_tflm(conv.flatbuffer, x_test[:50], arena_size=max(1 << 20, 8 * len(
-        conv.flatbuffer)))["outputs"], task)
+    micro = agreement(ref[:50], run_tflm(conv.flatbuffer, x_test[:50])["outputs"], task)
     assert micro["agreement"] >= 0.98, micro
     if task == "regression":
         assert lite["score_spearman"] >= 0.99, lite

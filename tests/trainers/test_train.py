@@ -170,3 +170,33 @@ def test_export_at_the_end_of_a_run(tmp_path):
     energy = json.loads((out / "energy" / "energy_report.json").read_text())
     assert energy["num_examples"] == 40 and set(energy["tflite"]) == {"float32", "int8"}
     assert "E_Full/E_Method" in result.stdout
+
+
+def test_failed_export_checks_keep_the_model_and_end_with_status_3(tmp_path, monkeypatch, capsys):
+    """--export whose own checks fail: the trained model, metrics.json (naming
+    the failed checks) and the Keras energy report stay, no export files, and
+    the command exits with status 3 and one error line."""
+    pytest.importorskip("tensorflow")
+    import export.pipeline
+    from export.checks import ExportCheckError
+
+    class Failed:
+        report = {"checks": {"passed": False, "failed": ["int8.litert.agreement"]}}
+
+    def failing_export_run(model, config):
+        raise ExportCheckError("int8.litert.agreement 12.00% (needs >= 80.00%)", Failed())
+
+    monkeypatch.setattr(export.pipeline, "export_run", failing_export_run)
+    data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=96, n_test=48)
+    out = tmp_path / "run"
+    config = _config(out, "--dataset=fashion_mnist", f"--data_dir={data_dir}", "--epochs=1", "--export",
+                     "--export_max_examples=20")
+    with pytest.raises(SystemExit) as exit_info:
+        cifar._main(config)
+    assert exit_info.value.code == 3
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "int8.litert.agreement" in errors[0], errors
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["export"]["failed_checks"] == ["int8.litert.agreement"]
+    assert (out / "final.keras").is_file() and (out / "energy" / "energy_report.json").is_file()
+    assert not (out / "export").exists()
