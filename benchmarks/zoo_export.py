@@ -23,9 +23,12 @@ first ``--train_examples`` training images. Then, per model:
   (``export.qat``; against the fine-tuned Keras model, which is what gets
   deployed), and the fine-tuned model's own agreement with the trained one;
 * ``vela``: Vela's NPU op fraction, CPU fallbacks and estimated inference
-  time (``export.vela``, ``--accelerator``) of the S2NN int8 model and of the
-  ReLU twin's int8 model as the converter writes it (its BatchNorms folded
-  or left by the converter), and their ratio.
+  time (``export.vela``, ``--accelerator``) of the S2NN int8 model and of
+  the ReLU twin's int8 model in its two baselines (``export.rewrites``):
+  ``relu``, as the converter writes it (``rewrites=()``: the BatchNorms no
+  conv absorbs as MUL + ADD, global pooling as MEAN), and ``relu_bnfolded``,
+  through the same default rewrites as the S2NN model (those BatchNorms as
+  1x1 depthwise convs, global pooling as AVERAGE_POOL_2D), and the ratios.
 
 Every figure is a count, a fraction of images or a Vela estimate: none
 depends on the machine's load. Calibration: the last ``--calibration``
@@ -128,8 +131,9 @@ def measure(name, args):
             lite = run_litert(conv.flatbuffer, x_test)["outputs"]
             out["agreement"][f"{fmt}_post_training"] = agree(keras_out, lite)
             out["formats"][fmt]["litert"] = score(lite)
-    relu_int8 = convert(relu, "int8", representative).flatbuffer
-    out["relu_int8_ops"] = op_names(relu_int8)
+    relu_int8 = {"relu": convert(relu, "int8", representative, rewrites=()).flatbuffer,
+                 "relu_bnfolded": convert(relu, "int8", representative).flatbuffer}
+    out["relu_int8_ops"] = {k: op_names(v) for k, v in relu_int8.items()}
 
     qat = quantization_aware_fine_tune(model, x_train, calibration, QATConfig(epochs=args.qat_epochs, task=task))
     qat_out = model_logits(qat.model, x_test)
@@ -140,10 +144,12 @@ def measure(name, args):
     out["qat"] = {"steps": qat.report["steps"], "epochs": qat.report["epochs"], "keras": score(qat_out),
                   "int8_litert": score(qat_lite), "int8_ops": op_names(qat_int8.flatbuffer)}
 
-    s2nn_u, relu_u = _vela(flats["int8"], args.accelerator), _vela(relu_int8, args.accelerator)
-    ratio = (s2nn_u["estimated_inference_ms"] / relu_u["estimated_inference_ms"]
-             if relu_u["estimated_inference_ms"] else None)
-    out["vela"] = {"accelerator": args.accelerator, "s2nn": s2nn_u, "relu": relu_u, "s2nn_over_relu_time": ratio}
+    vela = {"accelerator": args.accelerator, "s2nn": _vela(flats["int8"], args.accelerator)}
+    for baseline, flat in relu_int8.items():
+        vela[baseline] = _vela(flat, args.accelerator)
+        ms = vela[baseline]["estimated_inference_ms"]
+        vela[f"s2nn_over_{baseline}_time"] = vela["s2nn"]["estimated_inference_ms"] / ms if ms else None
+    out["vela"] = vela
     return out
 
 
@@ -156,7 +162,8 @@ def _line(name, r):
             f"int8 agree PTQ {100 * a['int8_post_training']['agreement']:6.2f}% QAT {100 * a['int8_qat']['agreement']:6.2f}% "
             f"U55 NPU {100 * v['s2nn']['npu_op_fraction']:5.1f}% {v['s2nn']['estimated_inference_ms']:.4f} ms "
             f"vs ReLU {100 * v['relu']['npu_op_fraction']:5.1f}% {v['relu']['estimated_inference_ms']:.4f} ms "
-            f"({v['s2nn_over_relu_time']:.3f}x)")
+            f"({v['s2nn_over_relu_time']:.3f}x), BN-folded ReLU {100 * v['relu_bnfolded']['npu_op_fraction']:5.1f}% "
+            f"{v['relu_bnfolded']['estimated_inference_ms']:.4f} ms ({v['s2nn_over_relu_bnfolded_time']:.3f}x)")
 
 
 def main(argv=None):
