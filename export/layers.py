@@ -41,7 +41,7 @@ from s2nn_keras.layers import S2Activation  # noqa: F401  (QAT models keep their
 
 __all__ = ["ThresholdNeuron", "GridQuantize", "ActivationQuantizer", "QATConv1D", "QATConv2D", "QATConv3D",
            "QATDepthwiseConv1D", "QATDepthwiseConv2D", "QATDense", "QAT_CLASSES", "fake_quantize_per_channel",
-           "grid_range"]
+           "grid_range", "average_pool_of_spikes"]
 
 
 def grid_range(scale: float, zero_point: int) -> Tuple[float, float]:
@@ -52,6 +52,42 @@ def grid_range(scale: float, zero_point: int) -> Tuple[float, float]:
             float(np.float32((127 - int(zero_point)) * float(scale))))
 
 
+def average_pool_of_spikes(x, count: int, scale: float, zero_point: int):
+    """TFLite's int8 ``AVERAGE_POOL_2D`` of ``count`` {0, 1} spikes on the
+    spike grid ``(scale, zero_point)``, exactly, with a straight-through
+    gradient.
+
+    ``AVERAGE_POOL_2D`` keeps its input's grid. With the codes ``c0 =
+    z`` (a 0) and ``c1 = clip(round(1 / s) + z)`` (a 1), ``k`` spikes of
+    ``count`` sum to ``acc = c0 (count - k) + c1 k`` and the kernel
+    (TFLite's reference, CMSIS-NN and :mod:`export.mcu` alike) writes
+    ``code = sign(acc) floor((|acc| + floor(count / 2)) / count)``: half away
+    from zero in the *code* domain, which a fake-quant op (half up) does
+    not reproduce where ``acc / count`` ends in .5 with ``acc < 0``.
+
+    Forward: ``(code - z) s`` with ``k = round(x count)`` read from the
+    float average ``x = k / count``; backward: the identity.
+
+    Example:
+      >>> import numpy as np
+      >>> y = average_pool_of_spikes(np.array([0.5], np.float32), 4, 1 / 255, -128)
+      >>> round(float(np.asarray(y)[0]) * 255)   # acc = -2: -0.5 rounds to -1, not 0
+      127
+    """
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x)
+    n = int(count)
+    zp = int(zero_point)
+    c0 = zp
+    c1 = int(np.clip(np.sign(1.0 / scale) * np.floor(abs(1.0 / scale) + 0.5) + zp, -128, 127))
+    k = tf.cast(tf.clip_by_value(tf.round(tf.cast(x, tf.float64) * n), 0.0, float(n)), tf.int32)
+    acc = c0 * n + (c1 - c0) * k
+    code = tf.sign(acc) * ((tf.abs(acc) + n // 2) // n)
+    y = tf.cast(tf.cast(code - zp, tf.float64) * float(scale), x.dtype)
+    return x + tf.stop_gradient(y - x)
+
+
 @keras.saving.register_keras_serializable(package="s2nn_export")
 class GridQuantize(keras.layers.Layer):
     """Rounds to a fixed int8 grid: ``x -> (clip(round(x / s) + z, -128, 127) - z) * s``
@@ -60,6 +96,12 @@ class GridQuantize(keras.layers.Layer):
     as the tensor's quantization instead of calibrating it, which is how the
     int8 export knows the exact grid a depthwise neuron compares on.
 
+    ``average_count > 0`` marks the output of an int8 ``AVERAGE_POOL_2D``
+    of that many {0, 1} spikes (the pool keeps its input's grid): the
+    layer then rounds as that kernel does (:func:`average_pool_of_spikes`).
+    The export prescribes the grid alone (:func:`export.edge.edge_model`
+    writes a plain ``GridQuantize(scale, zero_point)``).
+
     Example:
       >>> import numpy as np
       >>> q = GridQuantize(0.5, 0)
@@ -67,14 +109,17 @@ class GridQuantize(keras.layers.Layer):
       [[0.0, 0.5, 63.5]]
     """
 
-    def __init__(self, scale, zero_point, **kwargs):
+    def __init__(self, scale, zero_point, average_count: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.scale = float(scale)
         self.zero_point = int(zero_point)
+        self.average_count = int(average_count)
 
     def call(self, x):
         import tensorflow as tf
 
+        if self.average_count:
+            return average_pool_of_spikes(x, self.average_count, self.scale, self.zero_point)
         lo, hi = grid_range(self.scale, self.zero_point)
         return tf.quantization.fake_quant_with_min_max_args(x, min=lo, max=hi, num_bits=8)
 
@@ -84,6 +129,8 @@ class GridQuantize(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(scale=self.scale, zero_point=self.zero_point)
+        if self.average_count:
+            config.update(average_count=self.average_count)
         return config
 
 
@@ -100,16 +147,21 @@ class ActivationQuantizer(keras.layers.Layer):
     While ``active`` is False (before :func:`export.qat.calibrate` sets a
     grid) it passes its input through. A ``fixed`` grid (an average of
     spikes, :func:`export.qat.spike_average_grid`) is active from the start
-    and calibration leaves it. :func:`export.qat.inference_model` writes it
-    as a :class:`GridQuantize` with the same grid.
+    and calibration leaves it; with ``average_count > 0`` it is an int8
+    ``AVERAGE_POOL_2D`` of that many spikes and rounds as that kernel does
+    (:func:`average_pool_of_spikes`). :func:`export.qat.inference_model`
+    writes it as a :class:`GridQuantize` with the same grid (and count).
     """
 
     def __init__(self, scale: float = 1.0, zero_point: int = 0, active: bool = False, fixed: bool = False,
-                 **kwargs):
+                 average_count: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.scale, self.zero_point = float(scale), int(zero_point)
         self.active = bool(active) or bool(fixed)
         self.fixed = bool(fixed)
+        self.average_count = int(average_count)
+        if self.average_count and not self.fixed:
+            raise ValueError("ActivationQuantizer: average_count needs a fixed grid (the spike grid)")
 
     def build(self, input_shape):
         lo, hi = grid_range(self.scale, self.zero_point)
@@ -135,6 +187,8 @@ class ActivationQuantizer(keras.layers.Layer):
     def call(self, x):
         if not self.active:
             return x
+        if self.average_count:
+            return average_pool_of_spikes(x, self.average_count, self.scale, self.zero_point)
         import tensorflow as tf
 
         return tf.quantization.fake_quant_with_min_max_vars(x, self.minimum, self.maximum, num_bits=8)
@@ -145,6 +199,8 @@ class ActivationQuantizer(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(scale=self.scale, zero_point=self.zero_point, active=self.active, fixed=self.fixed)
+        if self.average_count:
+            config.update(average_count=self.average_count)
         return config
 
 

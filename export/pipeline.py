@@ -550,7 +550,8 @@ def _export(model, model_path, c, x, y, calib, calib_source, task, out_dir, conv
         from export.qat import quantization_aware_fine_tune
 
         # the fine-tuning distils what the checks compare: logits, or a regression's outputs
-        tuned = quantization_aware_fine_tune(model, c.qat_images, calib, dataclasses.replace(c.qat, task=task))
+        tuned = quantization_aware_fine_tune(model, c.qat_images, calib,
+                                             dataclasses.replace(c.qat, task=task, rewrites=c.rewrites))
         model, qat_report = tuned.model, tuned.report
         model.save(os.path.join(out_dir, "model_qat.keras"))
 

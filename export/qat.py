@@ -80,13 +80,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
 
 from export.layers import (QAT_CLASSES, ActivationQuantizer, QATConv1D, QATConv2D, QATConv3D, QATDense,
                            QATDepthwiseConv1D, QATDepthwiseConv2D, fake_quantize_per_channel)
+from export.formats import DEFAULT_REWRITES, REWRITES
+from export.formulations import reference_levels
 from export.verify import TASKS, agreement, model_logits
 from s2nn_keras import layer_roles
 from s2nn_keras.graph import GraphError, LayerGraph, TensorRef
@@ -132,6 +134,28 @@ def spike_average_grid(count: int, off_value: float = 0.0) -> Tuple[float, int]:
     return float(np.float32(m / count)), zp
 
 
+def _average_grid(graph, node, rewrites) -> Optional[Tuple[float, int, int]]:
+    """``(scale, zero_point, average_count)`` of the fixed grid of an average
+    of spikes (``None`` if ``node`` is none): an int8 ``AVERAGE_POOL_2D``
+    (a valid average pool, or a global one that the ``gap_as_average_pool``
+    rewrite writes as such) of {0, 1} spikes keeps the spike grid
+    ``(1/255, -128)`` and rounds in its own way (``average_count``:
+    :func:`export.layers.average_pool_of_spikes`); a ``MEAN`` (or an average
+    of +-1 spikes) gets :func:`spike_average_grid` (``average_count`` 0)."""
+    average = _spike_average(graph, node)
+    if average is None:
+        return None
+    count, off_value = average
+    is_global = node.class_name.startswith("GlobalAveragePooling")
+    pooled = (not is_global) or (node.class_name == "GlobalAveragePooling2D" and "gap_as_average_pool" in rewrites)
+    if pooled and off_value == 0.0:
+        from export.edge import level_grid
+
+        scale, zp = level_grid(reference_levels(0.0), "int8")
+        return scale, zp, count
+    return spike_average_grid(count, off_value) + (0,)
+
+
 def _spike_average(graph, node):
     """``(count, off value)`` when ``node`` averages a spike map over a fixed
     number of positions (a global average pool, or a valid average pool),
@@ -163,10 +187,12 @@ def _fused_producers(model) -> List[str]:
     return [p for kind, p in neuron_kinds(fold_batchnorm(model), "int8").values() if kind == "conv"]
 
 
-def _quantized_points(graph: LayerGraph) -> Tuple[List[TensorRef], List[str], Dict[Tuple[str, int], Tuple[float, int]]]:
+def _quantized_points(graph: LayerGraph, rewrites: Sequence[str] = DEFAULT_REWRITES
+                      ) -> Tuple[List[TensorRef], List[str], Dict[Tuple[str, int], Tuple[float, int, int]]]:
     """The tensors the int8 model rounds (each gets an ActivationQuantizer),
     the Conv/Depthwise/Dense layers whose output is fused into a neuron, and
-    the fixed grids of averages of spikes (:func:`spike_average_grid`)."""
+    the fixed grids of averages of spikes (:func:`_average_grid`) in the
+    model the export writes after ``rewrites``."""
     for n in graph.nodes:
         if not n.is_input and len(graph.calls(n.name)) > 1:
             raise QATError(f"layer {n.name!r} is called {len(graph.calls(n.name))} times; quantization-aware "
@@ -192,9 +218,9 @@ def _quantized_points(graph: LayerGraph) -> Tuple[List[TensorRef], List[str], Di
             points.append(out.output())
         elif role in ("merge", "average"):
             points.append(n.output())
-            average = _spike_average(graph, n) if role == "average" else None
+            average = _average_grid(graph, n, rewrites) if role == "average" else None
             if average is not None:
-                exact[(n.name, n.call)] = spike_average_grid(*average)
+                exact[(n.name, n.call)] = average
         elif is_spiking_neuron(n.layer) or _is_bn(n) or layer_roles.keeps_values(cls, n.layer):
             continue
         elif n.layer.weights:
@@ -215,13 +241,16 @@ def _copy(layer, cls=None, **overrides):
     return (cls or type(layer)).from_config(config)
 
 
-def quantization_aware_model(model: keras.Model) -> keras.Model:
+def quantization_aware_model(model: keras.Model, rewrites: Sequence[str] = DEFAULT_REWRITES) -> keras.Model:
     """The QAT training model of a trained spiking model (module docstring):
     Conv/Dense layers replaced by their ``QAT*`` versions (same weights), an
     :class:`ActivationQuantizer` after every tensor the int8 model rounds
     (inactive until :func:`calibrate`), every BatchNormalization frozen
     (``trainable = False``: inference mode, moving statistics). Layers keep
     their names; the quantizer of tensor ``t`` of layer ``L`` is ``L_quant``.
+    ``rewrites``: the graph rewrites the export converts with
+    (:data:`export.formats.DEFAULT_REWRITES`); the model rounds as the
+    rewritten graph does (a global average pool as ``AVERAGE_POOL_2D``).
 
     Raises:
       QATError: no spiking neuron, a shared layer, or a layer it cannot simulate.
@@ -233,7 +262,7 @@ def quantization_aware_model(model: keras.Model) -> keras.Model:
         graph = LayerGraph(model)
     except GraphError as err:
         raise QATError(f"quantization-aware fine-tuning needs a layer graph: {err}") from None
-    points, _, exact = _quantized_points(graph)
+    points, _, exact = _quantized_points(graph, tuple(rewrites))
     quantized = {(r.layer, r.call): r for r in points}
 
     def call(node, args, kwargs):
@@ -251,7 +280,8 @@ def quantization_aware_model(model: keras.Model) -> keras.Model:
         if _is_bn(node):
             new.trainable = False
         if (node.name, node.call) in exact:   # an average of spikes: a fixed, tie-free grid
-            return ActivationQuantizer(*exact[(node.name, node.call)], active=True, fixed=True,
+            scale, zp, count = exact[(node.name, node.call)]
+            return ActivationQuantizer(scale, zp, active=True, fixed=True, average_count=count,
                                        name=f"{node.name}_quant")(out)
         return _quantize_output(node, out, quantized)
 
@@ -351,6 +381,9 @@ class QATConfig:
         ``"classification"`` (logits; distillation by cross-entropy on the
         teacher's softmax) or ``"regression"`` (e.g. the autoencoder's
         reconstruction; distillation by mean squared error).
+      rewrites: the graph rewrites the export converts with
+        (:mod:`export.rewrites`); the fine-tuned model rounds as the
+        rewritten int8 graph does (:func:`export.export_run` passes its own).
     """
 
     epochs: float = 0.25
@@ -360,6 +393,7 @@ class QATConfig:
     train_examples: Optional[int] = None
     seed: int = 0
     task: str = "classification"
+    rewrites: Tuple[str, ...] = DEFAULT_REWRITES
 
     def __post_init__(self):
         if not (isinstance(self.epochs, (int, float)) and self.epochs >= 0 and math.isfinite(self.epochs)):
@@ -374,6 +408,10 @@ class QATConfig:
             raise ValueError(f"QAT train_examples must be an integer >= 1, got {self.train_examples!r}")
         if self.task not in TASKS:
             raise ValueError(f"QAT task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if isinstance(self.rewrites, str) or any(r not in REWRITES for r in self.rewrites):
+            raise ValueError(f"QAT rewrites must be a sequence of names among {', '.join(REWRITES)}, "
+                             f"got {self.rewrites!r}")
+        self.rewrites = tuple(self.rewrites)
 
     def num_steps(self, num_images: int) -> int:
         if self.steps is not None:
@@ -457,7 +495,7 @@ def inference_model(model: keras.Model, name: Optional[str] = None) -> keras.Mod
             if not layer.active:
                 return args[0]
             scale, zp = layer.grid
-            return GridQuantize(scale, zp, name=layer.name)(*args, **kwargs)
+            return GridQuantize(scale, zp, average_count=layer.average_count, name=layer.name)(*args, **kwargs)
         if type(layer) in _PLAIN_CLASSES:
             new = _copy(layer, getattr(keras.layers, _PLAIN_CLASSES[type(layer)]))
             out = new(*args, **kwargs)
@@ -520,7 +558,7 @@ def quantization_aware_fine_tune(model: keras.Model, images, calibration_images,
     calibration_images = np.asarray(calibration_images)
     if calibration_images.dtype == np.uint8:
         calibration_images = calibration_images.astype(np.float32) / 255.0
-    qat = quantization_aware_model(model)
+    qat = quantization_aware_model(model, config.rewrites)
     before = calibrate(qat, calibration_images)
     teacher = model_logits(model, calibration_images)
     match_before = distillation_match(teacher, model_logits(qat, calibration_images), config.task)

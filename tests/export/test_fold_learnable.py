@@ -57,12 +57,13 @@ def test_fold_reproduces_learned_thresholds_exactly(learned_model, fmnist):
 
 
 def test_float32_and_int8_export_of_learned_thresholds(learned_model, fmnist, tmp_path):
-    from export import export_run
+    from export import ExportConfig, export_run
 
     x_train, _, x_test, y_test = fmnist
-    result = export_run(learned_model, str(tmp_path / "export"), x_test[:60], y_test[:60],
-                        formats=("float32", "int8"), calibration_images=x_train[-100:], num_calibration=100,
-                        max_tflm_examples=20, c_array=False, verbose=False)
+    result = export_run(learned_model, ExportConfig(str(tmp_path / "export"), x_test[:60], y_test[:60],
+                                                    formats=("float32", "int8"), calibration_images=x_train[-100:],
+                                                    num_calibration=100, max_tflm_examples=20, c_array=False,
+                                                    verbose=False))
     report = result.report
     assert report["fold"]["predictions_equal"] and report["fold"]["total_spike_mismatches"] == 0
     float32 = report["formats"]["float32"]

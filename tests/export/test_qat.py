@@ -155,13 +155,40 @@ def test_qat_simulates_depthwise_kernels_and_merges():
     np.testing.assert_allclose(np.asarray(dw(x)), np.asarray(plain(x)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("count", [1, 2, 4, 9, 16, 49, 196, 255, 256, 300])
+def test_average_pool_of_spikes_rounds_as_tflite_average_pool(count):
+    """Closed form of TFLite's int8 AVERAGE_POOL_2D on k of ``count`` spikes
+    (codes -128 / 127): ``acc = 255 k - 128 count``, ``(acc +- count // 2) /
+    count`` truncated (half away from zero); every k checked."""
+    from export.layers import average_pool_of_spikes
+
+    k = np.arange(count + 1)
+    acc = 255 * k - 128 * count
+    code = np.sign(acc) * ((np.abs(acc) + count // 2) // count)
+    x = (k / count).astype(np.float32)
+    got = np.asarray(average_pool_of_spikes(x, count, 1 / 255, -128))
+    np.testing.assert_array_equal(np.round(got.astype(np.float64) * 255).astype(int) - 128, code)
+    if count == 300:
+        # A fake-quant op rounds the ties (acc / count ending in .5) by float
+        # noise: on 300 spikes it misses 11 of them (k = 170: acc / 300 = 16.5,
+        # TFLite 17, fake quant 16), so the exact form is needed.
+        fq = np.asarray(ActivationQuantizer(1 / 255, -128, fixed=True)(x)).astype(np.float64)
+        assert np.sum(np.round(fq * 255).astype(int) - 128 != code) > 0
+
+
 def test_calibration_is_a_fixed_point_of_the_quantized_model(tiny, data):
     _, calib, _, _ = data
     qat = quantization_aware_model(tiny)
     result = calibrate(qat, calib)
     assert result["settled"] and result["rounds"] >= 2
     quantizers = [l for l in qat.layers if isinstance(l, ActivationQuantizer) and not l.fixed]
-    assert qat.get_layer("gap_quant").fixed and qat.get_layer("gap_quant").grid == spike_average_grid(14 * 14)
+    # The export writes the global average pool as AVERAGE_POOL_2D (default
+    # rewrite), which keeps the spike grid and rounds 196 spikes its own way.
+    gap = qat.get_layer("gap_quant")
+    assert gap.fixed and gap.grid == pytest.approx((1 / 255, -128), rel=1e-6) and gap.average_count == 14 * 14
+    # Without that rewrite it is a MEAN, on its own tie-free grid.
+    mean = quantization_aware_model(tiny, rewrites=()).get_layer("gap_quant")
+    assert mean.grid == spike_average_grid(14 * 14) and mean.average_count == 0
     assert "gap_quant" in result["grids"]
     probe = keras.Model(qat.inputs[0], [q.input for q in quantizers])
     for q, v in zip(quantizers, probe(calib, training=False)):
