@@ -161,7 +161,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
                          "model trained with flips, --crop_flip; otherwise skipped with one line).",
                          flag_values=fv)
     flags.DEFINE_integer("firing_rate_batches", 4,
-                         "Test batches used for the per-epoch firing rates (0: all).", flag_values=fv)
+                         "Validation batches used for the per-epoch firing rates (0: all; none without a validation split).", flag_values=fv)
     flags.DEFINE_string("output_dir", None, "Where models, logs and metrics.json go (required).",
                         flag_values=fv)
     flags.DEFINE_boolean("restart", False, "Start afresh: delete the resume state, checkpoints and metrics "

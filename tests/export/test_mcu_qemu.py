@@ -103,7 +103,7 @@ def test_cli_end_to_end(trained_model, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "mcu_report.json").read_text())
     assert report["cores"]["cortex-m4"]["bit_exact"] == {"images": 12, "equal": 12, "fraction": 1.0}
-    assert report["spike_tensors"] > 0 and report["rewrites"] == ["bn_as_depthwise"]
+    assert report["spike_tensors"] > 0 and report["rewrites"] == ["bn_as_depthwise", "gap_as_average_pool"]
 
 
 def test_reporter_in_export_run(trained_model, fmnist, tmp_path):
