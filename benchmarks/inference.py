@@ -4,7 +4,9 @@ For each architecture (28x28x1 Fashion-MNIST input, 10 classes):
 
 * ``quickstart``: PreActResNet, blocks [1, 1, 1], width 24, stride-1 stem (the
   quickstart's network until commit 3c0da24; the figures in docs/RESULTS.md
-  were measured on it);
+  were first measured on it);
+* ``quickstart_s2``: the current quickstart network (blocks [1, 1, 1],
+  width 32, stride-2 stem);
 * ``resnet18_w16`` / ``resnet18_w64``: PreActResNet18, width 16 / 64;
 
 each model variant is exported to a full-integer int8 flatbuffer (``--format
@@ -16,7 +18,16 @@ converter settings and calibration images:
   in float32 the clamp's gain is ``2^40``, see docs/EXPORT.md);
 * ``s2nn_compare``: the ablation ``neuron="compare"`` (GREATER_EQUAL /
   SELECT_V2 neurons, the export before issue 10);
-* ``relu``: the same architecture with ReLU (BN folded by the converter).
+* ``relu``: the same architecture with ReLU as the converter writes it
+  (``rewrites=()``: BN folded into the convs where a conv precedes it, each
+  pre-activation BN as MUL + ADD, global pooling as MEAN);
+* ``relu_bnfolded``: the same ReLU model through the export's default
+  rewrites (``export.rewrites``: pre-activation BNs as 1x1 depthwise convs,
+  global pooling as AVERAGE_POOL_2D), as the S2NN variants are; a ratio to
+  it isolates spiking from BN folding.
+
+Every ratio is given against both baselines (``ratio_to_relu``,
+``ratio_to_relu_bnfolded``; summary rows carry ``baseline``).
 
 Measured per flatbuffer: file size, op histogram (``export.flatbuffer``), the
 smallest TFLite Micro tensor arena (bisection), Vela's compilation for
@@ -73,10 +84,12 @@ from benchmarks import _common as C  # noqa: E402
 
 ARCHS = {
     "quickstart": {"blocks": [1, 1, 1], "width": 24},
+    "quickstart_s2": {"blocks": [1, 1, 1], "width": 32, "stem_stride": 2},
     "resnet18_w16": {"blocks": [2, 2, 2, 2], "width": 16},
     "resnet18_w64": {"blocks": [2, 2, 2, 2], "width": 64},
 }
-VARIANTS = ("s2nn", "s2nn_compare", "relu")
+VARIANTS = ("s2nn", "s2nn_compare", "relu", "relu_bnfolded")
+BASELINES = ("relu", "relu_bnfolded")
 RUNTIMES = ("litert", "litert_noxnn", "tflm")
 ACCELERATORS = ("ethos-u55-128", "ethos-u85-256")
 FORMATS = ("int8", "float32")
@@ -90,7 +103,7 @@ def parse_args(argv=None):
     p.add_argument("--format", choices=FORMATS, default="int8",
                    help="flatbuffer format of every variant (float32: no Vela; output inference_float32.json)")
     p.add_argument("--variants", type=C.csv_list(allowed=VARIANTS, name="variant"), default=list(VARIANTS),
-                   help="relu is always measured (the baseline)")
+                   help="relu and relu_bnfolded are always measured (the baselines)")
     p.add_argument("--runtimes", type=C.csv_list(allowed=RUNTIMES, name="runtime"), default=list(RUNTIMES))
     p.add_argument("--accelerators", type=C.csv_list(name="accelerator"), default=list(ACCELERATORS),
                    help="Ethos-U configurations for Vela (export.vela.ACCELERATORS)")
@@ -98,7 +111,7 @@ def parse_args(argv=None):
     p.add_argument("--s2nn_model", default=None, help=".keras S2NN model for the one architecture in --archs")
     p.add_argument("--relu_model", default=None, help=".keras ReLU model for the one architecture in --archs")
     p.add_argument("--train_archs", type=C.csv_list(allowed=tuple(ARCHS) + ("none",), name="architecture"),
-                   default=["quickstart"], help="architectures trained briefly here ('none': all random init)")
+                   default=["quickstart", "quickstart_s2"], help="architectures trained briefly here ('none': all random init)")
     p.add_argument("--train_examples", type=C.positive_int, default=5000)
     p.add_argument("--epochs", type=C.positive_int, default=1)
     p.add_argument("--bn_calibration_examples", type=C.positive_int, default=256)
@@ -118,8 +131,9 @@ def parse_args(argv=None):
         args.output = os.path.join(C.RESULTS_DIR, OUTPUTS[args.format])
     if args.format == "float32":
         args.no_vela = True  # Vela compiles int8/int16 models only
-    if "relu" not in args.variants:
-        args.variants.append("relu")
+    for baseline in BASELINES:
+        if baseline not in args.variants:
+            args.variants.append(baseline)
     if "none" in args.train_archs:
         args.train_archs = []
     for flag in ("s2nn_model", "relu_model"):
@@ -150,7 +164,8 @@ def build(arch, activation, seed):
 
     keras.utils.set_random_seed(seed)
     spec = ARCHS[arch]
-    return PreActResNet(spec["blocks"], INPUT_SHAPE, 10, activation=activation, width=spec["width"])
+    return PreActResNet(spec["blocks"], INPUT_SHAPE, 10, activation=activation, width=spec["width"],
+                        stem_stride=spec.get("stem_stride", 1))
 
 
 def train_briefly(model, x, y, epochs):
@@ -183,6 +198,8 @@ def export_flatbuffer(model, variant, fmt, representative_data):
 
     data = representative_data if fmt == "int8" else None
     if variant == "relu":
+        return to_tflite(model, fmt, data, rewrites=())
+    if variant == "relu_bnfolded":
         return to_tflite(model, fmt, data)
     return to_tflite(model, fmt, data, neuron="compare" if variant == "s2nn_compare" else "saturate")
 
@@ -327,7 +344,7 @@ def main(argv=None):
         blobs = {}
         for variant in args.variants:
             t0 = time.time()
-            model = keras_models["relu" if variant == "relu" else "s2nn"]
+            model = keras_models["relu" if variant in BASELINES else "s2nn"]
             blobs[variant] = export_flatbuffer(model, variant, args.format, rep)
             info = {"size_bytes": len(blobs[variant]), "ops": op_counts(blobs[variant]),
                     "size_breakdown": size_breakdown(blobs[variant]), "convert_s": round(time.time() - t0, 1)}
@@ -352,7 +369,7 @@ def main(argv=None):
             if runtime == "litert" and trained:  # top-1, agreement with the variant's Keras model
                 for r in runners:
                     pred = np.asarray([np.argmax(r.predict(img)[0]) for img in acc_x])
-                    ref = keras_pred["relu" if r.name == "relu" else "s2nn"]
+                    ref = keras_pred["relu" if r.name in BASELINES else "s2nn"]
                     flat_info[f"{arch}/{r.name}"].update(
                         litert_accuracy=float(np.mean(pred == acc_y)),
                         agreement_with_keras=float(np.mean(pred == ref)), accuracy_examples=len(acc_x))
@@ -362,12 +379,15 @@ def main(argv=None):
                 row = {"arch": arch, "runtime": runtime, "variant": v,
                        "images_per_round": per_round, "rounds": args.rounds}
                 for kind, prefix in (("cpu", ""), ("wall", "wall_")):
-                    ratios = [a / b for a, b in zip(ms[kind][v], ms[kind]["relu"])]
-                    row.update({f"{prefix}latency_ms": round(C.median(ms[kind][v]), 4),
-                                f"{prefix}relu_latency_ms": round(C.median(ms[kind]["relu"]), 4),
-                                f"{prefix}ratio_to_relu": round(C.median(ratios), 4),
-                                f"{prefix}ratio_iqr": round(C.iqr(ratios), 4),
-                                f"{prefix}ratio_per_round": [round(q, 4) for q in ratios]})
+                    row[f"{prefix}latency_ms"] = round(C.median(ms[kind][v]), 4)
+                    for base in BASELINES:
+                        ratios = [a / b for a, b in zip(ms[kind][v], ms[kind][base])]
+                        iqr = "ratio_iqr" if base == "relu" else f"ratio_to_{base}_iqr"
+                        per_round = "ratio_per_round" if base == "relu" else f"ratio_to_{base}_per_round"
+                        row.update({f"{prefix}{base}_latency_ms": round(C.median(ms[kind][base]), 4),
+                                    f"{prefix}ratio_to_{base}": round(C.median(ratios), 4),
+                                    f"{prefix}{iqr}": round(C.iqr(ratios), 4),
+                                    f"{prefix}{per_round}": [round(q, 4) for q in ratios]})
                 if v == "s2nn" and "s2nn_compare" in args.variants:  # the formulation choice
                     for kind, prefix in (("cpu", ""), ("wall", "wall_")):
                         ratios = [a / b for a, b in zip(ms[kind][v], ms[kind]["s2nn_compare"])]
@@ -376,13 +396,11 @@ def main(argv=None):
                 latency.append(row)
             del runners
 
-        relu = flat_info[f"{arch}/relu"]
-        for v in args.variants:
-            if v == "relu":
-                continue
+        for v, base in ((v, b) for v in args.variants if v not in BASELINES for b in BASELINES):
+            relu = flat_info[f"{arch}/{base}"]
             f = flat_info[f"{arch}/{v}"]
-            row = {"arch": arch, "variant": v,
-                   "latency_ratio": {l["runtime"]: l["ratio_to_relu"] for l in latency
+            row = {"arch": arch, "variant": v, "baseline": base,
+                   "latency_ratio": {l["runtime"]: l[f"ratio_to_{base}"] for l in latency
                                      if l["arch"] == arch and l["variant"] == v},
                    "size_ratio": round(f["size_bytes"] / relu["size_bytes"], 4)}
             to_compare = {l["runtime"]: l["ratio_to_compare"] for l in latency
@@ -405,18 +423,19 @@ def main(argv=None):
             summary.append(row)
 
     print()
-    print(f"{args.format} ratios to ReLU (latency: CPU time, median of per-round ratios"
+    print(f"{args.format} ratios to each ReLU baseline (latency: CPU time, median of per-round ratios"
           + ("; target <= 1.0 each)" if args.format == "int8" else ")"))
-    print(f"{'arch':14s} {'variant':13s} " + " ".join(f"{rt:>12s}" for rt in args.runtimes)
+    print(f"{'arch':14s} {'variant':13s} {'baseline':14s} " + " ".join(f"{rt:>12s}" for rt in args.runtimes)
           + f" {'size':>6s} {'arena':>6s}" + ("  targets" if args.format == "int8" else ""))
     for row in summary:
         lat = " ".join(f"{row['latency_ratio'].get(rt, float('nan')):12.3f}" for rt in args.runtimes)
-        line = f"{row['arch']:14s} {row['variant']:13s} {lat} {row['size_ratio']:6.3f} {row.get('arena_ratio', float('nan')):6.3f}"
+        line = (f"{row['arch']:14s} {row['variant']:13s} {row['baseline']:14s} {lat} {row['size_ratio']:6.3f} "
+                f"{row.get('arena_ratio', float('nan')):6.3f}")
         if "targets_met" in row:
             missed = [k for k, ok in row["targets_met"].items() if not ok]
             line += f"  {'all met' if not missed else 'missed: ' + ', '.join(missed)}"
         print(line)
-    compared = [row for row in summary if "latency_ratio_to_compare" in row]
+    compared = [row for row in summary if "latency_ratio_to_compare" in row and row["baseline"] == "relu"]
     if compared:
         print(f"\n{args.format} saturate / compare latency (CPU time, median of per-round ratios)")
         for row in compared:

@@ -21,7 +21,9 @@ The checks (``fmt`` is a TFLite format, ``runtime`` ``litert`` or ``tflm``):
 ``fmt.runtime.agreement``   agreement of the runtime's outputs with the Keras model's: ``>=``
                             ``BOUNDS["float32_agreement"]`` for float32, ``BOUNDS["qat_int8_agreement"]``
                             for int8 after quantization-aware fine-tuning, else
-                            ``BOUNDS["integer_agreement"]``
+                            ``BOUNDS["integer_agreement"]`` (a classifier: same top-1) or
+                            ``BOUNDS["integer_regression_agreement"]`` (a regression: RMS within 1 %
+                            of the output range, which the int8 grid's step alone nearly uses up)
 ``fmt.runtime.correlation``  the runtime's outputs follow the Keras model's input by input
                             (:func:`output_correlation`, about 0 at chance, about 1 when faithful):
                             ``>= BOUNDS["output_correlation"]`` -- what top-1 agreement cannot tell
@@ -33,7 +35,12 @@ The bounds catch a *broken* export (a wrong fold, a third spike level, an
 integer model at chance), not the ordinary cost of post-training
 quantization (int8 agreement with Keras: 93-96 % measured on the trained
 PreActResNets, docs/EXPORT.md); the >= 99 % target after fine-tuning is
-asserted by the tests.
+asserted by the tests. A regression output is judged on a far stricter
+scale (every output within 1 % of the range, where top-1 tolerates any
+change that keeps the argmax): the post-training int8 and int16x8 exports
+of the MLPerf Tiny autoencoder agree on 73-95 % (briefly trained, 60 to
+1,000 test inputs) while an export at chance agrees on about 0 %, hence its
+own bound; ``output_correlation`` guards it as well.
 
 Example::
 
@@ -60,6 +67,7 @@ BOUNDS = {
     "fold_agreement": 0.99,
     "float32_agreement": 0.98,
     "integer_agreement": 0.80,
+    "integer_regression_agreement": 0.50,
     "qat_int8_agreement": 0.98,
     "output_correlation": 0.5,
 }
@@ -133,13 +141,13 @@ def _ge(name, value, bound, what):
     return CheckResult(name, value, bound, ">=", bool(value >= bound), what)
 
 
-def _runtime_checks(fmt, runtime, figures, qat) -> List[CheckResult]:
+def _runtime_checks(fmt, runtime, figures, qat, regression=False) -> List[CheckResult]:
     if fmt == "float32":
         bound = BOUNDS["float32_agreement"]
     elif fmt == "int8" and qat:
         bound = BOUNDS["qat_int8_agreement"]
     else:
-        bound = BOUNDS["integer_agreement"]
+        bound = BOUNDS["integer_regression_agreement" if regression else "integer_agreement"]
     return [_ge(f"{fmt}.{runtime}.agreement", figures["agreement_with_keras"], bound,
                 f"{runtime} outputs agree with the Keras model's"),
             _ge(f"{fmt}.{runtime}.correlation", figures["correlation_with_keras"], BOUNDS["output_correlation"],
@@ -173,7 +181,8 @@ def evaluate(report: Dict, reporters: Sequence = ()) -> Dict:
                                        "a neuron gives the same spikes in every runtime given the same input"))
         for runtime in ("litert", "tflm"):
             if runtime in entry:
-                results.extend(_runtime_checks(fmt, runtime, entry[runtime], qat))
+                results.extend(_runtime_checks(fmt, runtime, entry[runtime], qat,
+                                               regression=report.get("task") == "regression"))
         for rep in reporters:
             declared = getattr(rep, "checks", None)
             if declared is not None and rep.name in entry:

@@ -94,6 +94,20 @@ def test_bounds_move_with_quantization_aware_fine_tuning():
     assert evaluate(report)["failed"] == ["int8.litert.agreement", "int8.tflm.agreement"]
 
 
+def test_a_regression_export_has_its_own_integer_bound():
+    """A regression output agrees only within 1 % of its range: 73 % is an
+    ordinary post-training int8 autoencoder (the zoo's, 60 test inputs) and
+    passes; the same figure fails a classifier, and ~0 % (at chance) fails both."""
+    report = _report(task="regression")
+    report["formats"]["int8"]["litert"]["agreement_with_keras"] = 0.7333
+    assert evaluate(report)["passed"]
+    assert evaluate(_report(**{k: v for k, v in report.items() if k != "task"}))["failed"] == ["int8.litert.agreement"]
+    report["formats"]["int8"]["litert"]["agreement_with_keras"] = 0.02
+    assert evaluate(report)["failed"] == ["int8.litert.agreement"]
+    report["formats"]["float32"]["litert"]["agreement_with_keras"] = 0.7333   # float32 keeps its bound
+    assert "float32.litert.agreement" in evaluate(report)["failed"]
+
+
 def test_a_relu_model_has_no_fold_or_spike_checks():
     report = _report(spiking=False, fold={"skipped": "no spiking neurons"})
     for entry in report["formats"].values():
