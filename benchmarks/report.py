@@ -75,19 +75,24 @@ def inference(d):
            f"(at most {c['max_images_per_round']}); one thread."]
     for arch, m in d["models"].items():
         a = m["architecture"]
-        out.append(f"* {arch}: PreActResNet blocks {a['blocks']} width {a['width']}, input "
+        out.append(f"* {arch}: PreActResNet blocks {a['blocks']} width {a['width']}"
+                   + (f", stem stride {a['stem_stride']}" if a.get("stem_stride", 1) != 1 else "") + ", input "
                    f"{'×'.join(map(str, a['input_shape']))}; S2NN {m['provenance']['s2nn']}; "
                    f"ReLU {m['provenance']['relu']}")
     runtimes = c["runtimes"]
-    out += ["", f"Ratios to the {fmt} ReLU model (latency: median of per-round ratios)."
-            + (" Targets: each ≤ 1.0." if targets else "")
+    baselines = [b for b in ("relu", "relu_bnfolded") if any(r.get("baseline", "relu") == b for r in d["summary"])]
+    out += ["", f"Ratios to the {fmt} ReLU model in each baseline (latency: median of per-round ratios): "
+            "`relu` as the converter writes it (pre-activation BNs as MUL + ADD, global pooling as MEAN)"
+            + (", `relu_bnfolded` through the export's default rewrites (those BNs as 1×1 depthwise convs, "
+               "global pooling as AVERAGE_POOL_2D, as in the S2NN export)" if "relu_bnfolded" in baselines else "")
+            + "." + (" Targets: each ≤ 1.0." if targets else "")
             + (" `× compare`: the saturate S2NN over the compare S2NN, per round." if to_compare else ""), "",
-            "| arch | S2NN variant | " + " | ".join(f"latency × ReLU, {rt}" for rt in runtimes)
+            "| arch | S2NN variant | baseline | " + " | ".join(f"latency × ReLU, {rt}" for rt in runtimes)
             + "".join(f" | latency × compare, {rt}" for rt in runtimes if to_compare)
             + " | size × ReLU | TFLM arena × ReLU |" + (" targets missed |" if targets else ""),
-            "|---|---|" + "---:|" * (len(runtimes) * (1 + to_compare) + 2) + ("---|" if targets else "")]
+            "|---|---|---|" + "---:|" * (len(runtimes) * (1 + to_compare) + 2) + ("---|" if targets else "")]
     for r in d["summary"]:
-        line = (f"| {r['arch']} | {r['variant']} | "
+        line = (f"| {r['arch']} | {r['variant']} | {r.get('baseline', 'relu')} | "
                 + " | ".join(f"{r['latency_ratio'][rt]:.3f}" for rt in runtimes)
                 + "".join(f" | {r['latency_ratio_to_compare'][rt]:.3f}" if rt in r.get("latency_ratio_to_compare", {})
                           else " | " for rt in runtimes if to_compare)
@@ -104,7 +109,7 @@ def inference(d):
             + "images/round |",
             "|---|---|---|" + "---:|" * (7 + 2 * to_compare)]
     for r in d["latency"]:
-        if r["variant"] == "relu":
+        if r["variant"] in ("relu", "relu_bnfolded"):
             continue
 
         def vs_compare(prefix):
@@ -119,6 +124,17 @@ def inference(d):
                    f"{r['wall_latency_ms']:.3f} | {r['wall_relu_latency_ms']:.3f} | "
                    f"{r['wall_ratio_to_relu']:.3f} ({r['wall_ratio_iqr']:.3f}) |{vs_compare('wall_')} "
                    f"{r['images_per_round']} |")
+    if "relu_bnfolded" in baselines:
+        out += ["", "The same invokes against the BN-folded ReLU (`relu_bnfolded`):", "",
+                "| arch | runtime | variant | CPU ms/image | relu_bnfolded CPU ms/image | × relu_bnfolded (IQR) | "
+                "wall × relu_bnfolded (IQR) |", "|---|---|---|---:|---:|---:|---:|"]
+        for r in d["latency"]:
+            if r["variant"] in ("relu", "relu_bnfolded") or "ratio_to_relu_bnfolded" not in r:
+                continue
+            out.append(f"| {r['arch']} | {r['runtime']} | {r['variant']} | {r['latency_ms']:.3f} | "
+                       f"{r['relu_bnfolded_latency_ms']:.3f} | {r['ratio_to_relu_bnfolded']:.3f} "
+                       f"({r['ratio_to_relu_bnfolded_iqr']:.3f}) | {r['wall_ratio_to_relu_bnfolded']:.3f} "
+                       f"({r['wall_ratio_to_relu_bnfolded_iqr']:.3f}) |")
     out += ["", "Flatbuffers (size breakdown from `export.flatbuffer`: constant data, quantization parameters, "
             "tensor names, rest = operators, shapes, tables, alignment):", "",
             "| flatbuffer | bytes | constants / quant. params / names / rest | tensors | TFLM arena bytes "
@@ -142,15 +158,17 @@ def inference(d):
                 + "; ".join(sorted({f"{acc}: {r['system_config']} / {r['memory_mode']}, "
                                     f"{r['core_clock_hz'] / 1e6:.0f} MHz" for _, acc, r in vela_rows}))
                 + ". Estimated time covers the NPU operators only (Vela does not model the CPU fallbacks).", "",
-                "| flatbuffer | Ethos-U | NPU ops | NPU partitions | CPU fallback | est. ms | est. × ReLU | "
-                "SRAM KiB | flash KiB | Vela model bytes |",
-                "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+                "| flatbuffer | Ethos-U | NPU ops | NPU partitions | CPU fallback | est. ms | "
+                + "".join(f"est. × {b} | " for b in baselines) + "SRAM KiB | flash KiB | Vela model bytes |",
+                "|---|---|---:|---:|---|---:|" + "---:|" * len(baselines) + "---:|---:|---:|"]
         for k, acc, r in vela_rows:
-            relu = d["flatbuffers"].get(k.split("/")[0] + "/relu", {}).get("vela", {}).get(acc)
-            ratio = f"{r['estimated_inference_ms'] / relu['estimated_inference_ms']:.3f}" if relu else ""
+            ratios = ""
+            for b in baselines:
+                relu = d["flatbuffers"].get(k.split("/")[0] + f"/{b}", {}).get("vela", {}).get(acc)
+                ratios += (f"{r['estimated_inference_ms'] / relu['estimated_inference_ms']:.3f}" if relu else "") + " | "
             out.append(f"| {k} | {acc} | {100 * r['npu_op_fraction']:.1f} % ({r['npu_ops']}/{r['input_ops']}) | "
                        f"{r['npu_partitions']} | {_ops(r['cpu_op_types']) or 'none'} | "
-                       f"{r['estimated_inference_ms']:.3f} | {ratio} | {r['sram_bytes'] / 1024:.1f} | "
+                       f"{r['estimated_inference_ms']:.3f} | {ratios}{r['sram_bytes'] / 1024:.1f} | "
                        f"{r['flash_bytes'] / 1024:.1f} | {r['optimized_model_bytes']} |")
     return "\n".join(out)
 

@@ -1,6 +1,8 @@
 """MLPerf Tiny builders: layouts, parameter counts in closed form, ReLU
 parity, validation, serialization."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -53,6 +55,36 @@ def test_bn_before_every_neuron_except_resnet8_post_add(builder):
     relu = builder(activation="relu")
     assert not any(is_spiking_neuron(l) for l in relu.layers)
     assert sum(isinstance(l, keras.layers.ReLU) for l in relu.layers) == len(neurons)
+
+
+@pytest.mark.parametrize("builder, default", [(ResNet8, "zeros"), (DSCNN, "zeros"), (MobileNetV1, "threshold"),
+                                              (FCAutoencoder, "threshold")])
+def test_bn_before_a_neuron_starts_at_its_threshold(builder, default):
+    """bn_beta_initializer="threshold" (the deep networks' default): a BN
+    that feeds a neuron starts with beta = u_th, so the neuron fires where its
+    normalized input is above the batch mean (half the time); every other BN
+    (ResNet-8's ``_b_bn`` into the Add), the ReLU twin's and ``"zeros"``
+    (the shallow networks' default) start at 0."""
+    assert inspect.signature(builder).parameters["bn_beta_initializer"].default == default
+    model = builder(threshold=0.7, bn_beta_initializer="threshold")
+    graph = LayerGraph(model)
+    feeding = set()
+    for n in graph.nodes:
+        if not n.is_input and is_spiking_neuron(n.layer):
+            src = graph.producer(n.inputs[0])
+            if src.class_name == "BatchNormalization":
+                feeding.add(src.name)
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert feeding
+    for bn in bns:
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.beta), 0.7 if bn.name in feeding else 0.0,
+                                   rtol=1e-6, err_msg=bn.name)
+    assert (builder is ResNet8) == (len(feeding) < len(bns))
+    for other in (builder(activation="relu"), builder(bn_beta_initializer="zeros")):
+        assert all(not np.any(keras.ops.convert_to_numpy(l.beta)) for l in other.layers
+                   if isinstance(l, keras.layers.BatchNormalization))
+    with pytest.raises(ValueError, match="bn_beta_initializer must be 'threshold' or a Keras initializer"):
+        builder(bn_beta_initializer="nope")
 
 
 def test_layouts():
