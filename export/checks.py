@@ -21,9 +21,12 @@ The checks (``fmt`` is a TFLite format, ``runtime`` ``litert`` or ``tflm``):
 ``fmt.runtime.agreement``   agreement of the runtime's outputs with the Keras model's: ``>=``
                             ``BOUNDS["float32_agreement"]`` for float32, ``BOUNDS["qat_int8_agreement"]``
                             for int8 after quantization-aware fine-tuning, else
-                            ``BOUNDS["integer_agreement"]`` (a classifier: same top-1) or
-                            ``BOUNDS["integer_regression_agreement"]`` (a regression: RMS within 1 %
-                            of the output range, which the int8 grid's step alone nearly uses up)
+                            ``BOUNDS["integer_agreement"]`` (same top-1; for a regression output,
+                            float32 and int8 after fine-tuning only)
+``fmt.runtime.relative_error``  a regression output's post-training integer formats instead of
+                            agreement: RMS difference from the Keras outputs over their spread
+                            (:func:`relative_error`, about 0 when faithful, >= 1 at chance or
+                            off in scale): ``<= BOUNDS["integer_regression_relative_error"]``
 ``fmt.runtime.correlation``  the runtime's outputs follow the Keras model's input by input
                             (:func:`output_correlation`, about 0 at chance, about 1 when faithful):
                             ``>= BOUNDS["output_correlation"]`` -- what top-1 agreement cannot tell
@@ -35,12 +38,16 @@ The bounds catch a *broken* export (a wrong fold, a third spike level, an
 integer model at chance), not the ordinary cost of post-training
 quantization (int8 agreement with Keras: 93-96 % measured on the trained
 PreActResNets, docs/EXPORT.md); the >= 99 % target after fine-tuning is
-asserted by the tests. A regression output is judged on a far stricter
-scale (every output within 1 % of the range, where top-1 tolerates any
-change that keeps the argmax): the post-training int8 and int16x8 exports
-of the MLPerf Tiny autoencoder agree on 73-95 % (briefly trained, 60 to
-1,000 test inputs) while an export at chance agrees on about 0 %, hence its
-own bound; ``output_correlation`` guards it as well.
+asserted by the tests. A regression output's agreement (every output
+within 1 % of the output range) is a fidelity figure, not a test of a
+broken export: a faithful post-training int8 MLPerf Tiny autoencoder agrees
+on 20-95 % by that measure (briefly trained; 5 to 1,000 test inputs; at
+61 % its int8 RMS difference is 0.029 against a reconstruction error of
+about 0.22, and its anomaly scores rank as the Keras model's with Spearman
+0.978), so post-training integer formats of a regression model are judged
+by their relative error instead, which must stay below 1: an export whose
+outputs are farther from the Keras outputs than the Keras outputs' own mean
+is no better than a constant (at chance it is about 1.4).
 
 Example::
 
@@ -59,7 +66,7 @@ import numpy as np
 from export.verify import REGRESSION_TOLERANCE, TASKS as VERIFY_TASKS, agreement as verify_agreement
 
 __all__ = ["BOUNDS", "TASKS", "REGRESSION_TOLERANCE", "CheckResult", "ExportCheckError", "agreement",
-           "output_correlation", "evaluate", "failure_line"]
+           "output_correlation", "relative_error", "evaluate", "failure_line"]
 
 #: Every bound of the export's checks (module docstring).
 BOUNDS = {
@@ -67,7 +74,7 @@ BOUNDS = {
     "fold_agreement": 0.99,
     "float32_agreement": 0.98,
     "integer_agreement": 0.80,
-    "integer_regression_agreement": 0.50,
+    "integer_regression_relative_error": 1.0,
     "qat_int8_agreement": 0.98,
     "output_correlation": 0.5,
 }
@@ -137,6 +144,23 @@ def output_correlation(reference, outputs) -> float:
     return float(np.sum(rc * oc) / np.sqrt(rr * oo))
 
 
+def relative_error(reference, outputs) -> float:
+    """RMS of ``outputs - reference`` over the RMS spread of ``reference``
+    around its per-unit mean over the examples: about 0 for a faithful
+    export, about sqrt(2) for outputs of the right distribution that ignore
+    the input, and >= 1 for outputs off by a scale factor of 2 or more. A
+    reference that does not vary gives 0 if the outputs equal it, else inf."""
+    ref = np.asarray(reference, np.float64)
+    out = np.asarray(outputs, np.float64)
+    n = min(len(ref), len(out))
+    ref, out = ref[:n].reshape(n, -1), out[:n].reshape(n, -1)
+    spread = float(np.sqrt(np.mean((ref - ref.mean(0)) ** 2)))
+    err = float(np.sqrt(np.mean((out - ref) ** 2)))
+    if spread == 0.0:
+        return 0.0 if err == 0.0 else float("inf")
+    return err / spread
+
+
 def _ge(name, value, bound, what):
     return CheckResult(name, value, bound, ">=", bool(value >= bound), what)
 
@@ -146,10 +170,19 @@ def _runtime_checks(fmt, runtime, figures, qat, regression=False) -> List[CheckR
         bound = BOUNDS["float32_agreement"]
     elif fmt == "int8" and qat:
         bound = BOUNDS["qat_int8_agreement"]
+    elif regression:
+        bound = None
     else:
-        bound = BOUNDS["integer_regression_agreement" if regression else "integer_agreement"]
-    return [_ge(f"{fmt}.{runtime}.agreement", figures["agreement_with_keras"], bound,
-                f"{runtime} outputs agree with the Keras model's"),
+        bound = BOUNDS["integer_agreement"]
+    if bound is None:
+        limit = BOUNDS["integer_regression_relative_error"]
+        value = figures["relative_error_vs_keras"]
+        first = CheckResult(f"{fmt}.{runtime}.relative_error", value, limit, "<", bool(value < limit),
+                            f"{runtime} outputs are within a fraction of the Keras outputs' spread of them")
+    else:
+        first = _ge(f"{fmt}.{runtime}.agreement", figures["agreement_with_keras"], bound,
+                    f"{runtime} outputs agree with the Keras model's")
+    return [first,
             _ge(f"{fmt}.{runtime}.correlation", figures["correlation_with_keras"], BOUNDS["output_correlation"],
                 f"{runtime} outputs follow the Keras model's input by input (not at chance)")]
 

@@ -63,7 +63,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from export.checks import TASKS, ExportCheckError, agreement, evaluate, failure_line, output_correlation
+from export.checks import (TASKS, ExportCheckError, agreement, evaluate, failure_line, output_correlation,
+                           relative_error)
 from export.formats import (COMPARE_OPS, DEFAULT_FORMATS, DEFAULT_NEURON, DEFAULT_REWRITES, EDGE_OPS,
                             FORBIDDEN_EDGE_OPS, NEURON_FORMULATIONS, QUANTIZATIONS, REWRITES)
 from export.loader import load_model
@@ -404,6 +405,7 @@ def _score(outputs, labels, ref_outputs, task):
                         if labels is not None and task == "classification" else None),
            "agreement_with_keras": agreement(ref_outputs[:n], outputs, task),
            "correlation_with_keras": output_correlation(ref_outputs[:n], outputs),
+           "relative_error_vs_keras": relative_error(ref_outputs[:n], outputs),
            "max_logit_abs_diff_vs_keras": float(np.max(np.abs(outputs - ref_outputs[:n])))}
     return out
 
