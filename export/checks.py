@@ -26,7 +26,7 @@ The checks (``fmt`` is a TFLite format, ``runtime`` ``litert`` or ``tflm``):
 ``fmt.runtime.relative_error``  a regression output's post-training integer formats instead of
                             agreement: RMS difference from the Keras outputs over their spread
                             (:func:`relative_error`, about 0 when faithful, >= 1 at chance or
-                            off in scale): ``<= BOUNDS["integer_regression_relative_error"]``
+                            off in scale): ``< BOUNDS["integer_regression_relative_error"]``
 ``fmt.runtime.correlation``  the runtime's outputs follow the Keras model's input by input
                             (:func:`output_correlation`, about 0 at chance, about 1 when faithful):
                             ``>= BOUNDS["output_correlation"]`` -- what top-1 agreement cannot tell
@@ -87,7 +87,7 @@ TASKS = ("auto",) + VERIFY_TASKS
 @dataclasses.dataclass
 class CheckResult:
     """One check: its ``name`` (``"int8.litert.agreement"``), the measured
-    ``value``, the ``bound`` and how it is compared (``">="``, ``"<="``,
+    ``value``, the ``bound`` and how it is compared (``">="``, ``"<="``, ``"<"``,
     ``"is"``), whether it ``passed``, and ``what`` it means in words."""
 
     name: str
@@ -166,25 +166,19 @@ def _ge(name, value, bound, what):
 
 
 def _runtime_checks(fmt, runtime, figures, qat, regression=False) -> List[CheckResult]:
-    if fmt == "float32":
-        bound = BOUNDS["float32_agreement"]
-    elif fmt == "int8" and qat:
-        bound = BOUNDS["qat_int8_agreement"]
-    elif regression:
-        bound = None
-    else:
-        bound = BOUNDS["integer_agreement"]
-    if bound is None:
+    correlation = _ge(f"{fmt}.{runtime}.correlation", figures["correlation_with_keras"], BOUNDS["output_correlation"],
+                      f"{runtime} outputs follow the Keras model's input by input (not at chance)")
+    fine_tuned = fmt == "int8" and qat
+    if regression and fmt != "float32" and not fine_tuned:
         limit = BOUNDS["integer_regression_relative_error"]
         value = figures["relative_error_vs_keras"]
-        first = CheckResult(f"{fmt}.{runtime}.relative_error", value, limit, "<", bool(value < limit),
-                            f"{runtime} outputs are within a fraction of the Keras outputs' spread of them")
-    else:
-        first = _ge(f"{fmt}.{runtime}.agreement", figures["agreement_with_keras"], bound,
-                    f"{runtime} outputs agree with the Keras model's")
-    return [first,
-            _ge(f"{fmt}.{runtime}.correlation", figures["correlation_with_keras"], BOUNDS["output_correlation"],
-                f"{runtime} outputs follow the Keras model's input by input (not at chance)")]
+        return [CheckResult(f"{fmt}.{runtime}.relative_error", value, limit, "<", bool(value < limit),
+                            f"{runtime} outputs are within a fraction of the Keras outputs' spread of them"),
+                correlation]
+    bound = BOUNDS["float32_agreement" if fmt == "float32" else
+                   "qat_int8_agreement" if fine_tuned else "integer_agreement"]
+    return [_ge(f"{fmt}.{runtime}.agreement", figures["agreement_with_keras"], bound,
+                f"{runtime} outputs agree with the Keras model's"), correlation]
 
 
 def evaluate(report: Dict, reporters: Sequence = ()) -> Dict:

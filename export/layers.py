@@ -76,11 +76,13 @@ def average_pool_of_spikes(x, count: int, scale: float, zero_point: int):
     """
     import tensorflow as tf
 
+    from export.edge import _round_half_away
+
     x = tf.convert_to_tensor(x)
     n = int(count)
     zp = int(zero_point)
     c0 = zp
-    c1 = int(np.clip(np.sign(1.0 / scale) * np.floor(abs(1.0 / scale) + 0.5) + zp, -128, 127))
+    c1 = int(np.clip(_round_half_away(1.0 / scale) + zp, -128, 127))
     k = tf.cast(tf.clip_by_value(tf.round(tf.cast(x, tf.float64) * n), 0.0, float(n)), tf.int32)
     acc = c0 * n + (c1 - c0) * k
     code = tf.sign(acc) * ((tf.abs(acc) + n // 2) // n)

@@ -333,11 +333,11 @@ def _core_line(core, e):
             f"{e['bit_exact']['equal']}/{e['bit_exact']['images']} images byte-identical with TFLM")
 
 
-def format_summary(report: Dict, indent: str = "  ", per_layer: bool = True) -> str:
+def format_summary(report: Dict, indent: str = "  ") -> str:
     """Printed summary of a :func:`run_mcu` report: host checks, per core
     the instructions (spike-driven and dense), flash, RAM, activation buffer,
-    stack and bit-exactness, and (``per_layer``) each layer's instructions
-    and layout on every core."""
+    stack and bit-exactness, and each layer's instructions and layout on
+    every core."""
     lines = [f"{indent}microcontroller C (export.mcu): {report['layers']} layers, "
              f"{len(report['spike_layers'])} spike-driven candidates; .tflite {report['tflite_bytes']} B, "
              f"TFLM arena {report['tflm_arena_bytes']} B"]
@@ -352,19 +352,18 @@ def format_summary(report: Dict, indent: str = "  ", per_layer: bool = True) -> 
                          f"{e['arena_bytes']:>9}  {e['stack_bytes']:>8}  "
                          f"{e['bit_exact']['equal']:>4}/{e['bit_exact']['images']:<4}  "
                          f"{'yes' if e['deterministic'] else 'NO'}")
-        if per_layer:
-            cores = list(report["cores"])
-            lines.append(f"{indent}  per layer (instructions per inference, mean; buffer[B]: the liveness-planned "
-                         "activation buffer; rate: input firing rate of a spike-driven layer)")
-            lines.append(f"{indent}  {'layer':<28} {'op':<18} " + " ".join(f"{c + ' layout':>22} {c:>12}" for c in cores)
-                         + "    rate")
-            rows = {core: {r["index"]: r for r in e["per_layer"]} for core, e in report["cores"].items()}
-            for r in report["cores"][cores[0]]["per_layer"]:
-                cells = " ".join(f"{rows[c][r['index']]['layout']:>22} "
-                                 f"{rows[c][r['index']]['instructions']['chosen']:>12,.0f}" for c in cores)
-                rate = r.get("input_firing_rate")
-                lines.append(f"{indent}  {r['name'][:28]:<28} {r['op']:<18} {cells}"
-                             + (f"  {rate:6.3f}" if rate is not None else ""))
+        cores = list(report["cores"])
+        lines.append(f"{indent}  per layer (instructions per inference, mean; buffer[B]: the liveness-planned "
+                     "activation buffer; rate: input firing rate of a spike-driven layer)")
+        lines.append(f"{indent}  {'layer':<28} {'op':<18} " + " ".join(f"{c + ' layout':>22} {c:>12}" for c in cores)
+                     + "    rate")
+        rows = {core: {r["index"]: r for r in e["per_layer"]} for core, e in report["cores"].items()}
+        for r in report["cores"][cores[0]]["per_layer"]:
+            cells = " ".join(f"{rows[c][r['index']]['layout']:>22} "
+                             f"{rows[c][r['index']]['instructions']['chosen']:>12,.0f}" for c in cores)
+            rate = r.get("input_firing_rate")
+            lines.append(f"{indent}  {r['name'][:28]:<28} {r['op']:<18} {cells}"
+                         + (f"  {rate:6.3f}" if rate is not None else ""))
     return "\n".join(lines)
 
 
