@@ -167,7 +167,7 @@ class Runner:
     """
 
     def __init__(self, name, model_bytes, runtime, arena=None):
-        from export import runtimes as R
+        from export.tflite import runtimes as R
 
         names = {"litert": "litert", "litert_noxnn": "litert_builtin", "tflm": "tflm"}
         if runtime not in names:

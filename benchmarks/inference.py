@@ -22,16 +22,16 @@ converter settings and calibration images:
   (``rewrites=()``: BN folded into the convs where a conv precedes it, each
   pre-activation BN as MUL + ADD, global pooling as MEAN);
 * ``relu_bnfolded``: the same ReLU model through the export's default
-  rewrites (``export.rewrites``: pre-activation BNs as 1x1 depthwise convs,
+  rewrites (``export.transform.rewrites``: pre-activation BNs as 1x1 depthwise convs,
   global pooling as AVERAGE_POOL_2D), as the S2NN variants are; a ratio to
   it isolates spiking from BN folding.
 
 Every ratio is given against both baselines (``ratio_to_relu``,
 ``ratio_to_relu_bnfolded``; summary rows carry ``baseline``).
 
-Measured per flatbuffer: file size, op histogram (``export.flatbuffer``), the
+Measured per flatbuffer: file size, op histogram (``export.tflite.flatbuffer``), the
 smallest TFLite Micro tensor arena (bisection), Vela's compilation for
-Ethos-U55-128 and Ethos-U85-256 (``export.vela``: NPU op fraction, NPU
+Ethos-U55-128 and Ethos-U85-256 (``export.tflite.vela``: NPU op fraction, NPU
 partitions, estimated time, SRAM, flash), top-1 agreement with the Keras
 model in LiteRT; and the per-image ``invoke()`` latency in three runtimes,
 one thread: ``litert`` (``ai_edge_litert`` with its default XNNPACK
@@ -106,7 +106,7 @@ def parse_args(argv=None):
                    help="relu and relu_bnfolded are always measured (the baselines)")
     p.add_argument("--runtimes", type=C.csv_list(allowed=RUNTIMES, name="runtime"), default=list(RUNTIMES))
     p.add_argument("--accelerators", type=C.csv_list(name="accelerator"), default=list(ACCELERATORS),
-                   help="Ethos-U configurations for Vela (export.vela.ACCELERATORS)")
+                   help="Ethos-U configurations for Vela (export.tflite.vela.ACCELERATORS)")
     p.add_argument("--no_vela", action="store_true", help="skip the Vela compilations (always for float32)")
     p.add_argument("--s2nn_model", default=None, help=".keras S2NN model for the one architecture in --archs")
     p.add_argument("--relu_model", default=None, help=".keras ReLU model for the one architecture in --archs")
@@ -145,7 +145,7 @@ def parse_args(argv=None):
         if not os.path.isfile(path):
             p.error(f"--{flag}: no such file {path!r}")
     if not args.no_vela:
-        from export import vela
+        from export.tflite import vela
 
         bad = [a for a in args.accelerators if a not in vela.ACCELERATORS]
         if bad:
@@ -205,10 +205,10 @@ def export_flatbuffer(model, variant, fmt, representative_data):
 
 
 def size_breakdown(blob):
-    """Where a flatbuffer's bytes go (``export.flatbuffer``): constant data,
+    """Where a flatbuffer's bytes go (``export.tflite.flatbuffer``): constant data,
     quantization parameters (float32 scales + int64 zero points), tensor
     names, and the rest (operators, shapes, tables, alignment)."""
-    from export.flatbuffer import read_model
+    from export.tflite.flatbuffer import read_model
 
     tensors = [t for sg in read_model(blob).subgraphs for t in sg.tensors]
     data = sum(int(t.data.nbytes) for t in tensors if t.data is not None)
@@ -291,8 +291,8 @@ def main(argv=None):
     import numpy as np
 
     import s2nn_keras  # noqa: F401 - custom layers for load_model
-    from export.flatbuffer import op_counts
-    from export.runtimes import tflm_arena_size
+    from export.tflite.flatbuffer import op_counts
+    from export.tflite.runtimes import tflm_arena_size
     from s2nn_keras.datasets import load_arrays
 
     machine = C.machine_info()
@@ -352,7 +352,7 @@ def main(argv=None):
                 info["tflm_arena_bytes"] = tflm_arena_size(blobs[variant], acc_x[0])
                 info["tflm_arena_breakdown"] = tflm_arena_breakdown(blobs[variant], info["tflm_arena_bytes"])
             if not args.no_vela:
-                from export.vela import compile_for_accelerators
+                from export.tflite.vela import compile_for_accelerators
 
                 info["vela"] = compile_for_accelerators(blobs[variant], args.accelerators)
             flat_info[f"{arch}/{variant}"] = info

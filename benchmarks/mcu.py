@@ -7,9 +7,9 @@ Models (trained ``.keras`` files; the quickstart config trains the S2NN,
 * ``s2nn``: the default int8 export (saturate neurons), its spike-driven
   layers in the layout measured fastest on each core;
 * ``s2nn_gap_avgpool``: the same with global average pooling as
-  ``AVERAGE_POOL_2D`` (``export.rewrites.global_average_pool_as_average_pool``);
+  ``AVERAGE_POOL_2D`` (``export.transform.rewrites.global_average_pool_as_average_pool``);
 * ``relu_bnfolded``: the ReLU twin with its pre-activation BatchNorms as 1x1
-  depthwise convs (``export.rewrites.batchnorm_as_depthwise``), so that the
+  depthwise convs (``export.transform.rewrites.batchnorm_as_depthwise``), so that the
   comparison isolates spiking from BN folding (the converter's own ReLU
   form, broadcast MUL + ADD, is outside the edge op set the generator runs).
 
@@ -59,7 +59,7 @@ def parse(argv=None):
 
 def _convert(path, calib, gap, bnfold):
     from export.pipeline import load_model
-    from export.tflite import convert, ensure_folded
+    from export.tflite.convert import convert, ensure_folded
 
     model = ensure_folded(load_model(path))
     names = (("bn_as_depthwise",) if bnfold else ()) + (("gap_as_average_pool",) if gap else ())
@@ -112,7 +112,7 @@ def main(argv=None):
     if missing_tools():
         C.fail("python -m benchmarks.mcu", f"{', '.join(missing_tools())} not found (Debian: apt-get install "
                "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)")
-    from export.quiet import import_tensorflow_quietly
+    from export.tflite.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import numpy as np

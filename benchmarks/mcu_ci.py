@@ -33,7 +33,7 @@ def main(argv=None):
     p.add_argument("--train_examples", type=C.positive_int, default=3000)
     p.add_argument("--work_dir", default=None)
     args = p.parse_args(argv)
-    from export.quiet import import_tensorflow_quietly
+    from export.tflite.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import json

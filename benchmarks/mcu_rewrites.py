@@ -1,4 +1,4 @@
-"""What export.rewrites changes, measured on the quickstart models.
+"""What export.transform.rewrites changes, measured on the quickstart models.
 
 * ``gap_as_average_pool`` on the folded S2NN: TFLite ops per format, and
   the rounding difference of ``MEAN`` against ``AVERAGE_POOL_2D`` in the
@@ -35,17 +35,17 @@ def main(argv=None):
     for flag, path in (("--s2nn_model", args.s2nn_model), ("--relu_model", args.relu_model)):
         if not os.path.isfile(path):
             C.fail("python -m benchmarks.mcu_rewrites", f"{flag} {path!r} does not exist")
-    from export.quiet import import_tensorflow_quietly
+    from export.tflite.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import numpy as np
 
-    from export import rewrites
-    from export.flatbuffer import op_counts, read_model
-    from export.fold import fold_batchnorm
+    from export.transform import rewrites
+    from export.tflite.flatbuffer import op_counts, read_model
+    from export.transform.fold import fold_batchnorm
     from export.pipeline import load_model
-    from export.runtimes import run_tflm
-    from export.tflite import convert
+    from export.tflite.runtimes import run_tflm
+    from export.tflite.convert import convert
     from s2nn_keras.datasets import load_arrays
 
     machine = C.machine_info()

@@ -23,7 +23,7 @@ Each is timed interleaved in process CPU time (every invoke through all
 variants back to back, order rotating; median per round, median per-round
 ratio to ``relu``) in
 LiteRT with the default XNNPACK delegate, LiteRT builtin kernels only, and
-TFLite Micro; its ops are read with ``export.flatbuffer`` and, unless
+TFLite Micro; its ops are read with ``export.tflite.flatbuffer`` and, unless
 ``--no_vela``, Vela's estimated cycles and CPU fallbacks for Ethos-U55-128
 and Ethos-U85-256 are recorded.
 
@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--output", default=os.path.join(C.RESULTS_DIR, "neuron_ops.json"))
     args = p.parse_args(argv)
     if not args.no_vela:
-        from export import vela
+        from export.tflite import vela
 
         if not vela.available():
             p.error(f"the Vela figures need ethos-u-vela ({vela.INSTALL_HINT}); or pass --no_vela")
@@ -116,8 +116,8 @@ def main(argv=None):
     args = parse_args(argv)
     import numpy as np
 
-    from export.flatbuffer import op_counts
-    from export.runtimes import tflm_arena_size
+    from export.tflite.flatbuffer import op_counts
+    from export.tflite.runtimes import tflm_arena_size
 
     machine = C.machine_info()
     shape = (args.height, args.width, args.channels)
@@ -132,7 +132,7 @@ def main(argv=None):
         key = f"{context}/{variant}"
         info[key] = {"size_bytes": len(blob), "ops": op_counts(blob)}
         if not args.no_vela:
-            from export.vela import compile_for_accelerators
+            from export.tflite.vela import compile_for_accelerators
 
             info[key]["vela"] = {acc: {k: r[k] for k in ("estimated_cycles", "npu_op_fraction", "npu_partitions",
                                                         "cpu_op_types", "sram_bytes")}

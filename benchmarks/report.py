@@ -135,7 +135,7 @@ def inference(d):
                        f"{r['relu_bnfolded_latency_ms']:.3f} | {r['ratio_to_relu_bnfolded']:.3f} "
                        f"({r['ratio_to_relu_bnfolded_iqr']:.3f}) | {r['wall_ratio_to_relu_bnfolded']:.3f} "
                        f"({r['wall_ratio_to_relu_bnfolded_iqr']:.3f}) |")
-    out += ["", "Flatbuffers (size breakdown from `export.flatbuffer`: constant data, quantization parameters, "
+    out += ["", "Flatbuffers (size breakdown from `export.tflite.flatbuffer`: constant data, quantization parameters, "
             "tensor names, rest = operators, shapes, tables, alignment):", "",
             "| flatbuffer | bytes | constants / quant. params / names / rest | tensors | TFLM arena bytes "
             "(head: activations / tail: persistent, of it per-op buffers) | LiteRT top-1 | agreement with Keras | ops |",
@@ -154,7 +154,7 @@ def inference(d):
     vela_rows = [(k, acc, r) for k, v in d["flatbuffers"].items() for acc, r in v.get("vela", {}).items()]
     if vela_rows:
         first = vela_rows[0][2]
-        out += ["", f"Vela {first['vela_version']} (`export.vela`), `--optimise {first['optimise']}`; system config "
+        out += ["", f"Vela {first['vela_version']} (`export.tflite.vela`), `--optimise {first['optimise']}`; system config "
                 + "; ".join(sorted({f"{acc}: {r['system_config']} / {r['memory_mode']}, "
                                     f"{r['core_clock_hz'] / 1e6:.0f} MHz" for _, acc, r in vela_rows}))
                 + ". Estimated time covers the NPU operators only (Vela does not model the CPU fallbacks).", "",

@@ -10,21 +10,21 @@ and its ReLU twin (the same network with ReLU; ``tests.zoo.trained(name,
 first ``--train_examples`` training images. Then, per model:
 
 * ``formats.<fmt>.ops``: the ops of the float32 / int8 / int16x8 flatbuffer
-  (``export.tflite.convert``), whether they are all edge ops
+  (``export.tflite.convert.convert``), whether they are all edge ops
   (``export.formats.EDGE_OPS``), how many neurons are fused into their
   producer (``conv``) or written as their own 1x1 depthwise op (``tensor``),
   and how many spike grids had to come from the levels (neurons silent on
   the calibration images);
-* ``agreement``: ``export.verify.agreement`` (same argmax; for the
+* ``agreement``: ``export.tflite.verify.agreement`` (same argmax; for the
   regression autoencoder, per-example RMS within 1 % of the output range)
   of the LiteRT int8 / int16x8 model with its Keras model on the first
   ``--test_examples`` test images: post-training (against the trained
   model) and after ``--qat_epochs`` of quantization-aware fine-tuning
-  (``export.qat``; against the fine-tuned Keras model, which is what gets
+  (``export.transform.qat``; against the fine-tuned Keras model, which is what gets
   deployed), and the fine-tuned model's own agreement with the trained one;
 * ``vela``: Vela's NPU op fraction, CPU fallbacks and estimated inference
-  time (``export.vela``, ``--accelerator``) of the S2NN int8 model and of
-  the ReLU twin's int8 model in its two baselines (``export.rewrites``):
+  time (``export.tflite.vela``, ``--accelerator``) of the S2NN int8 model and of
+  the ReLU twin's int8 model in its two baselines (``export.transform.rewrites``):
   ``relu``, as the converter writes it (``rewrites=()``: the BatchNorms no
   conv absorbs as MUL + ADD, global pooling as MEAN), and ``relu_bnfolded``,
   through the same default rewrites as the S2NN model (those BatchNorms as
@@ -65,7 +65,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.calibration > args.train_examples:
         C.fail(p.prog, f"--calibration {args.calibration} exceeds --train_examples {args.train_examples}")
-    from export.vela import ACCELERATORS, available
+    from export.tflite.vela import ACCELERATORS, available
 
     if args.accelerator not in ACCELERATORS:
         C.fail(p.prog, f"unknown --accelerator {args.accelerator!r}; valid: {', '.join(ACCELERATORS)}")
@@ -82,7 +82,7 @@ def _kinds(conversion):
 
 
 def _vela(flatbuffer, accelerator):
-    from export.vela import compile_for_ethos_u
+    from export.tflite.vela import compile_for_ethos_u
 
     u = compile_for_ethos_u(flatbuffer, accelerator)
     return {k: u[k] for k in ("npu_op_fraction", "cpu_fallback", "estimated_inference_ms", "estimated_cycles")}
@@ -90,10 +90,10 @@ def _vela(flatbuffer, accelerator):
 
 def measure(name, args):
     from export.formats import EDGE_OPS
-    from export.qat import QATConfig, quantization_aware_fine_tune
-    from export.runtimes import run_litert
-    from export.tflite import convert, op_names
-    from export.verify import agreement, model_logits
+    from export.transform.qat import QATConfig, quantization_aware_fine_tune
+    from export.tflite.runtimes import run_litert
+    from export.tflite.convert import convert, op_names
+    from export.tflite.verify import agreement, model_logits
     from tests import zoo
 
     entry = zoo.ZOO[name]

@@ -19,7 +19,7 @@ TensorFlow Lite Micro.
 CLI: ``python -m export --model RUN/model.keras --output_dir RUN/export``.
 See docs/EXPORT.md. Importing this package is cheap: the TensorFlow-heavy
 modules load on first use of a name below. Importing it also registers the
-export's Keras layers (:mod:`export.layers`), so ``keras.saving.load_model``
+export's Keras layers (:mod:`export.transform.layers`), so ``keras.saving.load_model``
 loads ``model_folded.keras`` and ``model_qat.keras`` -- at once when Keras is
 already imported, else when it is.
 """
@@ -35,16 +35,16 @@ __all__ = ["fold_batchnorm", "fold_batchnorm_with_report", "FoldError", "Thresho
            "ModelFileError", "replace_neurons", "QATConfig", "quantization_aware_fine_tune"]
 
 _LAZY = {
-    "fold_batchnorm": "export.fold",
-    "fold_batchnorm_with_report": "export.fold",
-    "FoldError": "export.fold",
-    "ThresholdNeuron": "export.neurons",
-    "to_tflite": "export.tflite",
-    "convert": "export.tflite",
-    "Conversion": "export.tflite",
-    "replace_neurons": "export.tflite",
-    "edge_model": "export.edge",
-    "EdgeError": "export.edge",
+    "fold_batchnorm": "export.transform.fold",
+    "fold_batchnorm_with_report": "export.transform.fold",
+    "FoldError": "export.transform.fold",
+    "ThresholdNeuron": "export.transform.neurons",
+    "to_tflite": "export.tflite.convert",
+    "convert": "export.tflite.convert",
+    "Conversion": "export.tflite.convert",
+    "replace_neurons": "export.tflite.convert",
+    "edge_model": "export.transform.edge",
+    "EdgeError": "export.transform.edge",
     "export_run": "export.pipeline",
     "ExportConfig": "export.pipeline",
     "ExportConfigError": "export.pipeline",
@@ -54,8 +54,8 @@ _LAZY = {
     "CheckResult": "export.checks",
     "load_model": "export.loader",
     "ModelFileError": "export.loader",
-    "QATConfig": "export.qat",
-    "quantization_aware_fine_tune": "export.qat",
+    "QATConfig": "export.transform.qat",
+    "quantization_aware_fine_tune": "export.transform.qat",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -63,7 +63,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from export.verify import REGRESSION_TOLERANCE, TASKS as VERIFY_TASKS, agreement as verify_agreement
+from export.tflite.verify import REGRESSION_TOLERANCE, TASKS as VERIFY_TASKS, agreement as verify_agreement
 
 __all__ = ["BOUNDS", "TASKS", "REGRESSION_TOLERANCE", "CheckResult", "ExportCheckError", "agreement",
            "output_correlation", "relative_error", "evaluate", "failure_line"]
@@ -119,7 +119,7 @@ class ExportCheckError(RuntimeError):
 
 
 def agreement(reference, outputs, task: str) -> float:
-    """The agreeing fraction of :func:`export.verify.agreement` (the one
+    """The agreeing fraction of :func:`export.tflite.verify.agreement` (the one
     definition: same top-1 for classification, per-example RMS within
     :data:`REGRESSION_TOLERANCE` of the reference range for regression)."""
     return verify_agreement(reference, outputs, task)["agreement"]

@@ -5,7 +5,7 @@ Pure constants (no TensorFlow import), so command-line front ends
 TensorFlow loads.
 """
 
-from export.formulations import DEFAULT_FORMULATION, selectable_formulations
+from export.transform.formulations import DEFAULT_FORMULATION, selectable_formulations
 
 #: TFLite formats ``export.to_tflite`` writes: no quantization, full-integer
 #: int8 (int8 weights per channel, int8 activations and I/O), and int16
@@ -14,7 +14,7 @@ QUANTIZATIONS = ("float32", "int8", "int16x8")
 DEFAULT_FORMATS = QUANTIZATIONS
 
 #: How a spiking neuron is written in the flatbuffer (``to_tflite(neuron=...)``,
-#: ``python -m export --neuron``; the registry is :mod:`export.formulations`):
+#: ``python -m export --neuron``; the registry is :mod:`export.transform.formulations`):
 #:
 #: * ``"saturate"`` (default): the step is a saturating clamp fused into the
 #:   convolution that produces the neuron's input (threshold in its bias, a
@@ -74,8 +74,8 @@ FORBIDDEN_EDGE_OPS = frozenset({
     "LOGICAL_AND", "LOGICAL_OR", "LOGICAL_NOT", "CAST", "GATHER", "GATHER_ND",
 })
 
-#: Graph rewrites ``export.tflite.convert`` applies before converting
-#: (:mod:`export.rewrites`, the same function): ``"bn_as_depthwise"`` writes
+#: Graph rewrites ``export.tflite.convert.convert`` applies before converting
+#: (:mod:`export.transform.rewrites`, the same function): ``"bn_as_depthwise"`` writes
 #: a BatchNormalization that no conv absorbs as one 1x1 depthwise conv with
 #: the ReLU fused (ReLU models; a spiking model's BNs are folded into its
 #: neurons anyway), ``"gap_as_average_pool"`` global average pooling as

@@ -7,7 +7,7 @@ command lines can silence TensorFlow's start-up before it is imported.
 
 Example::
 
-    __getattr__, __dir__ = lazy_attributes(__name__, {"fold_batchnorm": "export.fold"})
+    __getattr__, __dir__ = lazy_attributes(__name__, {"fold_batchnorm": "export.transform.fold"})
 """
 
 from __future__ import annotations

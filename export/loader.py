@@ -59,8 +59,8 @@ def first_line(err: BaseException) -> str:
 def register_layers() -> None:
     """Registers every layer this package saves (S2Activation, the
     regularizer, ThresholdNeuron, GridQuantize, the QAT layers) with Keras:
-    :mod:`export.layers`, which does not import TensorFlow."""
-    import export.layers  # noqa: F401
+    :mod:`export.transform.layers`, which does not import TensorFlow."""
+    import export.transform.layers  # noqa: F401
 
 
 class _RegisterAfterKeras(importlib.abc.MetaPathFinder):

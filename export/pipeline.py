@@ -5,7 +5,7 @@
 ``config.output_dir``:
 
 * ``model_qat.keras`` (with ``qat=``): the quantization-aware fine-tuned
-  model (:mod:`export.qat`), which is then "the Keras model" every format is
+  model (:mod:`export.transform.qat`), which is then "the Keras model" every format is
   verified against;
 * ``model_folded.keras``: the BN-free inference model (ThresholdNeuron
   layers; a ReLU model is not folded: its BatchNorms are the converter's);
@@ -36,7 +36,7 @@ model's outputs (:func:`export.checks.agreement`: same top-1 for
 classification, RMS difference within 1 % of the output range for
 regression), largest output difference, host latency per image, the TFLM
 tensor-arena size, and for spiking models the spike checks of
-:func:`export.verify.verify_spikes` (two levels, runtimes bit for bit,
+:func:`export.tflite.verify.verify_spikes` (two levels, runtimes bit for bit,
 agreement with the folded float model end to end and locally, tie
 distances). Extra per-format figures (Ethos-U / Vela, microcontroller
 code) come from :class:`FormatReporter` objects in ``config.reporters``.
@@ -68,7 +68,7 @@ from export.checks import (TASKS, ExportCheckError, agreement, evaluate, failure
 from export.formats import (COMPARE_OPS, DEFAULT_FORMATS, DEFAULT_NEURON, DEFAULT_REWRITES, EDGE_OPS,
                             FORBIDDEN_EDGE_OPS, NEURON_FORMULATIONS, QUANTIZATIONS, REWRITES)
 from export.loader import load_model
-from export.verify import batches, model_logits
+from export.tflite.verify import batches, model_logits
 
 __all__ = ["export_run", "ExportConfig", "ExportConfigError", "ExportResult", "ExportCheckError", "FormatReporter",
            "load_model", "verify_fold", "write_c_array", "format_summary", "inner_quantize_ops", "resolve_task",
@@ -81,15 +81,15 @@ ARTEFACTS = ("export_report.json", "model_folded.keras", "model_qat.keras", "mod
 
 
 def verify_fold(*args, **kwargs):
-    """:func:`export.verify.verify_fold` (kept importable from here)."""
-    from export.verify import verify_fold as _verify_fold
+    """:func:`export.tflite.verify.verify_fold` (kept importable from here)."""
+    from export.tflite.verify import verify_fold as _verify_fold
 
     return _verify_fold(*args, **kwargs)
 
 
 def write_c_array(*args, **kwargs):
-    """:func:`export.c_array.write_c_array` (kept importable from here)."""
-    from export.c_array import write_c_array as _write
+    """:func:`export.tflite.c_array.write_c_array` (kept importable from here)."""
+    from export.tflite.c_array import write_c_array as _write
 
     return _write(*args, **kwargs)
 
@@ -107,7 +107,7 @@ class FormatReporter:
       name: its key in ``report["formats"][fmt]`` (e.g. ``"vela"``).
       formats: the formats it applies to (e.g. ``("int8",)``).
       run: ``run(fmt, conversion) -> dict`` (JSON-friendly) given the
-        :class:`export.tflite.Conversion` of that format; with
+        :class:`export.tflite.convert.Conversion` of that format; with
         ``writes_files=True`` it is called as ``run(fmt, conversion,
         output_dir)`` and may write files there (they are published with
         the export's own, or deleted with them).
@@ -183,15 +183,15 @@ class ExportConfig:
         into its bias (default; see :func:`export.fold_batchnorm`). False is
         for measuring what that buys.
       merge_shortcuts: export strided shortcuts as one strided 1x1 conv
-        (:func:`export.tflite.merge_strided_shortcuts`).
+        (:func:`export.tflite.convert.merge_strided_shortcuts`).
       rewrites: graph rewrites before converting
         (:data:`export.formats.REWRITES`; default both: a ReLU model's
         unabsorbed BNs as 1x1 depthwise convs, global average pooling as
         ``AVERAGE_POOL_2D``); ``()`` keeps the converter's forms.
-      spike_checks: run :func:`export.verify.verify_spikes` per format
+      spike_checks: run :func:`export.tflite.verify.verify_spikes` per format
         (spiking models); without them the spike checks are not judged.
       reporters: extra per-format figures and checks (:class:`FormatReporter`).
-      qat: an :class:`export.qat.QATConfig` to fine-tune the model
+      qat: an :class:`export.transform.qat.QATConfig` to fine-tune the model
         quantization-aware first (spiking models): the fine-tuned model is
         saved as ``model_qat.keras`` and replaces the trained one as the
         reference of every check; the report keeps the trained model's
@@ -282,10 +282,10 @@ class ExportConfig:
                                         f"{type(rep).__name__}")
         object.__setattr__(self, "reporters", reporters)
         if self.qat is not None:
-            from export.qat import QATConfig
+            from export.transform.qat import QATConfig
 
             if not isinstance(self.qat, QATConfig):
-                raise ExportConfigError(f"ExportConfig.qat must be an export.qat.QATConfig or None, got "
+                raise ExportConfigError(f"ExportConfig.qat must be an export.transform.qat.QATConfig or None, got "
                                         f"{type(self.qat).__name__}")
             if self.qat_images is None or len(self.qat_images) == 0:
                 raise ExportConfigError("ExportConfig.qat needs qat_images: the training inputs to fine-tune on")
@@ -303,7 +303,7 @@ class ExportResult:
       output_dir: where the files are (``None`` when the checks failed and
         the files were not kept).
       folded: the folded Keras model (the model itself for a ReLU model).
-      conversions: ``{format: export.tflite.Conversion}``.
+      conversions: ``{format: export.tflite.convert.Conversion}``.
     """
 
     report: Dict
@@ -356,7 +356,7 @@ def inner_quantize_ops(tflite_model) -> Dict[str, int]:
     """QUANTIZE/DEQUANTIZE ops that are *not* at the model boundary (neither
     reading a model input nor writing a model output): ``{op name: count}``,
     empty for a clean integer model."""
-    from export.flatbuffer import read_model
+    from export.tflite.flatbuffer import read_model
 
     graph = read_model(tflite_model).main
     inner = {}
@@ -412,8 +412,8 @@ def _score(outputs, labels, ref_outputs, task):
 
 def _fold(model, threshold_in_bias):
     """fold: the folded model and its report (a ReLU model is not folded)."""
-    from export.fold import fold_batchnorm_with_report
-    from export.tflite import is_spiking_model
+    from export.transform.fold import fold_batchnorm_with_report
+    from export.tflite.convert import is_spiking_model
 
     if not is_spiking_model(model):
         return model, {"skipped": "no spiking neurons: the BatchNorms are left to the TFLite converter"}
@@ -424,7 +424,7 @@ def _fold(model, threshold_in_bias):
 
 def _run_format(conversion, x, y, ref_outputs, task, max_tflm_examples, float_outputs=None):
     """run: accuracy, agreement and latency in LiteRT and TFLite Micro."""
-    from export.runtimes import run_litert, run_tflm, tflm_arena_size
+    from export.tflite.runtimes import run_litert, run_tflm, tflm_arena_size
 
     flat = conversion.flatbuffer
     lite = run_litert(flat, x)
@@ -497,11 +497,11 @@ def export_run(model_or_path, config: ExportConfig) -> ExportResult:
       ExportConfigError: the model or the data do not fit (one line).
       export.checks.ExportCheckError: the export's own checks failed (the
         files were not kept; ``allow_failed_checks=True`` keeps them).
-      export.FoldError, export.EdgeError, export.qat.QATError: a model the
+      export.FoldError, export.EdgeError, export.transform.qat.QATError: a model the
         export cannot write exactly (the message names the layer).
     """
-    from export.tflite import convert, is_spiking_model, op_names
-    from export.verify import verify_spikes
+    from export.tflite.convert import convert, is_spiking_model, op_names
+    from export.tflite.verify import verify_spikes
 
     if not isinstance(config, ExportConfig):
         raise ExportConfigError(f"export_run takes an export.ExportConfig, got {type(config).__name__}")
@@ -549,7 +549,7 @@ def _export(model, model_path, c, x, y, calib, calib_source, task, out_dir, conv
     # the reference from here on.
     float_model, qat_report = model, None
     if c.qat is not None:
-        from export.qat import quantization_aware_fine_tune
+        from export.transform.qat import quantization_aware_fine_tune
 
         # the fine-tuning distils what the checks compare: logits, or a regression's outputs
         tuned = quantization_aware_fine_tune(model, c.qat_images, calib,

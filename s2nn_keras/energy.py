@@ -56,7 +56,7 @@ one add of the same type, an AC one add; or your own ``e_mac_pj`` /
 
 Backend-agnostic: the rates are counted on the device by
 :class:`s2nn_keras.firing.SpikeCounter`. The TFLite side of the report
-lives in ``export.energy_tflite``.
+lives in ``export.energy.tflite``.
 
 Example::
 

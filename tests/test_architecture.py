@@ -102,7 +102,7 @@ def test_the_checker_sees_wrong_arrows(tmp_path):
             from trainers.flags import x
             import importlib
             importlib.import_module("trainers.data")
-        from export.tflite import _with_neurons
+        from export.tflite.convert import _with_neurons
     """))
     global REPO
     saved = REPO
@@ -113,7 +113,7 @@ def test_the_checker_sees_wrong_arrows(tmp_path):
         REPO = saved
     modules = [m for _, m, _ in got]
     assert "os" in modules and "export" in modules and "trainers.flags" in modules and "trainers.data" in modules
-    assert ("export.tflite", ["_with_neurons"]) in [(m, n) for _, m, n in got]
+    assert ("export.tflite.convert", ["_with_neurons"]) in [(m, n) for _, m, n in got]
 
 
 BLOCKED_TF_SCRIPT = r"""

@@ -39,10 +39,10 @@ def export_command(output_dir: str, flags: Dict) -> str:
 
 def _energy_writer():
     """``write_energy_report``: export's TF-free writer over the library's
-    accounting (:mod:`export.energy_report`), else the TensorFlow-era
+    accounting (:mod:`export.energy.report`), else the TensorFlow-era
     ``export.energy`` one, else None."""
     try:
-        from export.energy_report import write_energy_report
+        from export.energy.report import write_energy_report
     except ImportError:
         if not backend_lib.tensorflow_installed():
             return None
@@ -116,7 +116,7 @@ def post_training_reports(network, flags: Dict, data: Dict, output_dir: str, met
                 folded = keras.saving.load_model(os.path.join(export_dir, "model_folded.keras"))
     writer = _energy_writer()
     if writer is None:
-        print("energy report skipped: export.energy_report is not available", file=sys.stderr, flush=True)
+        print("energy report skipped: export.energy.report is not available", file=sys.stderr, flush=True)
         return
     kwargs = {}
     if tflite_models:

@@ -10,7 +10,7 @@ interpreter and measured in retired instructions. Convolutions, depthwise
 convs and Dense layers that read a spike tensor get spike-driven kernels
 whose work is the inputs that fired. See docs/MCU.md.
 
-Modules: :mod:`~export.mcu.quant` (TFLite's integer arithmetic),
+Modules (TFLite's integer arithmetic is :mod:`export.quant`):
 :mod:`~export.mcu.lower` (flatbuffer -> integer program),
 :mod:`~export.mcu.plan` (activation buffer), :mod:`~export.mcu.generate`
 (the C), :mod:`~export.mcu.build` (host build), :mod:`~export.mcu.firmware`
@@ -20,7 +20,7 @@ report). CLI: ``python -m export.mcu``.
 Example::
 
     from export import mcu
-    from export.tflite import convert
+    from export.tflite.convert import convert
 
     conv = convert(model, "int8", representative_data)
     report = mcu.run_mcu(conv.flatbuffer, test_images, ("cortex-m4", "cortex-m55"), mcu.spike_levels(conv))

@@ -1,11 +1,11 @@
 """Lowers a verified int8 TFLite flatbuffer to the integer program of the generated C.
 
-:func:`lower` reads the flatbuffer with :mod:`export.flatbuffer` (no
+:func:`lower` reads the flatbuffer with :mod:`export.tflite.flatbuffer` (no
 interpreter) and turns every operator into a :class:`Layer`: the C kernel
 family, its integer parameters (shapes, strides, TFLite's padding, zero
 points, fused-activation clamp) and its constants (int8 weights, int32
 biases, per-channel quantized multipliers and shifts, computed as TFLite
-Micro's ``Prepare`` computes them: :mod:`export.mcu.quant`).
+Micro's ``Prepare`` computes them: :mod:`export.quant`).
 
 The op set is the edge set of the export (``export.formats.EDGE_OPS``
 restricted to what an int8 microcontroller graph holds):
@@ -29,7 +29,7 @@ fused ``RELU``/``RELU6``/``RELU_N1_TO_1`` become the clamp of the op. Any
 other op, dtype or option raises :class:`UnsupportedModelError` naming it.
 
 Spike tensors (``spike_levels``: ``{tensor index: (off code, on code)}``,
-from :func:`export.tflite.convert`'s ``spike_tensors``) stay spike tensors
+from :func:`export.tflite.convert.convert`'s ``spike_tensors``) stay spike tensors
 through ``MAX_POOL_2D``, 1x1 ``AVERAGE_POOL_2D`` (a subsample) and
 ``RESHAPE``; a ``conv`` reading one whose off code is its zero point gets
 the spike-driven layouts (:data:`SPIKE_LAYOUTS`), a ``dwconv`` reading one
@@ -44,7 +44,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from export.mcu import quant
+from export import quant
 
 __all__ = ["UnsupportedModelError", "TensorSpec", "Layer", "Program", "lower", "DENSE", "SPIKE_LAYOUTS",
            "DWCONV_SPIKE_LAYOUTS", "LAYOUTS", "SUPPORTED_OPS"]
@@ -238,7 +238,7 @@ def lower(flatbuffer, spike_levels: Optional[Dict[int, Tuple[int, int]]] = None)
     Raises:
       UnsupportedModelError: an operator, dtype or option without a kernel.
     """
-    from export.flatbuffer import op_counts, read_model
+    from export.tflite.flatbuffer import op_counts, read_model
 
     model = read_model(flatbuffer)
     if len(model.subgraphs) != 1:

@@ -40,10 +40,10 @@ DETERMINISM_IMAGES = 3
 
 def spike_levels(conversion) -> Dict[int, Tuple[int, int]]:
     """``{tensor index: (off code, on code)}`` of the spike tensors of an
-    :class:`export.tflite.Conversion` (saturate neuron: the levels of its
+    :class:`export.tflite.convert.Conversion` (saturate neuron: the levels of its
     plan; other formulations have none the generator can use)."""
-    from export.flatbuffer import read_model
-    from export.tflite import level_codes
+    from export.tflite.flatbuffer import read_model
+    from export.tflite.convert import level_codes
 
     if conversion is None or conversion.plan is None or not conversion.spike_tensors:
         return {}
@@ -66,9 +66,9 @@ def _as_float(images):
 def quantize_inputs(flatbuffer, images) -> np.ndarray:
     """The images (uint8, or float32 in the model's convention) as the
     model's input tensor holds them: ``[N, input bytes]`` int8 (or float32),
-    quantized as :func:`export.runtimes.quantize` does."""
-    from export.flatbuffer import read_model
-    from export.runtimes import quantize
+    quantized as :func:`export.tflite.runtimes.quantize` does."""
+    from export.tflite.flatbuffer import read_model
+    from export.tflite.runtimes import quantize
 
     graph = read_model(flatbuffer).main
     t = graph.tensors[graph.inputs[0]]
@@ -84,11 +84,11 @@ def quantize_inputs(flatbuffer, images) -> np.ndarray:
 def tflm_outputs(flatbuffer, inputs: np.ndarray, arena_bytes: Optional[int] = None) -> Tuple[np.ndarray, int]:
     """Raw outputs of the ``tflite-micro`` interpreter for ``inputs`` (as
     :func:`quantize_inputs` gives them) and its tensor arena: the smallest
-    that runs (:func:`export.runtimes.tflm_arena_size`) unless
+    that runs (:func:`export.tflite.runtimes.tflm_arena_size`) unless
     ``arena_bytes`` is given."""
-    from export.flatbuffer import read_model
-    from export.quiet import silenced_stderr
-    from export.runtimes import interpreter, tflm_arena_size
+    from export.tflite.flatbuffer import read_model
+    from export.tflite.quiet import silenced_stderr
+    from export.tflite.runtimes import interpreter, tflm_arena_size
 
     graph = read_model(flatbuffer).main
     shape = graph.tensors[graph.inputs[0]].shape

@@ -109,7 +109,7 @@ def strided_pointwise_conv(x, filters: int, strides: int, *, name: str, **conv_k
     The two are the same function (a 1x1 pool only subsamples). The builders
     write it this way because TF 2.21's oneDNN kernel for the filter
     gradient of a strided 1x1 conv corrupts the heap on AVX-512 CPUs
-    (double free / segfault). ``export.tflite.merge_strided_shortcuts``
+    (double free / segfault). ``export.tflite.convert.merge_strided_shortcuts``
     merges the pair back into one strided conv for inference.
     ``conv_kwargs`` go to the ``Conv2D`` (``use_bias``, initializers, ...).
     """

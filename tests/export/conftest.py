@@ -64,7 +64,7 @@ def trained_model(fmnist):
 
 @pytest.fixture(scope="session")
 def folded(trained_model):
-    from export.fold import fold_batchnorm_with_report
+    from export.transform.fold import fold_batchnorm_with_report
 
     return fold_batchnorm_with_report(trained_model)
 

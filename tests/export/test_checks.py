@@ -8,7 +8,7 @@ import pytest
 
 from export import checks
 from export.checks import BOUNDS, CheckResult, agreement, evaluate, output_correlation, relative_error
-from export.verify import agreement as agreement_report
+from export.tflite.verify import agreement as agreement_report
 
 
 def test_classification_agreement_is_same_top1():

@@ -290,8 +290,8 @@ def test_tflite_where_keras_is_expected(broken, workdir):
 
 
 def _main(module, argv, capfd):
-    from export import __main__ as export_main
-    from export import energy_cli
+    from export.cli import export as export_main
+    from export.cli import energy as energy_cli
 
     status = (export_main.main if module == "export" else energy_cli.main)([str(a) for a in argv])
     out, err = capfd.readouterr()

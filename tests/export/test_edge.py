@@ -6,12 +6,12 @@ import pytest
 
 import keras
 
-from export.edge import EdgeError, edge_model, fake_quantize_kernel, quantization_params
-from export.flatbuffer import read_model
-from export.fold import fold_batchnorm
+from export.transform.edge import EdgeError, edge_model, fake_quantize_kernel, quantization_params
+from export.tflite.flatbuffer import read_model
+from export.transform.fold import fold_batchnorm
 from export.formats import EDGE_OPS, FORBIDDEN_EDGE_OPS
-from export.spikes import add_outputs, run_spikes
-from export.tflite import convert, op_names
+from export.tflite.spikes import add_outputs, run_spikes
+from export.tflite.convert import convert, op_names
 from s2nn_keras import S2Activation
 
 RNG = np.random.default_rng(7)
@@ -128,7 +128,7 @@ def test_every_format_is_edge_only_and_two_level(quantization, surrogate):
     levels = {n: conv.plan.neurons[n].levels for n in conv.spike_tensors}
     outs = {rt: run_spikes(conv.flatbuffer, conv.spike_tensors, x, rt) for rt in ("litert_builtin", "tflm")}
     for name, t in conv.spike_tensors.items():
-        from export.tflite import level_codes
+        from export.tflite.convert import level_codes
 
         tensor = _tensor(conv.flatbuffer, t)
         q = tensor.quantization
@@ -138,7 +138,7 @@ def test_every_format_is_edge_only_and_two_level(quantization, surrogate):
             assert set(np.unique(spikes[name]).tolist()) <= codes, (rt, name, np.unique(spikes[name]), codes)
     # Runtimes round the other ops (stem, add) differently at times, which can
     # move later spikes; the neurons agree bit for bit where their inputs do.
-    from export.verify import verify_spikes
+    from export.tflite.verify import verify_spikes
 
     check = verify_spikes(conv, folded, x, runtimes=("litert", "litert_builtin", "tflm"))
     assert check["two_level"] and check["neurons_equal_given_equal_inputs"], check["runtime_agreement"]
@@ -219,7 +219,7 @@ def _residual_spikes_model(rng):
 
 
 def test_scale_plan_carries_the_spike_factor_through_the_add():
-    from export.edge import scale_plan
+    from export.transform.edge import scale_plan
     from s2nn_keras.graph import LayerGraph
 
     folded = fold_batchnorm(_residual_spikes_model(np.random.default_rng(5)))
@@ -239,7 +239,7 @@ def test_spikes_into_an_add_export_exactly(quantization):
     """The neuron after the Add reads {0, 6} spikes plus a conv branch scaled
     by 6, with its thresholds times 6: the float32 model equals the folded
     one, the integer models are two-level and decide exactly on their grid."""
-    from export.verify import verify_spikes
+    from export.tflite.verify import verify_spikes
 
     folded = fold_batchnorm(_residual_spikes_model(np.random.default_rng(6)))
     calib, x = _data(80), _data(20, np.random.default_rng(9))
@@ -254,7 +254,7 @@ def test_spikes_into_an_add_export_exactly(quantization):
         assert check["end_to_end_agreement"] == 1.0
         np.testing.assert_allclose(folded.predict(x, verbose=0), conv.model.predict(x, verbose=0), atol=1e-4)
     else:   # the depthwise neuron decides exactly on its input's grid, with the thresholds times 6
-        from export.tflite import decision_op
+        from export.tflite.convert import decision_op
 
         graph = read_model(conv.flatbuffer).main
         op = decision_op(graph, "add_act")
@@ -289,9 +289,9 @@ def _separable_dense_model(rng, units=5, features=None):
 
 @pytest.mark.parametrize("quantization", ["float32", "int8", "int16x8"])
 def test_depthwise_and_dense_neurons_are_fused_into_their_layer(quantization):
-    from export.flatbuffer import read_model
-    from export.tflite import decision_op
-    from export.verify import verify_spikes
+    from export.tflite.flatbuffer import read_model
+    from export.tflite.convert import decision_op
+    from export.tflite.verify import verify_spikes
 
     rng = np.random.default_rng(11)
     folded = fold_batchnorm(_separable_dense_model(rng))
@@ -317,7 +317,7 @@ def test_depthwise_and_dense_neurons_are_fused_into_their_layer(quantization):
 def test_a_conv_neuron_that_could_overflow_becomes_a_tensor_neuron():
     """A Dense reading 640 int16 features: 32767 * sum|q| * 3 passes 2^31, so
     the neuron is written as its own 1x1 depthwise op on the Dense output."""
-    from export.edge import neuron_kinds
+    from export.transform.edge import neuron_kinds
 
     rng = np.random.default_rng(2)
     keras.utils.set_random_seed(2)
@@ -340,8 +340,8 @@ def test_two_neurons_in_a_row_export_in_every_format(neuron):
     """The second neuron reads {0, 1} spikes: its threshold 1 (a tie on the
     on level) is settled half-way between the levels, so even the int16x8
     ramp of the compare ablation decides it exactly."""
-    from export.tflite import settle_spike_thresholds
-    from export.verify import verify_spikes
+    from export.tflite.convert import settle_spike_thresholds
+    from export.tflite.verify import verify_spikes
 
     rng = np.random.default_rng(4)
     keras.utils.set_random_seed(4)
@@ -375,7 +375,7 @@ def test_two_neurons_in_a_row_export_in_every_format(neuron):
 
 
 def test_overflow_guard_names_the_neuron():
-    from export.edge import _check_overflow
+    from export.transform.edge import _check_overflow
 
     _check_overflow("ok", 2 ** 28, 3.0, "int8")          # 2^28 * 2^2 < 2^31
     with pytest.raises(EdgeError, match="big.*overflows"):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from export import energy
+from export.cli import energy as energy_cli
 from s2nn_keras import S2Activation
 from s2nn_keras import datasets
 from s2nn_keras.models import PreActResNet
@@ -54,7 +55,7 @@ def test_compat_names_stay_importable_from_export_energy():
     assert energy.energy_report is lib_energy.energy_report and energy.layer_flops is layer_flops
     assert energy.PRESETS is lib_energy.PRESETS and energy.CONVENTIONS is lib_energy.CONVENTIONS
     # every public name resolves to the object of the module the table names, and nothing is left out
-    assert set(energy.__all__) == set(energy._WHERE) | {"main"}
+    assert set(energy.__all__) == set(energy._WHERE)
     for name, module in energy._WHERE.items():
         assert getattr(energy, name) is getattr(importlib.import_module(module), name), name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
@@ -104,21 +105,21 @@ def _err_line(capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert energy.main(["--model", str(tmp_path / "missing.keras")]) == 2
+    assert energy_cli.main(["--model", str(tmp_path / "missing.keras")]) == 2
     assert "does not exist" in _err_line(capsys)
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a zip")
-    assert energy.main(["--model", str(bad), "--max_test_examples", "4"]) == 2
+    assert energy_cli.main(["--model", str(bad), "--max_test_examples", "4"]) == 2
     assert "is not a Keras model file (not a zip archive" in _err_line(capsys)
     good = str(tmp_path / "m.keras")
     _known_spike_model().save(good)
-    assert energy.main(["--model", good, "--e_mac_pj", "1"]) == 2
+    assert energy_cli.main(["--model", good, "--e_mac_pj", "1"]) == 2
     assert "both" in _err_line(capsys)
-    assert energy.main(["--model", good, "--preset", "3nm"]) == 2
+    assert energy_cli.main(["--model", good, "--preset", "3nm"]) == 2
     assert "--preset: invalid choice '3nm'" in _err_line(capsys)
-    assert energy.main(["--model", good, "--dataset", "mnist"]) == 2
+    assert energy_cli.main(["--model", good, "--dataset", "mnist"]) == 2
     assert "unknown dataset 'mnist'" in _err_line(capsys)
-    assert energy.main(["--model", good, "--data", str(tmp_path / "none.npz")]) == 2
+    assert energy_cli.main(["--model", good, "--data", str(tmp_path / "none.npz")]) == 2
     assert "--data" in _err_line(capsys)
 
 
@@ -141,7 +142,7 @@ def test_cli_end_to_end_fashion_mnist(tmp_path, capsys):
     path = str(tmp_path / "m.keras")
     model.save(path)
     out_dir = tmp_path / "rep"
-    assert energy.main(["--model", path, "--dataset", "fashion_mnist", "--max_test_examples", "32",
+    assert energy_cli.main(["--model", path, "--dataset", "fashion_mnist", "--max_test_examples", "32",
                         "--output_dir", str(out_dir), "--convention", "paper"]) == 0
     out = capsys.readouterr().out
     assert "convention: paper" in out and "wrote" in out
@@ -149,12 +150,12 @@ def test_cli_end_to_end_fashion_mnist(tmp_path, capsys):
     assert saved["num_examples"] == 32 and saved["convention"] == "paper"
     other = str(tmp_path / "cifar_shaped.keras")
     PreActResNet([1], (32, 32, 3), 10, width=4).save(other)
-    assert energy.main(["--model", other, "--dataset", "fashion_mnist", "--max_test_examples", "4"]) == 2
+    assert energy_cli.main(["--model", other, "--dataset", "fashion_mnist", "--max_test_examples", "4"]) == 2
     assert "takes inputs of shape (32, 32, 3), fashion_mnist has (28, 28, 1)" in _err_line(capsys)
     # the same model on its own inputs (--data): measured
     npz = str(tmp_path / "cifar_shaped.npz")
     np.savez(npz, test_images=np.random.default_rng(0).random((6, 32, 32, 3), dtype=np.float32))
-    assert energy.main(["--model", other, "--data", npz, "--output_dir", str(tmp_path / "rep32")]) == 0
+    assert energy_cli.main(["--model", other, "--data", npz, "--output_dir", str(tmp_path / "rep32")]) == 0
     assert json.loads((tmp_path / "rep32" / "energy_report.json").read_text())["num_examples"] == 6
 
 
@@ -164,7 +165,7 @@ def test_cli_end_to_end_fashion_mnist(tmp_path, capsys):
 
 
 def _formulations():
-    from export import tflite
+    from export.tflite import convert as tflite
 
     params = inspect.signature(tflite.to_tflite).parameters
     if "neuron" not in params:
@@ -225,7 +226,7 @@ def test_tflite_float32_with_merged_shortcuts_matches_keras(trained_tiny, neuron
     1x1 conv as one strided 1x1 CONV_2D reading the neuron map directly;
     its R is read at the positions it reads (the Keras side measures the
     pooling's output), so float32 still matches Keras to 1e-6."""
-    from export import flatbuffer
+    from export.tflite import flatbuffer
 
     model, x, keras_rep, folded_rep = trained_tiny
     content = _convert(model, "float32", neuron=neuron, merge_shortcuts=True)
@@ -292,7 +293,7 @@ def test_tflite_report_standalone_cli(trained_tiny, tmp_path):
     path = tmp_path / "m.tflite"
     path.write_bytes(_convert(model, "int8", lambda: [x[:64]]))
     out_dir = tmp_path / "tfl"
-    assert energy.main(["--model", str(path), "--max_test_examples", "16", "--output_dir", str(out_dir)]) == 0
+    assert energy_cli.main(["--model", str(path), "--max_test_examples", "16", "--output_dir", str(out_dir)]) == 0
     saved = json.loads((out_dir / "energy_report.json").read_text())
     assert saved["source"] == "tflite" and saved["num_examples"] == 16
     # rows named by the Keras layers (read from the converter's tensor names), not by 200-character tensor names

@@ -1,4 +1,4 @@
-"""export.energy_tflite finds the spike tensors from their values, whatever
+"""export.energy.tflite finds the spike tensors from their values, whatever
 ops write them: a hand-built network whose neurons are convolutions with a
 large gain and a fused RELU6 (spikes {0, 6}, the edge formulation), with a
 neuron on a residual sum as a 1x1 DEPTHWISE_CONV_2D gain, converted with
@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from export import flatbuffer
-from export.energy_tflite import _Levels, compare_rates, read_positions, tflite_energy_report
+from export.tflite import flatbuffer
+from export.energy.tflite import _Levels, compare_rates, read_positions, tflite_energy_report
 from s2nn_keras import S2Activation
 from s2nn_keras.energy import energy_report
 
@@ -217,7 +217,7 @@ def test_strided_1x1_conv_reads_its_rate_at_the_positions_it_reads(pad, strides,
 
 
 def test_tensor_label_is_layer_and_op_of_the_first_fused_part():
-    from export.energy_tflite import tensor_label
+    from export.energy.tflite import tensor_label
 
     name = ("seq_1/seq_1/act2_1/Relu6;seq_1/seq_1/conv2_1/BiasAdd;seq_1/seq_1/conv2_1/convolution;"
             "seq_1/seq_1/conv2_1/Squeeze1")

@@ -1,4 +1,4 @@
-"""export.flatbuffer: the TFLite op reader, checked on small models converted
+"""export.tflite.flatbuffer: the TFLite op reader, checked on small models converted
 with TensorFlow (op names, fused activations, per-channel quantization,
 constant buffers) and against the LiteRT interpreter's own tensor details."""
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from export.flatbuffer import op_counts, read_model
+from export.tflite.flatbuffer import op_counts, read_model
 
 tf = pytest.importorskip("tensorflow")
 
@@ -139,7 +139,7 @@ def test_agrees_with_the_interpreter(models, which):
 
 
 def test_op_counts_matches_the_tflite_micro_schema_reader(models):
-    tflite = pytest.importorskip("export.tflite")
+    tflite = pytest.importorskip("export.tflite.convert")
     pytest.importorskip("tflite_micro")
     for content in models[1:]:
         if hasattr(tflite, "op_names"):

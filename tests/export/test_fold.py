@@ -5,8 +5,8 @@ import pytest
 
 import keras
 
-from export.fold import FoldError, bn_affine, fold_batchnorm, fold_batchnorm_with_report
-from export.neurons import ThresholdNeuron
+from export.transform.fold import FoldError, bn_affine, fold_batchnorm, fold_batchnorm_with_report
+from export.transform.neurons import ThresholdNeuron
 from s2nn_keras import S2Activation, firing_rates, neuron_layers
 
 

@@ -10,8 +10,8 @@ import pytest
 
 import keras
 
-from export.fold import fold_batchnorm_with_report
-from export.verify import verify_fold
+from export.transform.fold import fold_batchnorm_with_report
+from export.tflite.verify import verify_fold
 from s2nn_keras import neuron_layers
 
 

@@ -1,13 +1,13 @@
 """The edge op set (export.formats.EDGE_OPS) agrees with what Arm's Vela
 compiler places on the Ethos-U NPU -- read from the installed ethos-u-vela
 package's own supported-operator table -- and names a TFLite Micro kernel
-for every op; the formulation registry (export.formulations) is the one
+for every op; the formulation registry (export.transform.formulations) is the one
 source of the spike levels."""
 
 import pytest
 
 from export.formats import COMPARE_OPS, EDGE_OP_KERNELS, EDGE_OPS, FORBIDDEN_EDGE_OPS, NEURON_FORMULATIONS
-from export.formulations import (available_formulations, get_formulation, reference_levels, register_formulation,
+from export.transform.formulations import (available_formulations, get_formulation, reference_levels, register_formulation,
                                  selectable_formulations, spike_levels)
 
 
@@ -66,7 +66,7 @@ def test_formulations_are_registered_with_their_levels():
 
 
 def test_threshold_neuron_takes_its_levels_from_the_registry():
-    from export.neurons import ThresholdNeuron
+    from export.transform.neurons import ThresholdNeuron
 
     assert ThresholdNeuron(0.0, formulation="saturate").levels == (0.0, 6.0)
     assert ThresholdNeuron(0.0, formulation="ramp", off_value=-1.0).levels == (-1.0, 1.0)

@@ -1,4 +1,4 @@
-"""export.layers registers every Keras layer the export writes into a model,
+"""export.transform.layers registers every Keras layer the export writes into a model,
 without importing TensorFlow: folded, quantization-aware and QAT-training
 models load with plain keras.saving.load_model after `import export`
 (which registers them without importing Keras itself)."""
@@ -24,10 +24,10 @@ NO_TF = textwrap.dedent(r"""
     sys.meta_path.insert(0, _BlockTensorFlow())
     import keras
     import export
-    import export.layers
+    import export.transform.layers
     for name in ("ThresholdNeuron", "GridQuantize", "ActivationQuantizer", "QATConv1D", "QATConv2D", "QATConv3D",
                  "QATDepthwiseConv1D", "QATDepthwiseConv2D", "QATDense"):
-        assert keras.saving.get_registered_object("s2nn_export>" + name) is getattr(export.layers, name), name
+        assert keras.saving.get_registered_object("s2nn_export>" + name) is getattr(export.transform.layers, name), name
     assert "tensorflow" not in sys.modules
     print("OK", keras.backend.backend())
 """)
@@ -72,8 +72,8 @@ def _model():
 
 
 def test_every_export_model_loads_after_importing_the_registry(tmp_path):
-    from export.fold import fold_batchnorm
-    from export.qat import calibrate, inference_model, quantization_aware_model
+    from export.transform.fold import fold_batchnorm
+    from export.transform.qat import calibrate, inference_model, quantization_aware_model
 
     model = _model()
     x = np.random.default_rng(0).normal(1.0, 1.0, (16, 8, 8, 2)).astype("float32")

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from export.mcu import quant
+from export import quant
 from export.mcu.build import build_host, run_host
 from export.mcu.generate import division_magic, generate, spike_accumulator_bound
 from export.mcu.lower import DENSE, SPIKE_LAYOUTS, UnsupportedModelError, lower
@@ -103,7 +103,7 @@ def _xq(x):
 
 @pytest.fixture(scope="module")
 def s2nn_int8(folded, calibration):
-    from export.tflite import convert
+    from export.tflite.convert import convert
 
     return convert(folded[0], "int8", calibration)
 
@@ -197,7 +197,7 @@ def test_zoo_model_ds_cnn_is_byte_identical(tmp_path):
     pointwise convs) through the generator: host build of each layout
     against TFLM."""
     from tests import zoo
-    from export.tflite import convert
+    from export.tflite.convert import convert
 
     model = zoo.trained("ds_cnn")
     x_train, _, x_test, _ = zoo.data("ds_cnn")
@@ -223,7 +223,7 @@ def test_zoo_model_ds_cnn_is_byte_identical(tmp_path):
 def _single_op_flatbuffer(layer_fn, input_shape, seed=0):
     import keras
 
-    from export.tflite import convert
+    from export.tflite.convert import convert
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(input_shape)
@@ -275,7 +275,7 @@ def test_unsupported_op_is_one_clear_error():
 def test_float_model_is_refused():
     import keras
 
-    from export.tflite import to_tflite
+    from export.tflite.convert import to_tflite
 
     inputs = keras.Input((6, 6, 1))
     flat = to_tflite(keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs)), "float32")

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def s2nn(folded, calibration, fmnist):
-    from export.tflite import convert
+    from export.tflite.convert import convert
 
     conv = convert(folded[0], "int8", calibration)
     inputs = quantize_inputs(conv.flatbuffer, fmnist[2][:N_QEMU])
@@ -135,7 +135,7 @@ def test_reporter_in_export_run(trained_model, fmnist, tmp_path):
 def test_mlperf_tiny_on_both_cores(name, tmp_path):
     """Every MLPerf Tiny model runs on both boards, byte-identical with TFLM."""
     from tests import zoo
-    from export.tflite import convert
+    from export.tflite.convert import convert
 
     model = zoo.trained(name)
     x_train, _, x_test, _ = zoo.data(name)

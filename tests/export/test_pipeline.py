@@ -56,7 +56,7 @@ def test_every_field_is_validated_in_one_line(kwargs, words):
 
 
 def test_qat_needs_its_images():
-    from export.qat import QATConfig
+    from export.transform.qat import QATConfig
 
     with pytest.raises(ExportConfigError, match="qat_images"):
         ExportConfig("out", X, qat=QATConfig(steps=1))
@@ -156,7 +156,7 @@ def test_regression_export_is_judged_by_output_agreement(conv_autoencoder, tmp_p
 def test_a_failed_export_leaves_nothing(conv_autoencoder, tmp_path, monkeypatch):
     """An exception half-way (here: in the conversion) deletes the staging
     folder; the output folder is never created."""
-    import export.tflite
+    import export.tflite.convert
     from export import export_run
 
     model, x = conv_autoencoder
@@ -164,7 +164,7 @@ def test_a_failed_export_leaves_nothing(conv_autoencoder, tmp_path, monkeypatch)
     def fail(*args, **kwargs):
         raise RuntimeError("converter crashed")
 
-    monkeypatch.setattr(export.tflite, "convert", fail)
+    monkeypatch.setattr(export.tflite.convert, "convert", fail)
     with pytest.raises(RuntimeError, match="converter crashed"):
         export_run(model, ExportConfig(str(tmp_path / "out"), x[:8], formats=("float32",), verbose=False))
     assert os.listdir(tmp_path) == []
@@ -215,7 +215,7 @@ def test_loader_loads_every_layer_of_the_package(conv_autoencoder, tmp_path):
     """The folded model (ThresholdNeuron) and the quantization-aware one
     (QAT layers, ActivationQuantizer) load with the one loader."""
     from export import fold_batchnorm, load_model
-    from export.qat import quantization_aware_model
+    from export.transform.qat import quantization_aware_model
 
     model, x = conv_autoencoder
     for name, m in (("folded", fold_batchnorm(model)), ("qat", quantization_aware_model(model))):

@@ -1,4 +1,4 @@
-"""Quantization-aware fine-tuning (export.qat): the Keras model rounds where
+"""Quantization-aware fine-tuning (export.transform.qat): the Keras model rounds where
 the int8 model rounds, on the grids the export writes, so the int8 TFLite
 model reproduces it."""
 
@@ -10,8 +10,8 @@ import pytest
 
 import keras
 
-from export.edge import GridQuantize, fake_quantize_kernel, quantization_params
-from export.qat import (ActivationQuantizer, QATConfig, QATConv2D, QATDense, QATError, calibrate,
+from export.transform.edge import GridQuantize, fake_quantize_kernel, quantization_params
+from export.transform.qat import (ActivationQuantizer, QATConfig, QATConv2D, QATDense, QATError, calibrate,
                         fake_quantize_per_channel, fine_tune, inference_model, quantization_aware_model,
                         spike_average_grid)
 from s2nn_keras import S2Activation
@@ -135,7 +135,7 @@ def test_qat_rejects_what_it_cannot_simulate():
 def test_qat_simulates_depthwise_kernels_and_merges():
     """A DepthwiseConv2D becomes QATDepthwiseConv2D (kernel on its int8 grid per
     output channel), a Concatenate gets its output rounded like an Add."""
-    from export.layers import QATDepthwiseConv2D
+    from export.transform.layers import QATDepthwiseConv2D
 
     inputs = keras.Input((8, 8, 2))
     h = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(inputs)
@@ -160,7 +160,7 @@ def test_average_pool_of_spikes_rounds_as_tflite_average_pool(count):
     """Closed form of TFLite's int8 AVERAGE_POOL_2D on k of ``count`` spikes
     (codes -128 / 127): ``acc = 255 k - 128 count``, ``(acc +- count // 2) /
     count`` truncated (half away from zero); every k checked."""
-    from export.layers import average_pool_of_spikes
+    from export.transform.layers import average_pool_of_spikes
 
     k = np.arange(count + 1)
     acc = 255 * k - 128 * count
@@ -251,7 +251,7 @@ def test_int8_export_of_the_qat_model_reproduces_it(tiny, data, fmnist, tmp_path
     model prescribes (conv outputs, sums, the pooled spikes scaled by the 6 of
     the {0, 6} levels, logits, input), and the int8 model agrees with it."""
     from export import ExportConfig, QATConfig as Exported, export_run
-    from export.flatbuffer import read_model
+    from export.tflite.flatbuffer import read_model
 
     assert Exported is QATConfig
     x_train, _, x_test, y_test = fmnist
@@ -308,10 +308,10 @@ def test_converter_bias_scale_is_read_back_and_compensated(data):
     quantizes the depthwise neuron's bias with its own calibrated input
     scale; convert() reads it back, rescales the bias and converts again,
     and the neuron is the exact decision on its input grid."""
-    from export.flatbuffer import read_model
-    from export.fold import fold_batchnorm
-    from export.spikes import run_spikes
-    from export.tflite import convert
+    from export.tflite.flatbuffer import read_model
+    from export.transform.fold import fold_batchnorm
+    from export.tflite.spikes import run_spikes
+    from export.tflite.convert import convert
 
     _, calib, x, _ = data
     keras.utils.set_random_seed(3)

@@ -1,8 +1,8 @@
-"""export.quiet.retracing_warnings_silenced: drops only TF's retracing warning."""
+"""export.tflite.quiet.retracing_warnings_silenced: drops only TF's retracing warning."""
 
 import logging
 
-from export.quiet import retracing_warnings_silenced
+from export.tflite.quiet import retracing_warnings_silenced
 
 
 def test_drops_only_the_retracing_warning_and_only_inside(caplog):
@@ -29,12 +29,12 @@ import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
-from export.quiet import CHATTER, filtered_stderr, quiet_conversion, quiet_loggers, silenced_stderr  # noqa: E402
+from export.tflite.quiet import CHATTER, filtered_stderr, quiet_conversion, quiet_loggers, silenced_stderr  # noqa: E402
 
 _C_WRITER = r"""
 import os, sys
 sys.path.insert(0, {repo!r})
-from export.quiet import filtered_stderr, silenced_stderr
+from export.tflite.quiet import filtered_stderr, silenced_stderr
 def c_level(text):  # what C++ code does: write(2, ...), past Python's sys.stderr
     os.write(2, text.encode())
 with filtered_stderr(keep={keep}) as kept:

@@ -1,4 +1,4 @@
-"""export.rewrites: global average pooling as AVERAGE_POOL_2D, and the
+"""export.transform.rewrites: global average pooling as AVERAGE_POOL_2D, and the
 BN-folded (depthwise) ReLU baseline -- the same function (Keras), what they
 change in TFLite ops, and the measured rounding difference of MEAN and
 AVERAGE_POOL_2D in each format."""
@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from export import rewrites
-from export.flatbuffer import op_counts
-from export.tflite import convert
+from export.transform import rewrites
+from export.tflite.flatbuffer import op_counts
+from export.tflite.convert import convert
 
 
 def _randomize_batchnorms(model, seed=0):
@@ -130,7 +130,7 @@ def test_gap_as_average_pool_in_tflite(folded, calibration, fmnist):
     on different sides): measured here, at most one output step, the same
     predictions."""
     from export.formats import EDGE_OPS
-    from export.runtimes import run_tflm
+    from export.tflite.runtimes import run_tflm
 
     model = folded[0]
     rewritten = rewrites.global_average_pool_as_average_pool(model)
@@ -147,7 +147,7 @@ def test_gap_as_average_pool_in_tflite(folded, calibration, fmnist):
         if fmt == "float32":
             assert np.array_equal(oa, ob)
         else:
-            from export.flatbuffer import read_model
+            from export.tflite.flatbuffer import read_model
 
             g = read_model(b.flatbuffer).main
             step = float(g.tensors[g.outputs[0]].quantization.scales[0])
@@ -156,7 +156,8 @@ def test_gap_as_average_pool_in_tflite(folded, calibration, fmnist):
 
 def test_rewrite_names_are_the_formats_list():
     """The CLI validates --rewrites against export.formats (no TensorFlow); the
-    functions are export.rewrites'; the two name the same rewrites in the same order."""
-    from export import formats, rewrites
+    functions are export.transform.rewrites'; the two name the same rewrites in the same order."""
+    from export import formats
+    from export.transform import rewrites
 
     assert tuple(rewrites.REWRITES) == formats.REWRITES == formats.DEFAULT_REWRITES

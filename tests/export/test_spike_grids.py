@@ -1,4 +1,4 @@
-"""Spike grids from the levels (export.spike_grids): a neuron that never
+"""Spike grids from the levels (export.tflite.spike_grids): a neuron that never
 fires on the calibration images exports in int8 and int16x8 like any other,
 and the layers reading it are requantized exactly as the converter would."""
 
@@ -7,10 +7,10 @@ import pytest
 
 import keras
 
-from export.flatbuffer import read_model
-from export.fold import fold_batchnorm
-from export.spike_grids import requantized_weights
-from export.tflite import convert
+from export.tflite.flatbuffer import read_model
+from export.transform.fold import fold_batchnorm
+from export.tflite.spike_grids import requantized_weights
+from export.tflite.convert import convert
 from s2nn_keras import S2Activation
 
 
@@ -74,9 +74,9 @@ def test_requantized_weights_are_the_converters_own():
 @pytest.mark.parametrize("quantization", ["int8", "int16x8"])
 @pytest.mark.parametrize("dense_head", [True, False])
 def test_a_neuron_silent_on_the_calibration_data_exports(quantization, dense_head):
-    from export.edge import level_grid
-    from export.spikes import run_spikes
-    from export.verify import verify_spikes
+    from export.transform.edge import level_grid
+    from export.tflite.spikes import run_spikes
+    from export.tflite.verify import verify_spikes
 
     rng = np.random.default_rng(1)
     folded = fold_batchnorm(_model(dense_head))
@@ -104,8 +104,8 @@ def test_a_neuron_silent_on_the_calibration_data_exports(quantization, dense_hea
 
 
 def test_a_model_whose_neurons_fire_is_left_unchanged():
-    from export.spike_grids import fix_spike_grids
-    from export.tflite import spike_tensors
+    from export.tflite.spike_grids import fix_spike_grids
+    from export.tflite.convert import spike_tensors
 
     rng = np.random.default_rng(2)
     folded = fold_batchnorm(_model())

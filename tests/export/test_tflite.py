@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from export.formats import EDGE_OPS, FORBIDDEN_EDGE_OPS
-from export.runtimes import run_litert, run_tflm, tflm_arena_size
-from export.tflite import op_names, to_tflite
+from export.tflite.runtimes import run_litert, run_tflm, tflm_arena_size
+from export.tflite.convert import op_names, to_tflite
 
 N_RUN = 120  # images per runtime in the default tests (TFLM is slow)
 COMPARE = {"GREATER_EQUAL", "LESS_EQUAL", "LOGICAL_AND", "LOGICAL_OR", "SELECT_V2"}
@@ -81,8 +81,8 @@ def test_compare_option_keeps_the_comparison_ops(converted_compare, folded):
 def test_every_spike_tensor_has_two_levels(converted, folded, calibration, fmnist):
     """Spike tensors of every default format, in LiteRT (XNNPACK and builtin)
     and TFLite Micro: only the two codes of the neuron's levels."""
-    from export.tflite import convert
-    from export.verify import verify_spikes
+    from export.tflite.convert import convert
+    from export.tflite.verify import verify_spikes
 
     x = fmnist[2][:12].astype("float32") / 255.0
     for q in ("float32", "int8", "int16x8"):
@@ -292,9 +292,9 @@ def test_int8_threshold_placement_keeps_the_integer_decision(folded, calibration
     """Half-LSB placement: on the calibrated int8 grid of each neuron's input
     the moved threshold makes exactly the decision of the original one, and
     it sits half a step away from every grid point."""
-    from export.calibration import tensor_ranges
-    from export.neurons import ThresholdNeuron
-    from export.tflite import int8_threshold_model
+    from export.transform.calibration import tensor_ranges
+    from export.transform.neurons import ThresholdNeuron
+    from export.tflite.convert import int8_threshold_model
     from s2nn_keras.graph import LayerGraph
 
     model = folded[0]
@@ -336,7 +336,7 @@ def test_conversion_is_quiet_but_keeps_warnings(capfd):
 
     from absl import logging as absl_logging
 
-    from export.tflite import quiet_conversion
+    from export.tflite.convert import quiet_conversion
 
     absl_logging.use_absl_handler()
     old = absl_logging.get_verbosity()
@@ -362,7 +362,7 @@ def test_strided_shortcut_becomes_one_strided_conv(folded, fmnist):
     """AveragePooling2D(1, 2) -> 1x1 Conv2D (the builders' training
     workaround) is exported as one strided 1x1 CONV_2D: same function, no
     AVERAGE_POOL_2D (which XNNPACK does not delegate)."""
-    from export.tflite import convert, merge_strided_shortcuts
+    from export.tflite.convert import convert, merge_strided_shortcuts
 
     model = folded[0]
     merged = merge_strided_shortcuts(model)

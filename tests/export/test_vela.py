@@ -1,4 +1,4 @@
-"""export.vela: Ethos-U compilation with Arm's Vela.
+"""export.tflite.vela: Ethos-U compilation with Arm's Vela.
 
 The compile tests need ``ethos-u-vela`` (the ``edge`` extra) and skip
 without it; each Vela run on the small model takes about a second.
@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-from export import vela
+from export.tflite import vela
 
 U55, U85 = "ethos-u55-128", "ethos-u85-256"
 
@@ -91,7 +91,7 @@ def test_compare_formulation_falls_back_to_the_cpu_on_u55(int8_compare):
 
 @needs_vela
 def test_figures_and_system_config(int8_default):
-    from export.flatbuffer import op_counts
+    from export.tflite.flatbuffer import op_counts
 
     r = vela.compile_for_ethos_u(int8_default, U55, keep_model=True)
     assert (r["system_config"], r["memory_mode"]) == vela.DEFAULT_SYSTEMS["ethos-u55"]

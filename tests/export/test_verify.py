@@ -1,4 +1,4 @@
-"""export.verify.rounding_tolerance: the float32 summation-error bound that
+"""export.tflite.verify.rounding_tolerance: the float32 summation-error bound that
 tells a float32 model's rounding ties from real runtime disagreements."""
 
 from types import SimpleNamespace
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from export.verify import rounding_tolerance
+from export.tflite.verify import rounding_tolerance
 
 
 def _orders(terms):
@@ -57,7 +57,7 @@ def test_tensor_neuron_bound_is_a_few_ulps():
 
 
 def test_agreement_classification_is_the_argmax():
-    from export.verify import agreement
+    from export.tflite.verify import agreement
 
     ref = np.array([[0.1, 0.9, 0.0], [0.5, 0.2, 0.3], [0.0, 0.0, 1.0], [0.3, 0.3, 0.4]])
     out = np.array([[0.0, 1.0, 0.0], [0.1, 0.8, 0.1], [0.2, 0.1, 0.7], [0.9, 0.0, 0.1]])
@@ -69,7 +69,7 @@ def test_agreement_classification_is_the_argmax():
 def test_agreement_regression_is_rms_within_one_percent_of_the_range():
     """Per example RMS(y - r) <= 1 % of (max r - min r) over the set; the
     tolerance is about 2.5 steps of an int8 output spanning that range."""
-    from export.verify import REGRESSION_TOLERANCE, agreement
+    from export.tflite.verify import REGRESSION_TOLERANCE, agreement
 
     rng = np.random.default_rng(0)
     ref = rng.uniform(-2.0, 3.0, (50, 640))
@@ -94,7 +94,7 @@ def test_agreement_regression_is_rms_within_one_percent_of_the_range():
 
 
 def test_agreement_rejects_bad_input():
-    from export.verify import agreement
+    from export.tflite.verify import agreement
 
     with pytest.raises(ValueError, match="task must be one of classification, regression"):
         agreement(np.zeros((2, 2)), np.zeros((2, 2)), "ranking")

@@ -30,7 +30,7 @@ TENSOR_NEURONS = {
 
 
 def _case(name):
-    from export.fold import fold_batchnorm
+    from export.transform.fold import fold_batchnorm
 
     model = zoo.trained(name)
     x_train, _, x_test, _ = zoo.data(name)
@@ -45,7 +45,7 @@ def _case(name):
 
 @pytest.mark.parametrize("name", list(zoo.ZOO))
 def test_fold_is_exact(name):
-    from export.verify import agreement, verify_fold
+    from export.tflite.verify import agreement, verify_fold
 
     model, folded, _, x = _case(name)
     check = verify_fold(model, folded, x)
@@ -62,8 +62,8 @@ def test_fold_is_exact(name):
 @pytest.mark.parametrize("name", list(zoo.ZOO))
 def test_every_format_is_edge_only_and_two_level(name, quantization):
     from export.formats import EDGE_OPS, FORBIDDEN_EDGE_OPS
-    from export.tflite import convert, op_names
-    from export.verify import agreement, verify_spikes
+    from export.tflite.convert import convert, op_names
+    from export.tflite.verify import agreement, verify_spikes
 
     _, folded, representative, x = _case(name)
     conv = convert(folded, quantization, representative if quantization != "float32" else None)
@@ -88,7 +88,7 @@ def test_every_format_is_edge_only_and_two_level(name, quantization):
     assert check["neurons_equal_given_equal_inputs"], check["runtime_agreement"]
     assert set(check["runtimes"]) == {"litert", "litert_builtin", "tflm"}
     if quantization == "float32":
-        from export.runtimes import run_litert
+        from export.tflite.runtimes import run_litert
 
         assert check["end_to_end_agreement"] == 1.0
         out = run_litert(conv.flatbuffer, x)["outputs"]
@@ -101,8 +101,8 @@ def test_every_format_is_edge_only_and_two_level(name, quantization):
 @pytest.mark.parametrize("name", list(zoo.ZOO))
 def test_every_int8_model_runs_entirely_on_the_ethos_u55(name):
     pytest.importorskip("ethosu.vela")
-    from export.tflite import to_tflite
-    from export.vela import compile_for_ethos_u
+    from export.tflite.convert import to_tflite
+    from export.tflite.vela import compile_for_ethos_u
 
     model, _, representative, _ = _case(name)
     u55 = compile_for_ethos_u(to_tflite(model, "int8", representative), "ethos-u55-128")
@@ -112,10 +112,10 @@ def test_every_int8_model_runs_entirely_on_the_ethos_u55(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(zoo.ZOO))
 def test_quantization_aware_int8_agrees_with_its_keras_model(name):
-    from export.qat import QATConfig, quantization_aware_fine_tune
-    from export.runtimes import run_litert, run_tflm
-    from export.tflite import convert
-    from export.verify import agreement, model_logits
+    from export.transform.qat import QATConfig, quantization_aware_fine_tune
+    from export.tflite.runtimes import run_litert, run_tflm
+    from export.tflite.convert import convert
+    from export.tflite.verify import agreement, model_logits
 
     model = zoo.trained(name)
     x_train, _, x_test, _ = zoo.data(name)

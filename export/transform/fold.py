@@ -20,7 +20,7 @@ At inference a BatchNormalization layer is the per-channel affine map
                               <=>  u_c <= (u_th - b_c) / g_c   (g_c < 0)
                               <=>  b_c >= u_th, a constant     (g_c = 0),
 
-   so the BN and the neuron become one :class:`~export.neurons.ThresholdNeuron`
+   so the BN and the neuron become one :class:`~export.transform.neurons.ThresholdNeuron`
    with a per-channel threshold and polarity.
 
 3. **A neuron right after a Conv/Dense** (after step 1, or a conv with a
@@ -48,7 +48,7 @@ from typing import Tuple
 import keras
 import numpy as np
 
-from export.neurons import ThresholdNeuron
+from export.transform.neurons import ThresholdNeuron
 from s2nn_keras import layer_roles
 from s2nn_keras.graph import GraphError, LayerGraph
 from s2nn_keras.layers import is_spiking_neuron
@@ -296,7 +296,7 @@ def fold_batchnorm(model: keras.Model, formulation: str = "compare",
     spiking neuron become per-channel firing thresholds (Eq. 27, any sign
     of the BN scale); neuron thresholds after a Conv/Dense move into its
     bias. Every :class:`s2nn_keras.S2Activation` becomes a
-    :class:`~export.neurons.ThresholdNeuron` (same layer name) in the given
+    :class:`~export.transform.neurons.ThresholdNeuron` (same layer name) in the given
     ``formulation`` (``"compare"`` or ``"ramp"``). Layers are rebuilt in
     float32.
 

@@ -1,11 +1,11 @@
 """The one range probe: min/max of any tensors of a model over calibration data.
 
 Post-training quantization gives every activation the grid of its range on
-the calibration images (:func:`export.edge.quantization_params`); the export
-predicts those grids (saturate neurons, :mod:`export.edge`), places
-thresholds on them (:func:`export.tflite.int8_threshold_model`), scales the
-ramp neuron (:func:`export.tflite.ramp_model`) and calibrates the
-quantization-aware model (:func:`export.qat.calibrate`), all with
+the calibration images (:func:`export.transform.edge.quantization_params`); the export
+predicts those grids (saturate neurons, :mod:`export.transform.edge`), places
+thresholds on them (:func:`export.tflite.convert.int8_threshold_model`), scales the
+ramp neuron (:func:`export.tflite.convert.ramp_model`) and calibrates the
+quantization-aware model (:func:`export.transform.qat.calibrate`), all with
 :class:`RangeProbe`: it replays the model's layer graph
 (:class:`s2nn_keras.graph.LayerGraph`) with the chosen tensors as outputs
 and reduces each batch to its minimum and maximum inside one traced
@@ -13,7 +13,7 @@ function (per tensor, or per channel along the last axis).
 
 Example::
 
-    from export.calibration import RangeProbe, batches_of
+    from export.transform.calibration import RangeProbe, batches_of
     from s2nn_keras.graph import TensorRef
 
     probe = RangeProbe(model, [TensorRef("add", 0, 0)])
@@ -54,7 +54,7 @@ class RangeProbe:
         of over the whole tensor.
       traced: run the model and the reduction as one ``tf.function``, built
         once per probe (worth it for a probe called many times, e.g. the
-        calibration rounds of :func:`export.qat.calibrate`: changing a
+        calibration rounds of :func:`export.transform.qat.calibrate`: changing a
         variable of the model, a quantizer's grid, does not retrace); else
         eagerly (no trace, no retracing warning for one-shot probes).
 

@@ -16,8 +16,8 @@ compared bit for bit and levels counted exactly.
 
 Example::
 
-    from export.tflite import convert
-    from export.spikes import run_spikes
+    from export.tflite.convert import convert
+    from export.tflite.spikes import run_spikes
 
     conv = convert(model, "int8", rep)
     logits, spikes = run_spikes(conv.flatbuffer, conv.spike_tensors, images, "tflm")
@@ -30,7 +30,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from export.runtimes import RUNTIMES, Session, dequantize, tflm_arena_size
+from export.tflite.runtimes import RUNTIMES, Session, dequantize, tflm_arena_size
 
 __all__ = ["RUNTIMES", "add_outputs", "run_spikes"]
 
@@ -40,7 +40,7 @@ def add_outputs(tflite_model: bytes, tensors: Sequence[int]) -> bytes:
     appended to the main subgraph's outputs, in that order."""
     import flatbuffers
 
-    from export.flatbuffer import schema
+    from export.tflite.flatbuffer import schema
 
     s = schema()
     model = s.ModelT.InitFromObj(s.Model.GetRootAs(bytes(tflite_model), 0))

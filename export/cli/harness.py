@@ -5,7 +5,7 @@
 
 * the work done: exit status 0, its output on stdout (warnings that
   TensorFlow or a runtime printed on stderr are passed on; their INFO
-  chatter is not, :data:`export.quiet.CHATTER`);
+  chatter is not, :data:`export.tflite.quiet.CHATTER`);
 * one line ``<prog>: error: <what is wrong>`` on stderr, nothing else, and
 
   - exit status 2 for bad input: a flag, a missing or unreadable model or
@@ -18,14 +18,14 @@
   - 130 when interrupted.
 
 While the work runs, the C-level and Python stderr is captured
-(:func:`export.quiet.filtered_stderr`): on success the captured warnings
+(:func:`export.tflite.quiet.filtered_stderr`): on success the captured warnings
 are written back, on failure they are dropped so the error line stands
 alone (``--debug`` writes them, and the traceback, before it). Messages
 are never cut: a multi-line message becomes one line, whole.
 
 Example::
 
-    from export import cli
+    from export.cli import harness as cli
 
     def body(args):
         ...                      # raise cli.CLIError("--x must be ...") on bad input
@@ -50,9 +50,9 @@ EXIT_INTERNAL, EXIT_USAGE, EXIT_CHECKS, EXIT_INTERRUPTED = 1, 2, 3, 130
 #: Exceptions that are the input's fault (exit status 2), by qualified
 #: name: matched without importing their (TensorFlow-heavy) modules.
 EXPECTED_ERRORS = frozenset({
-    "export.cli.CLIError", "export.loader.ModelFileError", "export.cli_data.DataFileError",
-    "export.pipeline.ExportConfigError", "export.fold.FoldError", "export.edge.EdgeError",
-    "export.qat.QATError", "export.vela.VelaError", "s2nn_keras.datasets.DatasetNotFoundError",
+    "export.cli.harness.CLIError", "export.loader.ModelFileError", "export.cli.data.DataFileError",
+    "export.pipeline.ExportConfigError", "export.transform.fold.FoldError", "export.transform.edge.EdgeError",
+    "export.transform.qat.QATError", "export.tflite.vela.VelaError", "s2nn_keras.datasets.DatasetNotFoundError",
     "export.mcu.build.ToolError", "export.mcu.lower.UnsupportedModelError",
     "builtins.OSError",  # the machine's: a folder that cannot be written, a full disk
 })
@@ -112,7 +112,7 @@ def run(prog: str, parser: Callable[[], argparse.ArgumentParser], body: Callable
     """Builds the parser (``parser()``), parses ``argv`` and runs
     ``body(args)`` under the rules of the module docstring; returns the exit
     status (``body`` returns 0 on success)."""
-    from export.quiet import filtered_stderr
+    from export.tflite.quiet import filtered_stderr
 
     try:
         args = parser().parse_args(argv)

@@ -4,7 +4,7 @@ Each rewrite is a pure function ``keras.Model -> keras.Model`` on the
 project's graph walker (:class:`s2nn_keras.graph.LayerGraph`): it returns a
 new model computing the same function with fresh layers (the input model is
 not touched), or the model itself when there is nothing to rewrite. They
-apply before :func:`export.tflite.convert` to a trained ReLU model, a
+apply before :func:`export.tflite.convert.convert` to a trained ReLU model, a
 trained S2NN model, or a folded one (:func:`export.fold_batchnorm`).
 
 * :func:`global_average_pool_as_average_pool` -- ``GlobalAveragePooling2D``
@@ -32,8 +32,8 @@ trained S2NN model, or a folded one (:func:`export.fold_batchnorm`).
 
 Example::
 
-    from export import rewrites
-    from export.tflite import convert
+    from export.transform import rewrites
+    from export.tflite.convert import convert
 
     relu_folded = rewrites.batchnorm_as_depthwise(relu_model)          # "relu_bnfolded"
     model = rewrites.global_average_pool_as_average_pool(model)        # AVERAGE_POOL_2D, not MEAN
@@ -152,7 +152,7 @@ def batchnorm_as_depthwise(model: keras.Model) -> keras.Model:
     Raises:
       s2nn_keras.graph.GraphError: the model has no readable layer graph.
     """
-    from export.fold import fold_linear, bn_affine   # the fold's one Conv/Dense + BN arithmetic
+    from export.transform.fold import fold_linear, bn_affine   # the fold's one Conv/Dense + BN arithmetic
 
     graph = LayerGraph(model)
     into_producer: Dict[str, str] = {}     # producer name -> BN name

@@ -38,7 +38,7 @@ Three formulations of the same step function are available:
   ``thresholds = 0``: the layer is just the clamp); otherwise the affine is
   one 1x1 depthwise convolution with a bias inside this layer. The
   ``{0, 6}`` levels are 6 times the trained ones, a factor every reader of
-  the spikes absorbs (:func:`export.edge.edge_model`). Why the integer models get exactly
+  the spikes absorbs (:func:`export.transform.edge.edge_model`). Why the integer models get exactly
   two levels and the exact integer decision: docs/EXPORT.md.
 
 ``"compare"`` (the ablation, float32 and int8 TFLite): only comparison and
@@ -54,9 +54,9 @@ Three formulations of the same step function are available:
   ``z == 0`` give 0 here and 1 in ``"compare"``.
 
 The formulations, their levels and ops are registered in
-:mod:`export.formulations`. TensorFlow is imported only when the layer
+:mod:`export.transform.formulations`. TensorFlow is imported only when the layer
 runs, so importing this module (what registers the layer for
-``keras.saving.load_model``, see :mod:`export.layers`) stays cheap.
+``keras.saving.load_model``, see :mod:`export.transform.layers`) stays cheap.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from export.formulations import available_formulations, get_formulation
+from export.transform.formulations import available_formulations, get_formulation
 
 __all__ = ["ThresholdNeuron"]
 

@@ -36,16 +36,14 @@ from typing import Dict, Mapping, Tuple
 
 import numpy as np
 
+from export.quant import int8_weights, round_half_away
+
 __all__ = ["fix_spike_grids", "requantized_weights"]
 
 # Ops whose output keeps the input's values (and, in TFLite, its grid), and
 # averages of spikes (whose values lie between the two levels).
 _FOLLOW = frozenset({"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "MAX_POOL_2D", "PAD", "PADV2", "AVERAGE_POOL_2D", "MEAN"})
 _WEIGHTED = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
-
-
-def _round_half_away(x):
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
 def _same(q, grid):
@@ -60,10 +58,10 @@ def requantized_weights(op_name, kernel, bias, weight_shape, input_scale, bias_d
     last; ``[..., in, mult]`` for a depthwise kernel) and ``bias``, reading
     an input of scale ``input_scale``, as the TFLite converter quantizes
     them (per output channel, symmetric, round half away from zero)."""
-    from export.edge import _int8_weights, _Rows
+    from export.transform.edge import KernelRows
 
-    rows = _Rows(kernel, op_name == "DEPTHWISE_CONV_2D").rows
-    q, m = _int8_weights(rows)
+    rows = KernelRows(kernel, op_name == "DEPTHWISE_CONV_2D").rows
+    q, m = int8_weights(rows)
     safe = np.where(m > 0, m, 1.0)
     scales = (safe / 127.0).astype(np.float32).astype(np.float64)
     if op_name == "DEPTHWISE_CONV_2D":
@@ -77,14 +75,14 @@ def requantized_weights(op_name, kernel, bias, weight_shape, input_scale, bias_d
     b = np.zeros(rows.shape[0]) if bias is None else np.asarray(bias, np.float64)
     bias_scales = (np.float32(input_scale) * scales.astype(np.float32)).astype(np.float64)
     info = np.iinfo(bias_dtype)
-    bq = np.clip(_round_half_away(b / bias_scales), info.min, info.max).astype(bias_dtype)
+    bq = np.clip(round_half_away(b / bias_scales), info.min, info.max).astype(bias_dtype)
     return weights.astype(np.int8), scales, bq, bias_scales
 
 
 def _float_weights(layer):
     """``(kernel, bias)`` a layer of the converted Keras model computes with:
     a Conv/Depthwise/Dense, or the first depthwise stage of a ThresholdNeuron."""
-    from export.neurons import ThresholdNeuron
+    from export.transform.neurons import ThresholdNeuron
 
     if isinstance(layer, ThresholdNeuron):
         return layer.depthwise_stage()
@@ -93,10 +91,10 @@ def _float_weights(layer):
 
 
 def _layer_of(name, layers):
-    from export.tflite import _scope_in
+    from export.tflite.flatbuffer import tensor_names_layer
 
     parts = name.split(";")
-    found = [l for l in layers if any(_scope_in(p, l.name) for p in parts)]
+    found = [l for l in layers if any(tensor_names_layer(p, l.name) for p in parts)]
     if len(found) != 1:
         raise RuntimeError(f"cannot tell which layer the weights {name[:120]!r} belong to "
                            f"({[l.name for l in found] or 'none'})")
@@ -112,8 +110,8 @@ def fix_spike_grids(flatbuffer: bytes, model, spike_tensors: Mapping[str, int],
     and ``{neuron: {"was", "now", "tensors", "requantized"}}`` of what changed."""
     if quantization == "float32" or not spike_tensors:
         return flatbuffer, {}
-    from export.edge import level_grid
-    from export.flatbuffer import read_model
+    from export.transform.edge import level_grid
+    from export.tflite.flatbuffer import read_model
 
     graph = read_model(flatbuffer).main
     wrong = {}
@@ -168,7 +166,7 @@ def fix_spike_grids(flatbuffer: bytes, model, spike_tensors: Mapping[str, int],
 def _write(flatbuffer, new_grid, updates):
     import flatbuffers
 
-    from export.flatbuffer import schema
+    from export.tflite.flatbuffer import schema
 
     s = schema()
     model = s.ModelT.InitFromObj(s.Model.GetRootAs(bytes(flatbuffer), 0))

@@ -2,7 +2,7 @@
 
 Example::
 
-    from export.c_array import write_c_array
+    from export.tflite.c_array import write_c_array
     write_c_array(flatbuffer, "model_int8.cc", "model_int8.h", "g_s2nn_model_int8", arena_size=66784)
 """
 

@@ -19,7 +19,7 @@ does around the model.
 
 Example::
 
-    from export.runtimes import Session, run_litert
+    from export.tflite.runtimes import Session, run_litert
 
     run_litert(flat, images)["outputs"]               # [N, ...] float32
     s = Session(flat, "tflm")
@@ -35,7 +35,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from export.quiet import filtered_stderr
+from export.tflite.quiet import filtered_stderr
 
 __all__ = ["RUNTIMES", "interpreter", "Session", "run_litert", "run_tflm", "tflm_arena_size", "quantize",
            "dequantize"]
@@ -125,7 +125,7 @@ class Session:
         self.runtime = runtime
         self.interp = interpreter(tflite_model, runtime, **kwargs)
         if runtime == "tflm":  # the TFLM binding has no tensor counts: the flatbuffer's main subgraph
-            from export.flatbuffer import schema
+            from export.tflite.flatbuffer import schema
 
             graph = schema().Model.GetRootAs(bytes(tflite_model), 0).Subgraphs(0)
             self.inputs = [self.interp.get_input_details(i) for i in range(graph.InputsLength())]
@@ -187,8 +187,8 @@ def run_litert(tflite_model: bytes, images: np.ndarray, num_threads: int = 1) ->
 _ARENA_WORKER = r"""
 import sys
 import numpy as np
-from export.quiet import silenced_stderr
-from export.runtimes import Session
+from export.tflite.quiet import silenced_stderr
+from export.tflite.runtimes import Session
 flat = open(sys.argv[1], "rb").read()
 sample = np.load(sys.argv[2]) if sys.argv[2] != "-" else None
 for line in sys.stdin:
@@ -232,7 +232,7 @@ class _ArenaProbe:
         import subprocess
 
         if self._proc is None or self._proc.poll() is not None:
-            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
             self._proc = self._popen(self._cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True, env=env)

@@ -8,9 +8,9 @@
 ``model_folded.keras``, ``model_qat.keras``) or a ``.tflite`` file (a
 TFLite-only report; its rows are named after the Keras layers, from
 ``--folded_model`` when given, else from the converter's tensor names).
-``--data PATH.npz`` measures on a model's own inputs (:mod:`export.cli_data`).
+``--data PATH.npz`` measures on a model's own inputs (:mod:`export.cli.data`).
 Every run ends with the report written (exit 0) or one ``error:`` line on
-stderr (exit 2 for bad input, 1 for a bug; :mod:`export.cli`).
+stderr (exit 2 for bad input, 1 for a bug; :mod:`export.cli.harness`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-from export import cli
+from export.cli import harness as cli
 
 __all__ = ["PROG", "parser", "main"]
 
@@ -80,7 +80,7 @@ def _validate(args):
 
 
 def _tflite_input_shape(path):
-    from export import flatbuffer
+    from export.tflite import flatbuffer
 
     try:
         graph = flatbuffer.read_model(path).main
@@ -108,13 +108,13 @@ def _validate_energies(args):
 
 def _run(args) -> int:
     _validate(args)
-    from export.cli_data import check_input_shape, load_dataset, load_npz
+    from export.cli.data import check_input_shape, load_dataset, load_npz
 
     n = args.max_test_examples or None
     data = load_npz(args.data, n) if args.data is not None else None  # NumPy only: before TensorFlow
     # Before anything imports Keras: with the TensorFlow backend that
     # imports TensorFlow, whose start-up lines would bury our one line.
-    from export.quiet import import_tensorflow_quietly
+    from export.tflite.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     _validate_energies(args)
@@ -127,12 +127,12 @@ def _run(args) -> int:
         data = load_dataset(args.dataset or "fashion_mnist", args.data_dir, n, need_train=False)
     images = data.test_images
     x = to_float(images) if images.dtype == "uint8" else images.astype("float32")
-    from export.energy_report import format_table, write_energy_report, write_files
+    from export.energy.report import format_table, write_energy_report, write_files
     from export.loader import load_model
 
     folded = load_model(args.folded_model) if args.folded_model else None
     if args.model.endswith(".tflite"):
-        from export.energy_tflite import tflite_energy_report
+        from export.energy.tflite import tflite_energy_report
 
         check_input_shape(data, _tflite_input_shape(args.model), f"TFLite model {args.model!r}")
         report = tflite_energy_report(args.model, x, args.convention, args.preset, e_mac_pj=args.e_mac_pj,

@@ -1,4 +1,6 @@
-"""TFLite's integer arithmetic, in Python, exactly as the generated C does it.
+"""TFLite's quantization arithmetic in NumPy, once for the whole export:
+the converter's rounding (transform, tflite) and the integer kernels' rules
+exactly as the generated microcontroller C does them (mcu).
 
 These are the rules of TFLite (Micro)'s reference kernels
 (``tensorflow/lite/kernels/internal``), restated from their definitions;
@@ -29,14 +31,31 @@ from typing import Tuple
 import numpy as np
 
 __all__ = ["quantize_multiplier", "srdhm", "rdbp", "multiply_by_quantized_multiplier",
-           "multiply_single_rounding", "quantize_value", "activation_range", "round_half_away"]
+           "multiply_single_rounding", "quantize_value", "activation_range", "round_half_away",
+           "int8_weights"]
 
 INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
 
 
-def round_half_away(x: float) -> float:
-    """``std::round``: halves away from zero."""
-    return math.floor(x + 0.5) if x >= 0 else -math.floor(-x + 0.5)
+def round_half_away(x):
+    """``std::round``: halves away from zero, on a number (a float back) or
+    elementwise on an array. The one copy of this rule in the export: the
+    converter's weight, bias and zero-point rounding, TFLite's
+    ``Quantize`` and ``QuantizeMultiplier`` all use it."""
+    if np.ndim(x) == 0:
+        x = float(x)
+        return float(math.floor(x + 0.5) if x >= 0 else -math.floor(-x + 0.5))
+    x = np.asarray(x, np.float64)
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def int8_weights(rows):
+    """Per-channel symmetric int8 weights as the converter makes them, and the
+    max |w| per channel (0 for zero channels)."""
+    m = np.max(np.abs(rows), axis=1)
+    safe = np.where(m > 0, m, 1.0)
+    q = round_half_away(127.0 * rows / safe[:, None])
+    return q, m
 
 
 def quantize_multiplier(m: float) -> Tuple[int, int]:

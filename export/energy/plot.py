@@ -1,6 +1,6 @@
 """Fig. B.5-style plot of an energy report (:func:`s2nn_keras.energy.energy_report`,
-:func:`export.energy_tflite.tflite_energy_report`); needs matplotlib (the
-``plot`` extra): :func:`export.energy_report.write_plot` checks for it.
+:func:`export.energy.tflite.tflite_energy_report`); needs matplotlib (the
+``plot`` extra): :func:`export.energy.report.write_plot` checks for it.
 
 Top panel: R(l), the firing rate of the spikes each Conv/Dense layer
 receives (hatched bars where the layer is fed real values and charged at

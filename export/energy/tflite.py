@@ -2,9 +2,9 @@
 
 FLOPs (Eq. B.1) come from the weight and feature-map shapes of every
 ``CONV_2D``, ``DEPTHWISE_CONV_2D``, ``TRANSPOSE_CONV``, ``CONV_3D`` and
-``FULLY_CONNECTED`` op, read with :mod:`export.flatbuffer`. The firing
+``FULLY_CONNECTED`` op, read with :mod:`export.tflite.flatbuffer`. The firing
 rates (Eq. B.2) are read from the interpreter's intermediate tensors
-(:func:`export.runtimes.interpreter` with ``preserve_all_tensors``:
+(:func:`export.tflite.runtimes.interpreter` with ``preserve_all_tensors``:
 builtin kernels, no delegate).
 
 Finding the spikes does not depend on how the neuron is written (a
@@ -24,7 +24,7 @@ such tensor is classified **from its values** over the whole data set:
 R is the fraction of values above the midpoint of the two levels, counted
 at the positions the layer reads. For a ``CONV_2D`` or
 ``DEPTHWISE_CONV_2D`` with a 1x1 kernel and stride ``s`` (what
-``export.tflite.merge_strided_shortcuts`` makes of the builders'
+``export.tflite.convert.merge_strided_shortcuts`` makes of the builders'
 ``AveragePooling2D(1, s) -> Conv2D(1x1)`` shortcut) those are the rows and
 columns its receptive fields cover (``i * s - pad_before``, from the op's
 stride, padding and dilation; through a ``PAD`` or ``(DE)QUANTIZE`` between
@@ -49,7 +49,7 @@ Keras Conv/Dense; without it, every 1x1 depth-multiplier-1
 
 Example::
 
-    from export.energy_tflite import tflite_energy_report, compare_rates
+    from export.energy.tflite import tflite_energy_report, compare_rates
     from s2nn_keras.energy import energy_report
 
     keras_rep = energy_report(model, x)
@@ -66,8 +66,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from export import flatbuffer
-from export.runtimes import interpreter
+from export.tflite import flatbuffer
+from export.tflite.runtimes import interpreter
 from s2nn_keras.energy import CONVENTIONS, assemble_report, energies, resolve_inputs
 from s2nn_keras.firing import iter_batches
 
@@ -379,10 +379,6 @@ def _row_names(graph, rows):
     return names
 
 
-def _layer_name_in(tensor_name, layer_name):
-    return re.search(r"(^|/)" + re.escape(layer_name) + r"(_\d+)?(/|:|;|$)", tensor_name) is not None
-
-
 def _match_keras(rows, keras_rows):
     """Names TFLite rows after Keras rows: by layer name inside the TFLite
     tensor name, then the remaining ones in order among equal FLOPs."""
@@ -391,7 +387,7 @@ def _match_keras(rows, keras_rows):
     for i, row in enumerate(rows):
         for j, krow in enumerate(keras_rows):
             base = krow["name"].split(":")[0].split("#")[0].split("/")[-1]
-            if j not in used and krow["flops"] == row["flops"] and _layer_name_in(row["tflite_name"], base):
+            if j not in used and krow["flops"] == row["flops"] and flatbuffer.tensor_names_layer(row["tflite_name"], base):
                 names[i] = j
                 used.add(j)
                 break

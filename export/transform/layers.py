@@ -1,12 +1,12 @@
 """The export's own Keras layers; importing this module registers them all.
 
 A model that holds them -- a folded model (``model_folded.keras``:
-:class:`~export.neurons.ThresholdNeuron`), a quantization-aware fine-tuned
+:class:`~export.transform.neurons.ThresholdNeuron`), a quantization-aware fine-tuned
 one (``model_qat.keras``: :class:`GridQuantize`) or its training graph
 (:class:`ActivationQuantizer`, the ``QAT*`` layers) -- loads with plain
 Keras once this module is imported::
 
-    import export.layers  # noqa: F401  (registers the export's layers)
+    import export.transform.layers  # noqa: F401  (registers the export's layers)
     model = keras.saving.load_model("run/export/model_qat.keras")
 
 Every class is registered under the package ``s2nn_export`` (the name saved
@@ -18,11 +18,11 @@ importing Keras.
 
 The layers:
 
-* :class:`~export.neurons.ThresholdNeuron` -- the folded neuron (Eq. 27);
+* :class:`~export.transform.neurons.ThresholdNeuron` -- the folded neuron (Eq. 27);
 * :class:`GridQuantize` -- rounds to a fixed int8 grid ``(scale, zero
   point)`` that the TFLite converter takes as the tensor's quantization;
 * :class:`ActivationQuantizer` -- the same rounding on a grid held in
-  variables, set by :func:`export.qat.calibrate`;
+  variables, set by :func:`export.transform.qat.calibrate`;
 * :class:`QATConv1D`/``2D``/``3D``, :class:`QATDepthwiseConv1D`/``2D``,
   :class:`QATDense` -- Keras' layers whose forward pass uses the kernel
   rounded to its per-output-channel int8 grid
@@ -36,7 +36,7 @@ from typing import Sequence, Tuple, Union
 import keras
 import numpy as np
 
-from export.neurons import ThresholdNeuron
+from export.transform.neurons import ThresholdNeuron
 from s2nn_keras.layers import S2Activation  # noqa: F401  (QAT models keep their S2Activation neurons)
 
 __all__ = ["ThresholdNeuron", "GridQuantize", "ActivationQuantizer", "QATConv1D", "QATConv2D", "QATConv3D",
@@ -76,13 +76,13 @@ def average_pool_of_spikes(x, count: int, scale: float, zero_point: int):
     """
     import tensorflow as tf
 
-    from export.edge import _round_half_away
+    from export.quant import round_half_away
 
     x = tf.convert_to_tensor(x)
     n = int(count)
     zp = int(zero_point)
     c0 = zp
-    c1 = int(np.clip(_round_half_away(1.0 / scale) + zp, -128, 127))
+    c1 = int(np.clip(round_half_away(1.0 / scale) + zp, -128, 127))
     k = tf.cast(tf.clip_by_value(tf.round(tf.cast(x, tf.float64) * n), 0.0, float(n)), tf.int32)
     acc = c0 * n + (c1 - c0) * k
     code = tf.sign(acc) * ((tf.abs(acc) + n // 2) // n)
@@ -101,7 +101,7 @@ class GridQuantize(keras.layers.Layer):
     ``average_count > 0`` marks the output of an int8 ``AVERAGE_POOL_2D``
     of that many {0, 1} spikes (the pool keeps its input's grid): the
     layer then rounds as that kernel does (:func:`average_pool_of_spikes`).
-    The export prescribes the grid alone (:func:`export.edge.edge_model`
+    The export prescribes the grid alone (:func:`export.transform.edge.edge_model`
     writes a plain ``GridQuantize(scale, zero_point)``).
 
     Example:
@@ -146,12 +146,12 @@ class ActivationQuantizer(keras.layers.Layer):
     float64 product that :class:`GridQuantize` passes to
     ``fake_quant_with_min_max_args``, so both round every value alike.
 
-    While ``active`` is False (before :func:`export.qat.calibrate` sets a
+    While ``active`` is False (before :func:`export.transform.qat.calibrate` sets a
     grid) it passes its input through. A ``fixed`` grid (an average of
-    spikes, :func:`export.qat.spike_average_grid`) is active from the start
+    spikes, :func:`export.transform.qat.spike_average_grid`) is active from the start
     and calibration leaves it; with ``average_count > 0`` it is an int8
     ``AVERAGE_POOL_2D`` of that many spikes and rounds as that kernel does
-    (:func:`average_pool_of_spikes`). :func:`export.qat.inference_model`
+    (:func:`average_pool_of_spikes`). :func:`export.transform.qat.inference_model`
     writes it as a :class:`GridQuantize` with the same grid (and count).
     """
 
@@ -212,7 +212,7 @@ def fake_quantize_per_channel(kernel, channel_axes: Union[int, Sequence[int]] = 
 
     Forward: ``s_c = max|W_c| / 127`` (1 for an all-zero channel),
     ``q = sign(W / s) floor(|W / s| + 1/2)`` (round half away from zero, as
-    :func:`export.edge.fake_quantize_kernel` and the TFLite converter),
+    :func:`export.transform.edge.fake_quantize_kernel` and the TFLite converter),
     result exactly ``q s`` (float32). Backward: the identity (a custom
     gradient; ``W + stop_gradient(q s - W)`` would be off the grid by an ulp).
     ``channel_axes``: the axis (or axes) indexing the output channel: ``-1``

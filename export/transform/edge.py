@@ -4,8 +4,8 @@ Edge NPUs and delegates (Ethos-U55, CMSIS-NN, XNNPACK) have no comparison
 or select ops, but every one of them runs a convolution with a fused
 ``RELU6`` / ``RELU_N1_TO_1`` clamp. :func:`edge_model` rewrites a folded
 model (:func:`export.fold_batchnorm`, neurons as ``compare``
-:class:`~export.neurons.ThresholdNeuron`) so that each neuron is such a
-clamp (the ``saturate`` formulation of :mod:`export.formulations`), with
+:class:`~export.transform.neurons.ThresholdNeuron`) so that each neuron is such a
+clamp (the ``saturate`` formulation of :mod:`export.transform.formulations`), with
 parameters chosen per target format so the *quantized* model computes the
 exact step. Notation: the reference neuron fires iff ``u' >= 0`` with
 ``u'_c = p_c (u_c - theta_c)`` (``p`` the polarity; a constant channel is
@@ -27,7 +27,7 @@ Neuron placements
 Levels and the scale plan
 -------------------------
 The clamps output ``{0, 6}`` (RELU6) for {0, 1} neurons and ``{-1, +1}``
-(RELU_N1_TO_1) for ``ste_b`` (:func:`export.formulations.spike_levels`).
+(RELU_N1_TO_1) for ``ste_b`` (:func:`export.transform.formulations.spike_levels`).
 So the edge model computes every tensor ``t`` as a known positive factor
 ``f_t`` times the folded model's (:func:`scale_plan`): 6 for {0, 1} spikes,
 1 for ``ste_b`` spikes, the model inputs and outputs; a layer that is
@@ -75,7 +75,7 @@ the calibration images exports like any other.
 
 Example::
 
-    from export.edge import edge_model
+    from export.transform.edge import edge_model
     plan = edge_model(folded, "int8", representative_data)
     plan.model            # keras.Model to convert (levels {0, 6})
     plan.neurons["stage1_block1_act2"].kind       # "conv"
@@ -90,16 +90,17 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import keras
 import numpy as np
 
-from export.calibration import tensor_ranges
+from export.transform.calibration import tensor_ranges
 from export.formats import QUANTIZATIONS
-from export.formulations import reference_levels, spike_levels
-from export.layers import GridQuantize, grid_range
-from export.neurons import ThresholdNeuron
+from export.quant import int8_weights, round_half_away
+from export.transform.formulations import reference_levels, spike_levels
+from export.transform.layers import GridQuantize, grid_range
+from export.transform.neurons import ThresholdNeuron
 from s2nn_keras import layer_roles
 from s2nn_keras.graph import LayerGraph, TensorRef
 from s2nn_keras.layers import is_spiking_neuron
 
-__all__ = ["EdgeError", "EdgeNeuron", "EdgePlan", "ScalePlan", "GridQuantize", "edge_model", "scale_plan",
+__all__ = ["EdgeError", "EdgeNeuron", "KernelRows", "EdgePlan", "ScalePlan", "GridQuantize", "edge_model", "scale_plan",
            "neuron_kinds", "quantization_params", "level_grid", "fake_quantize_kernel", "grid_range",
            "INT8_SPIKE_CONV_MULTIPLIER", "INT8_INTEGER_CONV_MULTIPLIER", "INT8_DEPTHWISE_MULTIPLIER",
            "INT16_LEVEL_MULTIPLIER", "INT16_SIGN_MULTIPLIER", "INT16_SPIKE_CONV_MULTIPLIER"]
@@ -186,7 +187,7 @@ class EdgePlan:
       consumers_scaled: the kernel layers whose kernel the scale plan
         multiplies (by ``f_out / f_in != 1``).
       assumed_inputs: ``{neuron name: (scale, zero point)}`` of the integer
-        inputs the placement assumed (read back by :func:`export.tflite.convert`).
+        inputs the placement assumed (read back by :func:`export.tflite.convert.convert`).
       unsettled: the calibrated grids had not settled.
       bias_input_scales: ``{neuron name: scale}`` the bias was placed for.
       factors: ``{layer name: factor}`` of each layer's output (1 omitted).
@@ -207,10 +208,6 @@ class EdgePlan:
 # --------------------------------------------------------------------------
 
 
-def _round_half_away(x):
-    return float(np.sign(x) * np.floor(abs(x) + 0.5))
-
-
 def quantization_params(lo: float, hi: float, quantization: str) -> Tuple[float, int]:
     """``(scale, zero_point)`` the TFLite converter gives an activation with
     calibrated range ``[lo, hi]``: int8 asymmetric over ``[min(lo,0),
@@ -224,7 +221,7 @@ def quantization_params(lo: float, hi: float, quantization: str) -> Tuple[float,
     scale = (hi - lo) / 255.0
     if scale <= 0:
         return 1.0 / 255.0, -128
-    zp = int(np.clip(_round_half_away(-128.0 - lo / scale), -128, 127))
+    zp = int(np.clip(round_half_away(-128.0 - lo / scale), -128, 127))
     return scale, zp
 
 
@@ -417,7 +414,7 @@ def _input_kind(graph, producer):
     return "spikes01" if float(src.layer.off_value) == 0.0 else "spikes_pm"
 
 
-class _Rows:
+class KernelRows:
     """A kernel as per-output-channel rows ``[C, taps]`` (a depthwise
     kernel ``[..., in, mult]`` has ``in * mult`` channels, ``c = i mult + m``)."""
 
@@ -437,15 +434,6 @@ class _Rows:
         return int(np.ravel_multi_index(centre, taps)) if taps else 0
 
 
-def _int8_weights(rows):
-    """Per-channel symmetric int8 weights as the converter makes them, and the
-    max |w| per channel (0 for zero channels)."""
-    m = np.max(np.abs(rows), axis=1)
-    safe = np.where(m > 0, m, 1.0)
-    q = np.trunc(127.0 * rows / safe[:, None] + np.copysign(0.5, rows))  # round half away from zero
-    return q, m
-
-
 def _shift(multiplier):
     return max(0, math.frexp(multiplier)[1])
 
@@ -454,7 +442,7 @@ def _conv_overflows(rows, input_kind, quantization):
     """Whether a conv placement could overflow int32 for some input (the
     bounds of :func:`_conv_int8_spikes`, :func:`_conv_integer`,
     :func:`_conv_int16_spikes` without their bias, which can only lower them)."""
-    q, _ = _int8_weights(rows)
+    q, _ = int8_weights(rows)
     P, N = np.sum(np.maximum(q, 0), axis=1), np.sum(np.minimum(q, 0), axis=1)
     if quantization == "int8":
         if input_kind == "spikes01":
@@ -480,7 +468,7 @@ def _placement(graph, neuron, quantization):
     # lattice at the borders either.
     if pm_levels and (quantization == "int8" or ik == "integer"):
         return "tensor", None, "tensor", "+-1 levels need a lattice on both sides of the decision"
-    rows = _Rows(producer.layer.get_weights()[0], layer_roles.is_depthwise(producer.class_name)).rows
+    rows = KernelRows(producer.layer.get_weights()[0], layer_roles.is_depthwise(producer.class_name)).rows
     if _conv_overflows(rows, ik, quantization):
         return "tensor", None, "tensor", f"a {quantization} conv neuron on {producer.name!r} could overflow int32"
     return "conv", producer, ik, None
@@ -490,7 +478,7 @@ def neuron_kinds(folded: keras.Model, quantization: str) -> Dict[str, Tuple[str,
     """``{neuron name: (kind, producer)}``: how :func:`edge_model` places
     each neuron of a folded model in ``quantization`` (``"conv"`` in its
     producer, ``"tensor"`` as its own op). Depends on the weights only, not
-    on calibration; :mod:`export.qat` uses it to round exactly the tensors
+    on calibration; :mod:`export.transform.qat` uses it to round exactly the tensors
     the int8 model stores."""
     graph = LayerGraph(folded)
     out = {}
@@ -509,7 +497,7 @@ def _producer_reference(layer, neuron, depthwise):
     """Kernel rows ``W'`` and bias ``b'`` of ``u' = p (W x + b - theta)`` in
     float64; constant channels get a zero kernel and bias +-1."""
     weights = layer.get_weights()
-    view = _Rows(weights[0], depthwise)
+    view = KernelRows(weights[0], depthwise)
     rows = view.rows
     bias = np.asarray(weights[1], np.float64) if layer.use_bias else np.zeros(rows.shape[0])
     pol, th = neuron.polarity.astype(np.float64), neuron.thresholds.astype(np.float64)
@@ -571,7 +559,7 @@ def _spike_lattice(k, b, tap, codes, signed=False):
     half a lattice step off (``half = codes // 2``), the largest ``|acc|``
     and the constant channels."""
     zero, k = _zero_channels(k, tap)
-    q, m = _int8_weights(k)
+    q, m = int8_weights(k)
     if signed:
         P = np.sum(np.abs(q), axis=1)
         N = -P
@@ -603,7 +591,7 @@ def _conv_int8_spikes(name, k, b, const, tap):
 def _conv_integer(name, k, b, const, amplitude, s_in, z_in, quantization, s_out, multiplier, tap):
     """Conv reading arbitrary integers (an image): fires iff acc >= 1."""
     zero, k = _zero_channels(k, tap)
-    q, m = _int8_weights(k)
+    q, m = int8_weights(k)
     dlo, dhi = _grid(quantization, z_in)
     kmin = np.sum(np.minimum(q * dlo, q * dhi), axis=1)
     kmax = np.sum(np.maximum(q * dlo, q * dhi), axis=1)
@@ -771,7 +759,7 @@ def _sites(graph, scales, quantization):
 
 def _prescribed_grids(graph, scales):
     """Grids a model prescribes itself (GridQuantize layers, e.g. of a
-    quantization-aware fine-tuned model, :mod:`export.qat`), in edge units."""
+    quantization-aware fine-tuned model, :mod:`export.transform.qat`), in edge units."""
     return {n.name: (n.layer.scale * scales.of(n.output()), n.layer.zero_point)
             for n in graph.nodes if not n.is_input and n.class_name == "GridQuantize"}
 
@@ -910,10 +898,10 @@ def edge_model(folded: keras.Model, quantization: str = "int8",
         convs are those calibration gives.
       input_quantization: ``{neuron name: (scale, zero_point)}`` overriding
         the computed grid of a neuron's integer input (the values read back
-        from a converted flatbuffer; see :func:`export.tflite.convert`).
+        from a converted flatbuffer; see :func:`export.tflite.convert.convert`).
       bias_input_scales: ``{neuron name: scale}``: the input scale the
         converter quantizes that neuron's bias with, where it differs from
-        the input's grid (read back by :func:`export.tflite.convert`; the
+        the input's grid (read back by :func:`export.tflite.convert.convert`; the
         converter takes it from its own calibration of the tensor before a
         prescribed grid, which can differ from the grid in the last element).
         The float bias is multiplied by ``scale / grid scale`` so the int32
@@ -977,8 +965,8 @@ def fake_quantize_kernel(kernel, class_name="Conv2D"):
     zero). Converting a model with such kernels quantizes them losslessly,
     so the float model and the integer one share their weights."""
     kernel = np.asarray(kernel, np.float64)
-    view = _Rows(kernel, class_name.startswith("DepthwiseConv"))
-    q, m = _int8_weights(view.rows)
+    view = KernelRows(kernel, class_name.startswith("DepthwiseConv"))
+    q, m = int8_weights(view.rows)
     return view.kernel(q * np.where(m > 0, m, 1.0)[:, None] / 127.0)
 
 

@@ -25,7 +25,7 @@ Where the chatter comes from, and what takes it away:
 
 Example::
 
-    from export.quiet import import_tensorflow_quietly, quiet_conversion
+    from export.tflite.quiet import import_tensorflow_quietly, quiet_conversion
     import_tensorflow_quietly()   # keras and tensorflow are now imported
     with quiet_conversion():
         flat = converter.convert()

@@ -2,7 +2,7 @@
 
 :func:`write_energy_report` computes the Keras report
 (:func:`s2nn_keras.energy.energy_report`), optionally the reports of
-exported TFLite models beside it (:func:`export.energy_tflite.tflite_energy_report`)
+exported TFLite models beside it (:func:`export.energy.tflite.tflite_energy_report`)
 with their per-layer rate differences, and writes ``energy_report.json``,
 ``energy_layers.csv`` and, when matplotlib is installed,
 ``energy_report.png`` (otherwise the report's ``notes`` say the plot was
@@ -10,7 +10,7 @@ skipped and why).
 
 Example::
 
-    from export.energy_report import write_energy_report
+    from export.energy.report import write_energy_report
 
     write_energy_report(model, x_test, "run/energy",
                         tflite_models={"int8": "export/model_int8.tflite"})
@@ -93,7 +93,7 @@ def write_json(report: dict, path: str) -> str:
 
 
 def write_plot(report: dict, path: str) -> Optional[str]:
-    """The Fig. B.5-style PNG (:func:`export.energy_plot.plot_report`);
+    """The Fig. B.5-style PNG (:func:`export.energy.plot.plot_report`);
     ``None`` and a note in ``report["notes"]`` when matplotlib is missing."""
     try:
         import matplotlib  # noqa: F401
@@ -101,7 +101,7 @@ def write_plot(report: dict, path: str) -> Optional[str]:
         report["notes"].append("energy_report.png not written: matplotlib is not installed "
                                "(pip install 's2nn_keras[plot]')")
         return None
-    from export.energy_plot import plot_report
+    from export.energy.plot import plot_report
 
     return plot_report(report, path)
 
@@ -158,8 +158,8 @@ def write_energy_report(model, data, output_dir, convention="default", preset="4
     Returns:
       The report dict (as written to the JSON file).
     """
-    from export.energy_tflite import compare_rates, tflite_energy_report
-    from export.quiet import retracing_warnings_silenced
+    from export.energy.tflite import compare_rates, tflite_energy_report
+    from export.tflite.quiet import retracing_warnings_silenced
 
     data = reiterable(data, batch_size)
     with retracing_warnings_silenced():

@@ -5,7 +5,7 @@ tensors of a TFLite model against the folded float model and across runtimes.
 (prediction agreement, logit difference, spike-map mismatches; only float
 ties can differ).
 
-:func:`verify_spikes` -- one converted flatbuffer (:class:`export.tflite.Conversion`):
+:func:`verify_spikes` -- one converted flatbuffer (:class:`export.tflite.convert.Conversion`):
 
 * **two levels**: every value of every spike tensor, in every runtime, is
   one of the two codes of its levels (int8/int16 codes, or the float
@@ -24,7 +24,7 @@ ties can differ).
     model's own upstream spikes** (a "teacher-forced" replay of the folded
     graph), so each difference is this neuron's own quantization error;
     its distance to the threshold ``|u - theta|`` is reported in units of
-    the neuron's quantization step (:attr:`export.edge.EdgeNeuron.step`:
+    the neuron's quantization step (:attr:`export.transform.edge.EdgeNeuron.step`:
     the int8 weight step ``max|W_c| / 127`` of a conv neuron, the input
     grid step of a depthwise neuron).
 """
@@ -224,9 +224,9 @@ def teacher_model(folded):
 
 def _codes(flatbuffer, spike_tensors, levels):
     """Per neuron ``(code_off, code_on)`` of its spike tensor."""
-    from export.flatbuffer import read_model
+    from export.tflite.flatbuffer import read_model
 
-    from export.tflite import level_codes
+    from export.tflite.convert import level_codes
 
     graph = read_model(flatbuffer).main
     out = {}
@@ -239,8 +239,8 @@ def _codes(flatbuffer, spike_tensors, levels):
 def _neuron_inputs(conversion):
     """Per neuron, the tensor its first operator reads (the conv's input
     for a neuron fused into a conv, the depthwise neuron's input)."""
-    from export.flatbuffer import read_model
-    from export.tflite import decision_op
+    from export.tflite.flatbuffer import read_model
+    from export.tflite.convert import decision_op
 
     graph = read_model(conversion.flatbuffer).main
     plan = conversion.plan
@@ -324,10 +324,10 @@ def verify_spikes(conversion, folded, images, runtimes: Sequence[str] = ("litert
     """Checks the spike tensors of ``conversion`` (module docstring).
 
     Args:
-      conversion: an :class:`export.tflite.Conversion` of a spiking model.
+      conversion: an :class:`export.tflite.convert.Conversion` of a spiking model.
       folded: the folded float model it was made from (compare neurons).
       images: float32 images in the model's input convention.
-      runtimes: subset of :data:`export.spikes.RUNTIMES`; the first LiteRT
+      runtimes: subset of :data:`export.tflite.spikes.RUNTIMES`; the first LiteRT
         one (else the first) is the one compared with the float model.
       max_tflm_examples: cap on the images TFLite Micro runs (slow).
 
@@ -335,7 +335,7 @@ def verify_spikes(conversion, folded, images, runtimes: Sequence[str] = ("litert
       A JSON-friendly dict (see docs/EXPORT.md, "Report").
     """
 
-    from export.spikes import run_spikes
+    from export.tflite.spikes import run_spikes
 
     names = list(conversion.spike_tensors)
     levels = _neuron_levels(conversion, folded)

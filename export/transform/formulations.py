@@ -1,6 +1,6 @@
 """How a folded spiking neuron is written in TFLite: the registered formulations.
 
-A folded neuron (:class:`export.neurons.ThresholdNeuron`) fires iff
+A folded neuron (:class:`export.transform.neurons.ThresholdNeuron`) fires iff
 ``u' >= 0`` with ``u'_c = p_c (u_c - theta_c)`` (paper Eq. 27). The same
 step function can be written with different TFLite ops; each way is a
 :class:`Formulation`, registered by name like the surrogates of
@@ -14,7 +14,7 @@ name          levels     formats         ops, and how each neuron is placed
                                          Dense that computes ``u`` ("conv" placement) or
                                          into one 1x1 ``DEPTHWISE_CONV_2D`` of a shared
                                          tensor ("tensor" placement): edge ops only
-                                         (:mod:`export.edge`)
+                                         (:mod:`export.transform.edge`)
 ``compare``   {0, 1},    float32, int8   ``GREATER_EQUAL``/``LESS_EQUAL`` (logical ops for
               {-1, +1}                   mixed polarities) and one ``SELECT_V2``
 ``ramp``      {0, 1},    int16x8         a per-channel affine (1x1 ``DEPTHWISE_CONV_2D``)
@@ -35,7 +35,7 @@ Nothing here imports TensorFlow (the command lines validate ``--neuron``
 before it loads).
 
 Example:
-  >>> from export.formulations import get_formulation, spike_levels
+  >>> from export.transform.formulations import get_formulation, spike_levels
   >>> spike_levels("saturate", 0.0), spike_levels("compare", -1.0)
   ((0.0, 6.0), (-1.0, 1.0))
   >>> get_formulation("compare").for_format("int16x8").name

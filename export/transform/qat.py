@@ -17,23 +17,23 @@ What the QAT model simulates (``quantization_aware_model``):
 * **weights**: every Conv1D/2D/3D, DepthwiseConv1D/2D and Dense kernel is
   rounded to the per-output-channel symmetric int8 grid (scale
   ``max|W_c| / 127``, round half away from zero) in the forward pass
-  (:mod:`export.layers`' ``QAT*`` layers); the backward pass is the
+  (:mod:`export.transform.layers`' ``QAT*`` layers); the backward pass is the
   identity (STE). The export's per-channel factors are positive (BN scale
   ``|g_c|``, neuron gain ``G_c``, the scale plan's factors of
-  :func:`export.edge.scale_plan`) or signs, and symmetric per-channel
+  :func:`export.transform.edge.scale_plan`) or signs, and symmetric per-channel
   rounding commutes with them: quantizing ``W`` gives the integers the
   converter writes for the folded kernel. :func:`inference_model` stores
   ``q(W)`` itself, so the converter's own rounding is lossless.
 * **activations**: every tensor the int8 model stores in int8 that is not
   a spike map -- the model input, the output of every Conv/Depthwise/Dense
-  whose result is not fused into a neuron (:func:`export.edge.neuron_kinds`:
+  whose result is not fused into a neuron (:func:`export.transform.edge.neuron_kinds`:
   the stem, the second conv of each block, the shortcuts, the logits, a
   layer whose neuron is written as its own op), every merge (the residual
   ``Add``) and every average (pooling) -- goes through an
   :class:`ActivationQuantizer`: ``x -> (clip(round(x / s) + z, -128, 127) -
   z) s`` (TensorFlow's ``fake_quant_with_min_max_vars``, gradient 1 inside
   the range, 0 outside) on a fixed per-tensor grid ``(s, z)``.
-  :func:`inference_model` turns each into an :class:`export.edge.GridQuantize`,
+  :func:`inference_model` turns each into an :class:`export.transform.edge.GridQuantize`,
   whose range the TFLite converter takes as the tensor's quantization
   instead of calibrating it, so the int8 model rounds onto the same grids.
 * **neurons** stay as trained (``S2Activation``, surrogate gradient), with
@@ -51,7 +51,7 @@ bias (``<= 0.5 s_in s_w``, a ``~1e-4``-step shift of the logit grid) and the
 runtimes' fixed-point requantization (conv, ``ADD``, ``MEAN``), which rounds
 like the float model except within ~1e-5 of a step boundary.
 
-Grids (:func:`calibrate`): TFLite's rule (:func:`export.edge.quantization_params`)
+Grids (:func:`calibrate`): TFLite's rule (:func:`export.transform.edge.quantization_params`)
 over the min/max of each quantizer's input on the calibration images,
 measured with every quantizer before it active, repeated until no grid
 changes (a grid only depends on the grids before it, so this settles). The
@@ -67,7 +67,7 @@ never a tie otherwise.
 
 Example::
 
-    from export.qat import QATConfig, quantization_aware_fine_tune
+    from export.transform.qat import QATConfig, quantization_aware_fine_tune
 
     result = quantization_aware_fine_tune(model, x_train, y_train, x_calib,
                                           QATConfig(epochs=0.25))
@@ -85,11 +85,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import keras
 import numpy as np
 
-from export.layers import (QAT_CLASSES, ActivationQuantizer, QATConv1D, QATConv2D, QATConv3D, QATDense,
+from export.transform.layers import (QAT_CLASSES, ActivationQuantizer, QATConv1D, QATConv2D, QATConv3D, QATDense,
                            QATDepthwiseConv1D, QATDepthwiseConv2D, fake_quantize_per_channel)
 from export.formats import DEFAULT_REWRITES, REWRITES
-from export.formulations import reference_levels
-from export.verify import TASKS, agreement, model_logits
+from export.transform.formulations import reference_levels
+from export.tflite.verify import TASKS, agreement, model_logits
 from s2nn_keras import layer_roles
 from s2nn_keras.graph import GraphError, LayerGraph, TensorRef
 from s2nn_keras.layers import is_spiking_neuron
@@ -140,7 +140,7 @@ def _average_grid(graph, node, rewrites) -> Optional[Tuple[float, int, int]]:
     (a valid average pool, or a global one that the ``gap_as_average_pool``
     rewrite writes as such) of {0, 1} spikes keeps the spike grid
     ``(1/255, -128)`` and rounds in its own way (``average_count``:
-    :func:`export.layers.average_pool_of_spikes`); a ``MEAN`` (or an average
+    :func:`export.transform.layers.average_pool_of_spikes`); a ``MEAN`` (or an average
     of +-1 spikes) gets :func:`spike_average_grid` (``average_count`` 0)."""
     average = _spike_average(graph, node)
     if average is None:
@@ -149,7 +149,7 @@ def _average_grid(graph, node, rewrites) -> Optional[Tuple[float, int, int]]:
     is_global = node.class_name.startswith("GlobalAveragePooling")
     pooled = (not is_global) or (node.class_name == "GlobalAveragePooling2D" and "gap_as_average_pool" in rewrites)
     if pooled and off_value == 0.0:
-        from export.edge import level_grid
+        from export.transform.edge import level_grid
 
         scale, zp = level_grid(reference_levels(0.0), "int8")
         return scale, zp, count
@@ -179,10 +179,10 @@ def _spike_average(graph, node):
 
 def _fused_producers(model) -> List[str]:
     """The Conv/Depthwise/Dense layers the int8 export fuses a neuron into
-    (:func:`export.edge.neuron_kinds` of the folded model): their outputs
+    (:func:`export.transform.edge.neuron_kinds` of the folded model): their outputs
     are not stored, so they are not rounded."""
-    from export.edge import neuron_kinds
-    from export.fold import fold_batchnorm
+    from export.transform.edge import neuron_kinds
+    from export.transform.fold import fold_batchnorm
 
     return [p for kind, p in neuron_kinds(fold_batchnorm(model), "int8").values() if kind == "conv"]
 
@@ -325,8 +325,8 @@ def calibrate(model: keras.Model, images, batch_size: int = 100, max_rounds: Opt
     Returns:
       ``{"rounds": int, "settled": bool, "grids": {name: [scale, zero_point]}}``.
     """
-    from export.calibration import RangeProbe
-    from export.edge import quantization_params
+    from export.transform.calibration import RangeProbe
+    from export.transform.edge import quantization_params
 
     quantizers = [q for q in _quantizers(model) if not q.fixed]
     fixed = {q.name: list(q.grid) for q in _quantizers(model) if q.fixed}
@@ -377,12 +377,12 @@ class QATConfig:
       train_examples: use only the first ``train_examples`` training
         images (``None``: all).
       seed: order of the images.
-      task: what the model's outputs are (:data:`export.verify.TASKS`):
+      task: what the model's outputs are (:data:`export.tflite.verify.TASKS`):
         ``"classification"`` (logits; distillation by cross-entropy on the
         teacher's softmax) or ``"regression"`` (e.g. the autoencoder's
         reconstruction; distillation by mean squared error).
       rewrites: the graph rewrites the export converts with
-        (:mod:`export.rewrites`); the fine-tuned model rounds as the
+        (:mod:`export.transform.rewrites`); the fine-tuned model rounds as the
         rewritten int8 graph does (:func:`export.export_run` passes its own).
     """
 
@@ -481,11 +481,11 @@ def fine_tune(model: keras.Model, teacher: keras.Model, images, config: QATConfi
 def inference_model(model: keras.Model, name: Optional[str] = None) -> keras.Model:
     """The deployable Keras model of a calibrated QAT model: plain
     Conv/Dense layers holding the int8-grid kernels ``q(W)``, an
-    :class:`export.edge.GridQuantize` for every active quantizer (same grid,
+    :class:`export.transform.edge.GridQuantize` for every active quantizer (same grid,
     same name), BatchNormalization and neurons as they are. It computes
     what the QAT model computes in inference mode, and it is the model the
     int8 export reproduces; :func:`export.export_run` verifies against it."""
-    from export.edge import GridQuantize
+    from export.transform.edge import GridQuantize
 
     graph = LayerGraph(model)
 
@@ -522,7 +522,7 @@ def distillation_match(teacher_logits, student_logits, task: str = "classificati
     """How closely a student reproduces a teacher on the same images:
     ``{"kl": mean KL(teacher softmax || student softmax), "agreement"}``
     for classification, ``{"mse", "agreement"}`` for regression (agreement
-    as :func:`export.verify.agreement` defines it)."""
+    as :func:`export.tflite.verify.agreement` defines it)."""
     t, s = np.asarray(teacher_logits, np.float64), np.asarray(student_logits, np.float64)
     match = agreement(t, s, task)["agreement"]
     if task == "regression":

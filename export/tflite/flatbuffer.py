@@ -21,7 +21,7 @@ Per subgraph it gives
 
 Example::
 
-    from export.flatbuffer import read_model, op_counts
+    from export.tflite.flatbuffer import read_model, op_counts
 
     model = read_model("model_int8.tflite")
     graph = model.subgraphs[0]
@@ -40,6 +40,7 @@ import collections
 import dataclasses
 import functools
 import os
+import re
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -340,6 +341,15 @@ def read_model(model: Union[bytes, str, os.PathLike]) -> TFLiteModel:
                                   tuple(int(v) for v in (sg.inputs if sg.inputs is not None else ())),
                                   tuple(int(v) for v in (sg.outputs if sg.outputs is not None else ()))))
     return TFLiteModel(int(m.version or 0), _text(m.description), tuple(subgraphs))
+
+
+def tensor_names_layer(tensor_name: str, layer_name: str) -> bool:
+    """Whether a TFLite tensor name carries the Keras layer ``layer_name``:
+    the converter names a tensor ``.../layer/op``, ``layer:0`` or
+    ``layer_1/...`` (a reused name), several fused names joined by ``;``.
+    ``tensor_names_layer("model/conv1/BiasAdd;model/bn1", "conv1")`` is
+    True; ``"conv10/..."`` does not carry ``"conv1"``."""
+    return re.search(r"(^|/)" + re.escape(layer_name) + r"(_\d+)?(/|:|;|$)", tensor_name) is not None
 
 
 def op_counts(model: Union[bytes, str, os.PathLike, TFLiteModel]) -> Dict[str, int]:

@@ -47,7 +47,7 @@ compiler uses for its decisions, not measurements):
 Example::
 
     from export import to_tflite
-    from export.vela import compile_for_ethos_u
+    from export.tflite.vela import compile_for_ethos_u
 
     tflite_int8 = to_tflite(model, "int8", representative_data)
     u55 = compile_for_ethos_u(tflite_int8, "ethos-u55-128")
@@ -120,7 +120,7 @@ def vela_version() -> str:
 
 def _op_histogram(tflite_model: bytes) -> Dict[str, int]:
     """``{op name: count}`` of a flatbuffer (``"CUSTOM:<code>"`` for custom ops)."""
-    from export.flatbuffer import op_counts
+    from export.tflite.flatbuffer import op_counts
 
     return op_counts(tflite_model)
 
@@ -300,7 +300,9 @@ def reporter(accelerators: Sequence[str] = REPORT_ACCELERATORS, formats: Sequenc
 
     Example::
 
-        from export import ExportConfig, export_run, vela
+        from export import ExportConfig, export_run
+
+        from export.tflite import vela
         export_run(model, ExportConfig(out_dir, images, labels,
                                        reporters=(vela.reporter(),) if vela.available() else ()))
     """

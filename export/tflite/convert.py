@@ -12,7 +12,7 @@ batch-1 input signature (what TFLite Micro runs):
 
 How a neuron is written (``neuron=``, see :mod:`export.formats`):
 
-* ``"saturate"`` (default): :func:`export.edge.edge_model` -- a clamp fused
+* ``"saturate"`` (default): :func:`export.transform.edge.edge_model` -- a clamp fused
   into a convolution, with gains and thresholds placed for the format's
   integer grid, so the flatbuffer holds only
   :data:`export.formats.EDGE_OPS` and every spike tensor has exactly two
@@ -27,7 +27,7 @@ How a neuron is written (``neuron=``, see :mod:`export.formats`):
 Every spiking model first has the thresholds of neurons that read spikes
 settled between the two levels (:func:`settle_spike_thresholds`), and every
 integer model the grids of its spike tensors from their levels
-(:func:`export.spike_grids.fix_spike_grids`: a neuron that never fires on
+(:func:`export.tflite.spike_grids.fix_spike_grids`: a neuron that never fires on
 the calibration images exports like any other).
 
 A model with no spiking neuron (the ReLU baseline) is converted as it is,
@@ -47,10 +47,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from export.calibration import tensor_ranges
+from export.transform.calibration import tensor_ranges
 from export.formats import DEFAULT_NEURON, DEFAULT_REWRITES, NEURON_FORMULATIONS, QUANTIZATIONS
-from export.formulations import get_formulation
-from export.neurons import ThresholdNeuron
+from export.transform.formulations import get_formulation
+from export.transform.neurons import ThresholdNeuron
 from s2nn_keras import layer_roles
 from s2nn_keras.graph import LayerGraph
 from s2nn_keras.layers import is_spiking_neuron
@@ -72,7 +72,7 @@ def ensure_folded(model: keras.Model, formulation: str = "compare") -> keras.Mod
     """``model`` itself if it holds no BN and no unfolded neuron, else its
     fold (:func:`export.fold_batchnorm`). A model without spiking neurons
     (ReLU) is returned as it is: its BatchNorms are the converter's."""
-    from export.fold import fold_batchnorm
+    from export.transform.fold import fold_batchnorm
 
     if not is_spiking_model(model):
         return model
@@ -324,7 +324,7 @@ class Conversion:
         spiking neurons).
       model: the Keras model that was converted (the saturate edge model,
         the placed compare model, or the ReLU model itself).
-      plan: the :class:`export.edge.EdgePlan` (saturate only), else ``None``.
+      plan: the :class:`export.transform.edge.EdgePlan` (saturate only), else ``None``.
       spike_tensors: ``{neuron name: tensor index}`` of every spike tensor
         in the flatbuffer's main subgraph.
       conversions: how many converter runs it took (the saturate export
@@ -333,7 +333,7 @@ class Conversion:
         zero point], "actual": [...]}`` read back from the flatbuffer.
       spike_grids: per neuron whose spike tensor calibration gave another
         grid than its levels' (it never fired on the calibration data), what
-        :func:`export.spike_grids.fix_spike_grids` repaired.
+        :func:`export.tflite.spike_grids.fix_spike_grids` repaired.
     """
 
     flatbuffer: bytes
@@ -353,7 +353,7 @@ def spike_tensors(tflite_model, neuron_names, producers: Optional[Dict[str, str]
     (:func:`neuron_ops`). Raises ``ValueError`` for a neuron it cannot find.
     ``producers``: ``{neuron: layer}`` of neurons fused into a
     Conv/Depthwise/Dense, whose op may be named after the layer only."""
-    from export.flatbuffer import read_model
+    from export.tflite.flatbuffer import read_model
 
     graph = read_model(tflite_model).main if not hasattr(tflite_model, "main") else tflite_model.main
     found = {}
@@ -365,22 +365,16 @@ def spike_tensors(tflite_model, neuron_names, producers: Optional[Dict[str, str]
     return found
 
 
-def _scope_in(tensor_name, layer_name):
-    import re
-
-    return re.search(r"(^|/)" + re.escape(layer_name) + r"(_\d+)?(/|:|$)", tensor_name) is not None
-
-
 _WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 def _carries(graph, tensor, name):
-    return tensor >= 0 and any(_scope_in(part, name) for part in graph.tensors[tensor].name.split(";"))
+    return tensor >= 0 and any(tensor_names_layer(part, name) for part in graph.tensors[tensor].name.split(";"))
 
 
 def neuron_ops(graph, name, producer: Optional[str] = None):
     """The operators (in execution order) of the main subgraph ``graph``
-    (:func:`export.flatbuffer.read_model`) that compute neuron ``name``:
+    (:func:`export.tflite.flatbuffer.read_model`) that compute neuron ``name``:
     those whose output tensor carries the layer's scope in any of its
     ``;``-separated parts (the converter names a fused op after what is
     fused into it: ``.../act_1/Relu6;.../conv_1/BiasAdd``, a
@@ -412,7 +406,7 @@ def _read_grids(flatbuffer, plan) -> Dict[str, Dict]:
     converter quantized that op's int32/int64 bias with (``bias scale / s_w``)
     and whether it is the one the plan assumed (the input's scale unless
     ``plan.bias_input_scales`` says otherwise)."""
-    from export.flatbuffer import read_model
+    from export.tflite.flatbuffer import read_model
 
     graph = read_model(flatbuffer).main
     out = {}
@@ -443,9 +437,9 @@ def _check_levels(flatbuffer, levels, tensors):
     ends of its integer range, each within half a step of the level. (int8
     {0, 6} and int16 levels are exact; int8 +-1 (ste_b) reads as
     ``+-1 + 1/255``: 255 steps cannot put 0 half-way.) After
-    :func:`export.spike_grids.fix_spike_grids` this holds by construction;
+    :func:`export.tflite.spike_grids.fix_spike_grids` this holds by construction;
     the check makes sure of it."""
-    from export.flatbuffer import read_model
+    from export.tflite.flatbuffer import read_model
 
     graph = read_model(flatbuffer).main
     bad = []
@@ -462,7 +456,7 @@ def _check_levels(flatbuffer, levels, tensors):
                 or codes[1] < info.max - 1 - (0 if info.bits == 8 else 1)):
             bad.append(f"{name} (scale {scale:.6g}, zero point {zp}; levels {levels[name]} -> codes {codes})")
     if bad:
-        from export.edge import EdgeError
+        from export.transform.edge import EdgeError
 
         raise EdgeError("spike tensors without two exact levels: " + "; ".join(bad))
 
@@ -484,7 +478,7 @@ def _spike_levels(model, names, formulation):
 def _finish(flat, model, names, quantization, formulation, plan=None):
     """Spike tensors, spike grids from the levels (a neuron silent on the
     calibration data included), and the two-level check."""
-    from export.spike_grids import fix_spike_grids
+    from export.tflite.spike_grids import fix_spike_grids
 
     tensors = spike_tensors(flat, names, _producers(plan))
     levels = _spike_levels(model, names, formulation)
@@ -510,23 +504,23 @@ def convert(model: keras.Model, quantization: str = "float32",
         input convention), as ``TFLiteConverter.representative_dataset``
         takes. Real data, a few hundred images, is what calibration needs.
       neuron: ``"saturate"`` (default, edge ops only) or ``"compare"``
-        (:mod:`export.formulations`).
+        (:mod:`export.transform.formulations`).
       merge_shortcuts: first rewrite ``AveragePooling2D(1, s) -> 1x1 Conv2D``
         as one strided 1x1 conv (:func:`merge_strided_shortcuts`; the whole
         graph then runs in one XNNPACK partition).
       rewrites: graph rewrites applied after the fold
-        (:data:`export.formats.REWRITES`, :mod:`export.rewrites`; the same
+        (:data:`export.formats.REWRITES`, :mod:`export.transform.rewrites`; the same
         function): by default the ReLU baseline's unabsorbed BatchNorms as
         1x1 depthwise convs and global average pooling as
         ``AVERAGE_POOL_2D``; ``()`` keeps the converter's forms.
 
     Every spiking model first gets :func:`settle_spike_thresholds` (the
     same function), and every integer model the grids of its spike tensors
-    from their levels (:func:`export.spike_grids.fix_spike_grids`).
+    from their levels (:func:`export.tflite.spike_grids.fix_spike_grids`).
 
     Raises:
       ValueError: bad arguments; :class:`export.FoldError` /
-      :class:`export.edge.EdgeError` for a model that cannot be exported
+      :class:`export.transform.edge.EdgeError` for a model that cannot be exported
       exactly (the message names the layer).
     """
     _check_args(quantization, representative_data, neuron)
@@ -534,7 +528,7 @@ def convert(model: keras.Model, quantization: str = "float32",
     if merge_shortcuts:
         model = merge_strided_shortcuts(model)
     if rewrites:
-        from export.rewrites import apply as apply_rewrites
+        from export.transform.rewrites import apply as apply_rewrites
 
         model = apply_rewrites(model, tuple(rewrites))
     if not is_spiking_model(model):
@@ -551,7 +545,7 @@ def convert(model: keras.Model, quantization: str = "float32",
         flat, tensors, fixed = _finish(flat, model, names, quantization, formulation)
         return Conversion(flat, quantization, neuron, model, spike_tensors=tensors, spike_grids=fixed)
 
-    from export.edge import edge_model
+    from export.transform.edge import edge_model
 
     overrides: Dict = {}
     bias_scales: Dict[str, float] = {}
@@ -591,11 +585,12 @@ def to_tflite(model: keras.Model, quantization: str = "float32",
     return convert(model, quantization, representative_data, neuron, merge_shortcuts, rewrites).flatbuffer
 
 
-from export.quiet import quiet_conversion  # noqa: E402  (the export's one output silencer)
+from export.tflite.flatbuffer import tensor_names_layer  # noqa: E402
+from export.tflite.quiet import quiet_conversion  # noqa: E402  (the export's one output silencer)
 
 
 def op_names(tflite_model: bytes) -> Dict[str, int]:
-    """``{op name: count}`` of a flatbuffer (:func:`export.flatbuffer.op_counts`)."""
-    from export.flatbuffer import op_counts
+    """``{op name: count}`` of a flatbuffer (:func:`export.tflite.flatbuffer.op_counts`)."""
+    from export.tflite.flatbuffer import op_counts
 
     return op_counts(tflite_model)

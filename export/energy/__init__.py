@@ -1,17 +1,17 @@
 """Energy report of a single-step SNN (paper Appendix B, Eqs. B.1-B.4).
 
 This module gathers the energy API under one import and runs the command
-line (``python -m export.energy``, :mod:`export.energy_cli`). The pieces
+line (``python -m export.energy``, :mod:`export.cli.energy`). The pieces
 live in small modules:
 
 * Keras side, backend-agnostic, in the library: Eq. B.1 FLOPs
   (:mod:`s2nn_keras.flops`: ``layer_flops``), input kinds, rates B.2 and
   B.3/B.4 (:mod:`s2nn_keras.energy`: ``energy_report``, ``resolve_inputs``,
   ``PRESETS``, ``CONVENTIONS``);
-* the TFLite report (:mod:`export.energy_tflite`: ``tflite_energy_report``,
-  ``compare_rates``), with the op reader :mod:`export.flatbuffer`;
-* writing (:mod:`export.energy_report`: ``write_energy_report``,
-  ``format_table``; the PNG in :mod:`export.energy_plot`).
+* the TFLite report (:mod:`export.energy.tflite`: ``tflite_energy_report``,
+  ``compare_rates``), with the op reader :mod:`export.tflite.flatbuffer`;
+* writing (:mod:`export.energy.report`: ``write_energy_report``,
+  ``format_table``; the PNG in :mod:`export.energy.plot`).
 
 Example::
 
@@ -28,8 +28,6 @@ Command line::
 
 from __future__ import annotations
 
-import sys
-
 from export.lazy import lazy_attributes
 
 __all__ = [
@@ -45,7 +43,6 @@ __all__ = [
     "compare_rates",
     "write_energy_report",
     "format_table",
-    "main",
 ]
 
 # Loaded on first use, so ``python -m export.energy`` can silence
@@ -58,22 +55,12 @@ _WHERE = {
     "energy_report": "s2nn_keras.energy",
     "resolve_inputs": "s2nn_keras.energy",
     "layer_flops": "s2nn_keras.flops",
-    "NEAR_BINARY_TOLERANCE": "export.energy_tflite",
-    "tflite_energy_report": "export.energy_tflite",
-    "compare_rates": "export.energy_tflite",
-    "write_energy_report": "export.energy_report",
-    "format_table": "export.energy_report",
+    "NEAR_BINARY_TOLERANCE": "export.energy.tflite",
+    "tflite_energy_report": "export.energy.tflite",
+    "compare_rates": "export.energy.tflite",
+    "write_energy_report": "export.energy.report",
+    "format_table": "export.energy.report",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
 
-
-def main(argv=None) -> int:
-    """``python -m export.energy`` (:func:`export.energy_cli.main`)."""
-    from export.energy_cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
