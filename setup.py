@@ -30,7 +30,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["s2nn_keras*", "trainers*", "export*"]),
-    package_data={"trainers": ["configs/*.cfg"]},
+    package_data={"trainers": ["configs/*.cfg"], "export.mcu": ["c/*", "boards/*"]},
     install_requires=[
         "keras>=3.10,<4",
         "numpy>=1.26,<3",

@@ -604,7 +604,7 @@ def _backward(entry, x, threshold, params, dy):
     TensorFlow backend the built-in surrogates' one runs XLA-fused
     (:mod:`s2nn_keras.tf_fused_backward`)."""
     if _TF_BACKWARD is not None and _BUILTIN.get(entry.name) is entry:
-        return _TF_BACKWARD(entry, x, threshold, params, dy)
+        return _TF_BACKWARD(entry, x, threshold, params, dy, _grad_in_dtype)
     return dy * _grad_in_dtype(entry, x, threshold, params)
 
 

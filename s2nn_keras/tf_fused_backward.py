@@ -41,42 +41,44 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from s2nn_keras import surrogates
-
 __all__ = ["backward"]
 
 
-def backward(entry, x, threshold, params, dy):
+def backward(entry, x, threshold, params, dy, grad_in_dtype):
     """``dy * surrogate_gradient(x)`` of a built-in surrogate, computed by
     one XLA-compiled function (see the module docstring).
 
     Args:
       entry, threshold, params: the resolved surrogate.
       x: the spike's input; dy: the upstream gradient (same dtype).
+      grad_in_dtype: ``(entry, x, threshold, params) -> dS/du`` in x's dtype,
+        the surrogate module's rule for inputs other than float32 (computed
+        in float32, kept finite, cast back), fused the same way. Passed in
+        so that this module does not import :mod:`s2nn_keras.surrogates`.
     """
-    return _fused(entry, threshold, tuple(sorted(params.items())))(x, dy)
+    return _fused(entry, threshold, tuple(sorted(params.items())), grad_in_dtype)(x, dy)
 
 
-def _body(entry, x, threshold, params, dy):
+def _body(entry, x, threshold, params, dy, grad_in_dtype):
     if x.dtype == tf.float32:
         g = entry.grad_fn(x, threshold, **params)
         finite = tf.math.is_finite(g)
         g0 = tf.where(finite, g, tf.zeros_like(g))
         return tf.where(finite, dy * g0, dy * 0.0)
-    return dy * surrogates._grad_in_dtype(entry, x, threshold, params)
+    return dy * grad_in_dtype(entry, x, threshold, params)
 
 
 _FUSED = {}
 
 
-def _fused(entry, threshold, params):
-    key = (id(entry), threshold, params)  # the built-in entries live as long as the module
+def _fused(entry, threshold, params, grad_in_dtype):
+    key = (id(entry), threshold, params, grad_in_dtype)  # the built-in entries live as long as the module
     if key not in _FUSED:
         kwargs = dict(params)
 
         @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
         def fused(x, dy):
-            return _body(entry, x, threshold, kwargs, dy)
+            return _body(entry, x, threshold, kwargs, dy, grad_in_dtype)
 
         _FUSED[key] = fused
     return _FUSED[key]
