@@ -84,10 +84,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
     flags.DEFINE_integer("max_train_examples", None, "Use only the first N training examples.", flag_values=fv)
     flags.DEFINE_integer("max_test_examples", None, "Use only the first N test examples.", flag_values=fv)
     flags.DEFINE_integer(
-        "validation_examples", 5000,
+        "validation_examples", None,
         "Training images held out for validation (a seeded random subset, the same on every backend and "
         "on resume): per-epoch val_* figures and the choice of best.keras use it; the test set is "
-        "evaluated only at the end, on final.keras and best.keras. 0: no validation split (no best.keras, no "
+        "evaluated only at the end, on final.keras and best.keras. Default: 10% of the training images "
+        "loaded (rounded down), at most 5000 -- 5000 of the full CIFAR and Fashion-MNIST training sets, "
+        "307 of --max_train_examples 3072, none below 10 images. 0: no validation split (no best.keras, no "
         "per-epoch val_* figures or firing rates).",
         flag_values=fv)
     flags.DEFINE_integer("validation_seed", 0, "Seed of the validation split (independent of --seed, so runs "
@@ -327,9 +329,10 @@ def validate(fv: flags.FlagValues) -> Dict:
     for name in ("max_train_examples", "max_test_examples"):
         if getattr(f, name) is not None:
             _positive(name, getattr(f, name))
-    if f.validation_examples < 0:
+    if f.validation_examples is not None and f.validation_examples < 0:
         raise UsageError(f"--validation_examples must be >= 0, got {f.validation_examples}")
-    if f.max_train_examples is not None and f.validation_examples >= f.max_train_examples:
+    if (f.validation_examples is not None and f.max_train_examples is not None
+            and f.validation_examples >= f.max_train_examples):
         raise UsageError(f"--validation_examples {f.validation_examples} leaves no training images of the "
                          f"--max_train_examples {f.max_train_examples}")
     _validate_data_dir(f)
@@ -454,15 +457,33 @@ def parse_or_exit(argv: List[str], fv: flags.FlagValues = flags.FLAGS) -> Dict:
         raise SystemExit(2) from None
 
 
-def recipe_differences(saved: Dict, current: Dict) -> Optional[str]:
+def recipe_differences(saved: Dict, current: Dict, num_train_examples: Optional[int] = None) -> Optional[str]:
     """Names the recipe flags that differ between two flag dicts, or None.
 
     A flag missing from ``saved`` (a run started by an older trainer that
     did not have it) counts as having had its default value.
+
+    ``--validation_examples`` is compared by the number of images it holds
+    out: its default (None) depends on the training images loaded
+    (:func:`trainers.inputs.default_validation_examples`), so a default on
+    one side and a number on the other are compared only given
+    ``num_train_examples`` (the training images loaded, before the split)
+    and are left out of the comparison without it. Both sides default:
+    equal (the other recipe flags choose the same images).
     """
+    from trainers.inputs import default_validation_examples
+
     defaults = {name: fv.default for name, fv in new_flag_values()._flags().items()}
     keys = sorted((set(saved) | set(current)) - NON_RECIPE_FLAGS)
-    diff = [k for k in keys if saved.get(k, defaults.get(k)) != current.get(k, defaults.get(k))]
-    if not diff:
-        return None
-    return ", ".join(f"--{k} {saved.get(k, defaults.get(k))!r} -> {current.get(k, defaults.get(k))!r}" for k in diff)
+    diff = []
+    for k in keys:
+        a, b = saved.get(k, defaults.get(k)), current.get(k, defaults.get(k))
+        if k == "validation_examples" and (a is None) != (b is None):
+            if num_train_examples is None:
+                continue  # compared once the training images are loaded
+            n = default_validation_examples(num_train_examples)
+            if (n if a is None else a) != (n if b is None else b):
+                diff.append(f"--{k} {a!r} -> {b!r} (default: {n} of the {num_train_examples} training images)")
+        elif a != b:
+            diff.append(f"--{k} {a!r} -> {b!r}")
+    return ", ".join(diff) if diff else None

@@ -124,8 +124,21 @@ def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: boo
     return _ArrayBatches()
 
 
-def split_validation(images: np.ndarray, labels: np.ndarray, num_validation: int, seed: int):
-    """Holds ``num_validation`` examples out of the training set.
+#: The most training images the default ``--validation_examples`` holds out.
+DEFAULT_MAX_VALIDATION_EXAMPLES = 5000
+
+
+def default_validation_examples(num_train_examples: int) -> int:
+    """The default ``--validation_examples``: 10 % of the ``num_train_examples``
+    training images loaded (rounded down), at most 5,000 -- 5,000 of the full
+    CIFAR (50,000) and Fashion-MNIST (60,000) training sets, 307 of 3,072,
+    none of fewer than 10."""
+    return min(DEFAULT_MAX_VALIDATION_EXAMPLES, int(num_train_examples) // 10)
+
+
+def split_validation(images: np.ndarray, labels: np.ndarray, num_validation: Optional[int], seed: int):
+    """Holds ``num_validation`` examples out of the training set
+    (None: :func:`default_validation_examples` of them).
 
     The held-out indices are the first ``num_validation`` of
     ``np.random.default_rng(seed).permutation(N)`` -- NumPy only, so the
@@ -134,9 +147,12 @@ def split_validation(images: np.ndarray, labels: np.ndarray, num_validation: int
 
     Returns:
       ``(train_images, train_labels, val_images, val_labels)``; the
-      validation arrays are None for ``num_validation == 0``.
+      validation arrays are None when none are held out (``num_validation
+      == 0``, or the default of fewer than 10 images).
     """
     n = len(images)
+    if num_validation is None:
+        num_validation = default_validation_examples(n)
     if num_validation <= 0:
         return images, labels, None, None
     if num_validation >= n:

@@ -3,7 +3,8 @@
 * ``firing_rates`` -- R(l) of every neuron layer over the whole test set
   (Eq. B.2);
 * ``--export`` -- ``output_dir/export`` through :func:`export.export_run`
-  (BN-folded model, TFLite models, C array, ``export_report.json``),
+  (BN-folded model -- a ReLU model is not folded --, TFLite models, C array,
+  ``export_report.json``),
   verified on the first ``--export_max_examples`` test images. Needs
   TensorFlow and the tensorflow Keras backend; otherwise the run prints the
   one command that exports ``final.keras`` where they are;
@@ -50,16 +51,35 @@ def _energy_writer():
     return write_energy_report
 
 
+def _fold_agreement(fold: Dict):
+    """Top-1 agreement of the folded model with the trained one, or None
+    where nothing was folded.
+
+    The export's ``report["fold"]`` (:func:`export.export_run`): for a
+    spiking model :func:`export.tflite.verify.verify_fold`'s figures
+    (``prediction_agreement``) and the export's ``agreement``; for a ReLU
+    model, which is not folded, only ``skipped`` (why) and ``accuracy``.
+    """
+    if "skipped" in fold:
+        return None
+    return fold.get("prediction_agreement", fold.get("agreement"))
+
+
 def _summarise_export(report: Dict, export_dir: str) -> Dict:
-    return {
+    fold = report.get("fold") or {}
+    summary = {
         "dir": export_dir,
         "num_verification": report["num_verification"],
-        "fold_prediction_agreement": report["fold"]["prediction_agreement"],
+        "spiking": bool(report.get("spiking", "skipped" not in fold)),
+        "fold_prediction_agreement": _fold_agreement(fold),
         "formats": {fmt: {"size_bytes": e["size_bytes"], "accuracy": e["litert"]["accuracy"],
                           "agreement_with_keras": e["litert"]["agreement_with_keras"],
                           "tflm_arena_bytes": e["tflm"]["arena_bytes"]}
                     for fmt, e in report["formats"].items()},
     }
+    if "skipped" in fold:
+        summary["fold_skipped"] = fold["skipped"]
+    return summary
 
 
 def post_training_reports(network, flags: Dict, data: Dict, output_dir: str, metrics: Dict) -> None:
@@ -112,8 +132,9 @@ def post_training_reports(network, flags: Dict, data: Dict, output_dir: str, met
             tflite_models = {fmt: os.path.join(export_dir, report["formats"][fmt]["file"])
                              for fmt in ("float32", "int8") if fmt in report["formats"]}
             folded = getattr(result, "folded", None)
-            if folded is None:
-                folded = keras.saving.load_model(os.path.join(export_dir, "model_folded.keras"))
+            if folded is None:  # a ReLU model is not folded: no model_folded.keras
+                folded_path = os.path.join(export_dir, "model_folded.keras")
+                folded = keras.saving.load_model(folded_path) if os.path.isfile(folded_path) else network
     writer = _energy_writer()
     if writer is None:
         print("energy report skipped: export.energy.report is not available", file=sys.stderr, flush=True)

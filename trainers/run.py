@@ -11,7 +11,8 @@ model trained with flips), end-of-run reports, ``metrics.json``.
 Figures in ``metrics.json`` and the summary line, by name:
 
 * ``validation_accuracy_final`` / ``validation_accuracy_best``: the held-out
-  part of the *training* set (``--validation_examples``), final model and
+  part of the *training* set (``--validation_examples``; default 10 % of
+  the training images loaded, at most 5,000), final model and
   the best epoch; ``best.keras`` is the epoch with the highest validation
   accuracy;
 * ``test_accuracy_final`` / ``test_accuracy_best``: the test set, evaluated
@@ -51,6 +52,24 @@ def _finished_metrics(output_dir, state, flags):
     return metrics
 
 
+def _check_recipe(output_dir, state, flags, num_train_examples=None):
+    """Refuses to resume a run with other recipe flags (one line);
+    ``num_train_examples``: the training images loaded, which a default
+    ``--validation_examples`` depends on (see
+    :func:`trainers.flags.recipe_differences`)."""
+    diff = trainer_flags.recipe_differences(state["flags"], flags, num_train_examples)
+    if diff:
+        raise trainer_flags.UsageError(f"{output_dir} holds a run with other flags ({diff}); use a new --output_dir")
+
+
+def _loaded_train_examples(metrics):
+    """Training images a finished run loaded (trained on plus held out), or None."""
+    try:
+        return int(metrics["num_train_examples"]) + int(metrics["validation"]["examples"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _fmt(value):
     return f"{value:.4f}" if isinstance(value, float) else "n/a"
 
@@ -66,7 +85,9 @@ def summary_lines(metrics: Dict) -> list:
                      f"best {_fmt(metrics['validation_accuracy_best'])} (epoch {best.get('epoch', '?')}, "
                      "selects best.keras)")
     else:
-        lines.append("validation: none (--validation_examples 0): no best.keras")
+        why = ("--validation_examples 0" if (metrics.get("flags") or {}).get("validation_examples") is not None
+               else "the default holds out 10% of the training images: none of fewer than 10")
+        lines.append(f"validation: none ({why}): no best.keras")
     test = (f"test ({metrics['num_test_examples']} images, evaluated once at the end): "
             f"final.keras {_fmt(metrics['test_accuracy_final'])}")
     if metrics.get("test_accuracy_best") is not None:
@@ -115,12 +136,10 @@ def train(config: Dict) -> Dict:
     except files.ResumeError as err:
         raise trainer_flags.UsageError(str(err)) from None
     if state is not None:
-        diff = trainer_flags.recipe_differences(state["flags"], f)
-        if diff:
-            raise trainer_flags.UsageError(
-                f"{output_dir} holds a run with other flags ({diff}); use a new --output_dir")
+        _check_recipe(output_dir, state, f)
         finished = _finished_metrics(output_dir, state, f)
         if finished is not None and not problems:
+            _check_recipe(output_dir, state, f, _loaded_train_examples(finished))
             print(f"the run in {output_dir} is finished ({state['epochs_completed']}/{f['epochs']} epochs, "
                   f"{os.path.join(output_dir, files.METRICS_FILE)}); nothing changed. Start afresh with "
                   "--restart or use a new --output_dir", flush=True)
@@ -147,6 +166,8 @@ def train(config: Dict) -> Dict:
     recipe.set_dtype_policy(f["dtype_policy"])
     all_x, all_y = data_lib.load_arrays(f["dataset"], "train", f["data_dir"], f["max_train_examples"])
     test_x, test_y = data_lib.load_arrays(f["dataset"], "test", f["data_dir"], f["max_test_examples"])
+    if state is not None:  # a default --validation_examples depends on the images loaded
+        _check_recipe(output_dir, state, f, len(all_x))
     try:
         train_x, train_y, val_x, val_y = inputs.split_validation(all_x, all_y, f["validation_examples"],
                                                                  f["validation_seed"])

@@ -45,6 +45,10 @@ BAD = {
     "zero width": (["--width=0"], "--width must be > 0"),
     "stem stride": (["--stem_stride=3"], "--stem_stride must be 1 or 2, got 3"),
     "zero max examples": (["--max_train_examples=0"], "--max_train_examples must be > 0"),
+    "negative validation": (["--validation_examples=-1"], "--validation_examples must be >= 0, got -1"),
+    "validation leaves no training images": (
+        ["--max_train_examples=3072", "--validation_examples=5000"],
+        "--validation_examples 5000 leaves no training images of the --max_train_examples 3072"),
 }
 
 
@@ -76,6 +80,19 @@ def test_valid_flags_resolve_surrogate_params(tmp_path):
     assert config["blocks"] == [1, 1]
     assert config["surrogate_params"] == {"alpha1": 2.0}
     assert config["flags"]["activation"] == "slayer" and config["flags"]["width"] == 8
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], None),  # the default: 10 % of the training images loaded, at most 5,000 (trainers.inputs)
+    (["--max_train_examples=3072"], None),
+    (["--max_train_examples=5000"], None),
+    (["--max_train_examples=3072", "--validation_examples=3071"], 3071),
+    (["--validation_examples=0"], 0),
+])
+def test_validation_examples_default_fits_the_training_images(args, expected, tmp_path):
+    config = tf_flags.parse_or_exit(["trainers.cifar"] + GOOD + args + [f"--output_dir={tmp_path}"],
+                                    tf_flags.new_flag_values())
+    assert config["flags"]["validation_examples"] == expected
 
 
 def test_named_models_have_paper_blocks(tmp_path):

@@ -62,6 +62,57 @@ def test_validation_split_is_seeded_disjoint_and_backend_independent():
         inputs.split_validation(x, y, 1000, seed=0)
 
 
+@pytest.mark.parametrize("loaded, held_out", [(60000, 5000), (50000, 5000), (3072, 307), (5000, 500),
+                                              (96, 9), (9, 0)])
+def test_default_validation_split_fits_the_training_images(loaded, held_out):
+    """--validation_examples unset: 10 % of the training images loaded, at
+    most 5,000 -- the full Fashion-MNIST (60,000) and CIFAR (50,000) sets
+    keep exactly the 5,000 images an explicit 5000 holds out."""
+    assert inputs.default_validation_examples(loaded) == held_out
+    x = np.arange(loaded, dtype=np.int64).reshape(loaded, 1, 1, 1)
+    y = np.arange(loaded)
+    tx, ty, vx, vy = inputs.split_validation(x, y, None, seed=0)
+    assert len(ty) == loaded - held_out and (vy is None if held_out == 0 else len(vy) == held_out)
+    if held_out:
+        explicit = inputs.split_validation(x, y, held_out, seed=0)
+        np.testing.assert_array_equal(vy, explicit[3])
+        np.testing.assert_array_equal(ty, explicit[1])
+
+
+def test_resume_compares_a_default_validation_split_by_its_size():
+    """A run saved with --validation_examples 5000 (the old default) resumes
+    under the new default on the full training set, not on 10,000 images; a
+    default on one side is left for after loading (no image count yet)."""
+    old, new = {"validation_examples": 5000}, {"validation_examples": None}
+    assert tf_flags.recipe_differences(old, new) is None
+    assert tf_flags.recipe_differences(old, new, num_train_examples=60000) is None
+    assert tf_flags.recipe_differences(new, new, num_train_examples=3072) is None
+    diff = tf_flags.recipe_differences(old, new, num_train_examples=10000)
+    assert diff.startswith("--validation_examples 5000 -> None (default: 1000 of the 10000") and "1000" in diff
+    assert "--validation_examples None -> 300" in tf_flags.recipe_differences(new, {"validation_examples": 300},
+                                                                               num_train_examples=3072)
+    assert tf_flags.recipe_differences({"validation_examples": 16}, {"validation_examples": 0}) is not None
+
+
+def test_default_validation_split_on_a_small_training_set(data_dir, tmp_path, capsys):
+    """--max_train_examples below 5,000 without --validation_examples trains
+    (it ended in "--validation_examples 5000 leaves no training images"),
+    holding out 10 %; resuming with another explicit split is refused."""
+    out = tmp_path / "run"
+    args = ["trainers.cifar"] + [a for a in TINY if not a.startswith("--validation_examples")] + [
+        "--dataset=fashion_mnist", f"--data_dir={data_dir}", "--epochs=1", "--max_train_examples=90",
+        f"--output_dir={out}"]
+    config = tf_flags.parse_or_exit(args, tf_flags.new_flag_values())
+    assert config["flags"]["validation_examples"] is None
+    metrics = cifar.train(config)
+    assert metrics["validation"]["examples"] == 9 and metrics["num_train_examples"] == 81
+    assert (out / "best.keras").is_file()
+    again = cifar.train(tf_flags.parse_or_exit(args + ["--validation_examples=9"], tf_flags.new_flag_values()))
+    assert again["epochs_completed"] == 1  # the same 9 images: the run is finished
+    with pytest.raises(tf_flags.UsageError, match="other flags.*--validation_examples None -> 10"):
+        cifar.train(tf_flags.parse_or_exit(args + ["--validation_examples=10"], tf_flags.new_flag_values()))
+
+
 def _print_digest(vy):
     raise AssertionError(f"split digest changed: {hashlib.sha256(vy.tobytes()).hexdigest()[:16]}")
 
@@ -94,6 +145,16 @@ def test_summary_lines_say_which_figure_is_which(finished_run):
     assert lines[0].startswith("validation (16 held-out training images, seed 0): final ")
     assert lines[1].startswith("test (40 images, evaluated once at the end): final.keras ") and "best.keras" in lines[1]
     assert lines[2].startswith("flip-TTA skipped: the model was trained without flips")
+
+
+def test_summary_line_without_a_validation_split(finished_run):
+    from trainers.run import summary_lines
+
+    metrics = dict(finished_run[1], validation={"examples": 0, "seed": 0})
+    metrics["flags"] = dict(metrics["flags"], validation_examples=0)
+    assert summary_lines(metrics)[0] == "validation: none (--validation_examples 0): no best.keras"
+    metrics["flags"]["validation_examples"] = None
+    assert "none of fewer than 10" in summary_lines(metrics)[0]
 
 
 def test_tta_and_learnable_neurons(data_dir, tmp_path):
