@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from trainers.flags import UsageError
+from trainers.errors import UsageError
 
 
 class Distribution:

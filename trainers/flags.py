@@ -20,6 +20,8 @@ from typing import Dict, List, Optional
 
 from absl import flags
 
+from trainers.errors import UsageError
+
 
 MODELS = ("preact_resnet18", "preact_resnet106", "custom")
 MODEL_BLOCKS = {"preact_resnet18": [2, 2, 2, 2], "preact_resnet106": [13, 13, 13, 13]}
@@ -65,10 +67,6 @@ def energy_conventions():
     from s2nn_keras.energy import CONVENTIONS
 
     return tuple(CONVENTIONS)
-
-
-class UsageError(ValueError):
-    """A bad command line; the message is the one line shown to the user."""
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
@@ -268,18 +266,11 @@ def validate(fv: flags.FlagValues) -> Dict:
     from s2nn_keras.datasets import DATASETS
 
     f = fv
-    if f.dataset not in DATASETS:
-        raise UsageError(f"unknown --dataset {f.dataset!r}; valid: {', '.join(DATASETS)}")
-    if f.model not in MODELS:
-        raise UsageError(f"unknown --model {f.model!r}; valid: {', '.join(MODELS)}")
-    if f.optimizer not in OPTIMIZERS:
-        raise UsageError(f"unknown --optimizer {f.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-    if f.strategy not in STRATEGIES:
-        raise UsageError(f"unknown --strategy {f.strategy!r}; valid: {', '.join(STRATEGIES)}")
-    if f.input_pipeline not in INPUT_PIPELINES:
-        raise UsageError(f"unknown --input_pipeline {f.input_pipeline!r}; valid: {', '.join(INPUT_PIPELINES)}")
-    if f.dtype_policy not in DTYPE_POLICIES:
-        raise UsageError(f"unknown --dtype_policy {f.dtype_policy!r}; valid: {', '.join(DTYPE_POLICIES)}")
+    for name, valid in (("dataset", DATASETS), ("model", MODELS), ("optimizer", OPTIMIZERS),
+                        ("strategy", STRATEGIES), ("input_pipeline", INPUT_PIPELINES),
+                        ("dtype_policy", DTYPE_POLICIES)):
+        if getattr(f, name) not in valid:
+            raise UsageError(f"unknown --{name} {getattr(f, name)!r}; valid: {', '.join(valid)}")
     _validate_backend_flags(f)
     valid_acts = ["relu"] + surrogates.available_surrogates()
     if f.activation not in valid_acts:

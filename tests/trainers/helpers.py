@@ -102,3 +102,77 @@ def free_ports(n):
     for s in socks:
         s.close()
     return ports
+
+
+def read_json(path):
+    """The JSON at ``path``, or None while it is missing or half-written."""
+    import json
+
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def kill_after_first_epoch(procs, state_path, timeout):
+    """SIGKILLs every process of ``procs`` once ``state_path`` says an epoch
+    is done (asserting none ended before), and waits for them."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and all(p.poll() is None for p in procs):
+            state = read_json(state_path)
+            if state and state["epochs_completed"] >= 1:
+                break
+            time.sleep(0.1)
+        assert all(p.poll() is None for p in procs), "a run ended before it could be killed:\n" + "\n".join(
+            p.communicate()[0][-2000:] for p in procs if p.poll() is not None)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+            p.wait(timeout=60)
+
+
+def wait_all(procs, timeout):
+    """Each process's output; kills whatever is still running at the end."""
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return outputs
+
+
+def assert_cosine_history(metrics, epochs):
+    """One history row per epoch, with the cosine schedule continued across
+    a resume: the learning rate after epoch e is lr0 (1 + cos(pi e / E)) / 2."""
+    import math
+
+    import pytest
+
+    assert [h["epoch"] for h in metrics["history"]] == list(range(1, epochs + 1))
+    lr0 = metrics["flags"]["learning_rate"]
+    for h in metrics["history"]:
+        expected = lr0 * (1 + math.cos(math.pi * h["epoch"] / epochs)) / 2
+        assert h["learning_rate"] == pytest.approx(expected, rel=1e-4, abs=1e-9)
+
+
+def start_tiny_run(tmp_path, epochs, extra, cmd=None, env=None):
+    """``(args, output folder, process)`` of a tiny Fashion-MNIST run
+    (256 fake training images) started in the background: ``cmd`` builds the
+    command line (default :func:`trainer_cmd`), ``env`` its environment."""
+    data_dir = write_fake_fashion_mnist(os.path.join(str(tmp_path), "data"), n_train=256, n_test=64)
+    out = tmp_path / "run"
+    args = TINY + ["--dataset=fashion_mnist", f"--data_dir={data_dir}", f"--epochs={epochs}", *extra,
+                   f"--output_dir={out}"]
+    proc = subprocess.Popen((cmd or trainer_cmd)(*args), cwd=REPO, env=env or trainer_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    return args, out, proc

@@ -12,7 +12,7 @@ import pytest
 
 from trainers import files
 from trainers.distribute import jax_cluster_from_env
-from trainers.flags import UsageError
+from trainers.errors import UsageError
 
 
 def test_cluster_from_tf_config_chief_first():

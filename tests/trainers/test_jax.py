@@ -2,17 +2,15 @@
 blocker makes every ``tensorflow*`` import fail, as on the GPU machine)."""
 
 import json
-import os
-import signal
 import subprocess
-import time
 
 import pytest
 
 pytest.importorskip("jax")
 
 from tests.trainers.helpers import (  # noqa: E402
-    REPO, TINY, free_ports, jax_env, no_tf_cmd, run_trainer_jax_no_tf, write_fake_fashion_mnist)
+    REPO, TINY, assert_cosine_history, free_ports, jax_env, kill_after_first_epoch, no_tf_cmd, run_trainer_jax_no_tf,
+    start_tiny_run, wait_all, write_fake_fashion_mnist)
 
 
 def _tags(logdir):
@@ -77,41 +75,17 @@ def test_jax_data_parallel_on_two_cpu_devices(tmp_path):
 
 @pytest.mark.slow
 def test_jax_sigkill_then_rerun_resumes(tmp_path):
-    data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=256, n_test=64)
-    out = tmp_path / "run"
     epochs = 5
-    args = TINY + ["--dataset=fashion_mnist", f"--data_dir={data_dir}", f"--epochs={epochs}",
-                   "--randaugment_ops=1", f"--output_dir={out}"]
-    proc = subprocess.Popen(no_tf_cmd(*args), cwd=REPO, env=jax_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    args, out, proc = start_tiny_run(tmp_path, epochs, ["--randaugment_ops=1"], cmd=no_tf_cmd, env=jax_env())
     state_path = out / "state.json"
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                if json.loads(state_path.read_text())["epochs_completed"] >= 1:
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.1)
-        assert proc.poll() is None, "first run ended before it could be killed:\n" + proc.stdout.read()
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_after_first_epoch([proc], state_path, timeout=300)
     done = json.loads(state_path.read_text())["epochs_completed"]
     assert 1 <= done < epochs and not (out / "metrics.json").exists()
     second = run_trainer_jax_no_tf(*args, timeout=400)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
     assert f"resuming from epoch {done}/{epochs} (optimizer step {done * 8})" in second.stdout
     assert f"Epoch {done + 1}/{epochs}" in second.stdout and "Epoch 1/" not in second.stdout
-    m = json.loads((out / "metrics.json").read_text())
-    assert [h["epoch"] for h in m["history"]] == list(range(1, epochs + 1))
-    import math
-
-    lr0 = m["flags"]["learning_rate"]
-    for h in m["history"]:
-        assert h["learning_rate"] == pytest.approx(lr0 * (1 + math.cos(math.pi * h["epoch"] / epochs)) / 2,
-                                                   rel=1e-4, abs=1e-9)
+    assert_cosine_history(json.loads((out / "metrics.json").read_text()), epochs)
 
 
 def _start_cluster(args, ports):
@@ -122,19 +96,6 @@ def _start_cluster(args, ports):
         procs.append(subprocess.Popen(no_tf_cmd(*args), cwd=REPO, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     return procs
-
-
-def _wait_all(procs, timeout):
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=timeout)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return outputs
 
 
 @pytest.mark.slow
@@ -148,27 +109,12 @@ def test_jax_multi_worker_two_processes_on_localhost_with_resume(tmp_path):
     args = TINY + ["--dataset=fashion_mnist", f"--data_dir={data_dir}", f"--epochs={epochs}",
                    "--strategy=multi_worker", f"--output_dir={out}"]
     procs = _start_cluster(args, free_ports(2))
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and all(p.poll() is None for p in procs):
-            try:
-                if json.loads((out / "state.json").read_text())["epochs_completed"] >= 1:
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.1)
-        assert all(p.poll() is None for p in procs), "a worker ended early:\n" + "\n".join(
-            p.communicate()[0][-2000:] for p in procs if p.poll() is not None)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
-            p.wait(timeout=60)
+    kill_after_first_epoch(procs, out / "state.json", timeout=300)
     done = json.loads((out / "state.json").read_text())["epochs_completed"]
     assert 1 <= done < epochs and not (out / "metrics.json").exists()
 
     procs = _start_cluster(args, free_ports(2))
-    outputs = _wait_all(procs, timeout=400)
+    outputs = wait_all(procs, timeout=400)
     for p, text in zip(procs, outputs):
         assert p.returncode == 0, text[-3000:]
     assert f"resuming from epoch {done}/{epochs}" in outputs[0] and f"resuming from epoch {done}/{epochs}" in outputs[1]

@@ -5,46 +5,22 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 
-from tests.trainers.helpers import (REPO, TINY, free_ports, run_trainer, trainer_cmd, trainer_env,
+from tests.trainers.helpers import (REPO, TINY, assert_cosine_history, free_ports, kill_after_first_epoch,
+                                    read_json, run_trainer, start_tiny_run, trainer_cmd, trainer_env, wait_all,
                                     write_fake_fashion_mnist)
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_resumes_from_last_epoch(tmp_path):
-    data_dir = write_fake_fashion_mnist(str(tmp_path / "data"), n_train=256, n_test=64)
-    out = tmp_path / "run"
     epochs = 6
-    args = TINY + ["--dataset=fashion_mnist", f"--data_dir={data_dir}", f"--epochs={epochs}",
-                   "--max_train_examples=256", "--batch_size=32", f"--output_dir={out}"]
-    proc = subprocess.Popen(trainer_cmd(*args), cwd=REPO, env=trainer_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    args, out, proc = start_tiny_run(tmp_path, epochs, ["--max_train_examples=256", "--batch_size=32"])
     state_path = out / "state.json"
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            state = _read_json(state_path)
-            if state and state["epochs_completed"] >= 1:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, "first run ended before it could be killed:\n" + proc.stdout.read()
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_after_first_epoch([proc], state_path, timeout=240)
     assert proc.returncode == -signal.SIGKILL
-    killed_state = _read_json(state_path)
+    killed_state = read_json(state_path)
     done = killed_state["epochs_completed"]
     assert 1 <= done < epochs
     assert not (out / "metrics.json").exists()
@@ -58,15 +34,8 @@ def test_sigkill_then_rerun_resumes_from_last_epoch(tmp_path):
     assert "Epoch 1/" not in second.stdout or done == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_completed"] == epochs
-    assert [h["epoch"] for h in metrics["history"]] == list(range(1, epochs + 1))
-    # The cosine schedule continued from the restored step count: it ends at 0
-    # and the learning rate after epoch e is lr0 * (1 + cos(pi e / E)) / 2.
-    import math
-
-    lr0 = metrics["flags"]["learning_rate"]
-    for h in metrics["history"]:
-        expected = lr0 * (1 + math.cos(math.pi * h["epoch"] / epochs)) / 2
-        assert h["learning_rate"] == pytest.approx(expected, rel=1e-4, abs=1e-9)
+    # The cosine schedule continued from the restored step count.
+    assert_cosine_history(metrics, epochs)
     assert metrics["wall_time_s"] >= metrics["session_wall_time_s"]
 
 
@@ -86,15 +55,7 @@ def test_multi_worker_two_local_processes(tmp_path):
         env = trainer_env({"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})})
         procs.append(subprocess.Popen(trainer_cmd(*args), cwd=REPO, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    outputs = wait_all(procs, timeout=300)
     for p, text in zip(procs, outputs):
         assert p.returncode == 0, text[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
