@@ -47,7 +47,7 @@ import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
-from benchmarks import _common as C  # noqa: E402  (stdlib only: runs where TensorFlow is absent)
+from benchmarks import common as C  # noqa: E402  (stdlib only: runs where TensorFlow is absent)
 
 TAU_S, ALPHA, THRESHOLD = 1.0, 0.2, 1.0
 
@@ -207,11 +207,11 @@ def keras_trainer(args, augment):
     x = rng.integers(0, 256, size=(n, 28, 28, 1), dtype=np.uint8)
     y = inputs.one_hot(rng.integers(0, 10, size=n), 10)
 
-    from benchmarks.gpu_table5 import _StepClock
+    from benchmarks.gpu_table5 import step_clock
 
     def block(_n):
         """Seconds per step between the first and the last step's completion in one fit epoch."""
-        clock = _StepClock()
+        clock = step_clock()
         model.fit(inputs.array_batches(x, y, args.batch_size, shuffle=True), epochs=1, verbose=0,
                   callbacks=[clock])
         return clock.seconds_per_step()

@@ -49,7 +49,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
-from benchmarks import _common as C  # noqa: E402  (stdlib only: runs where TensorFlow is absent)
+from benchmarks import common as C  # noqa: E402  (stdlib only: runs where TensorFlow is absent)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {act: os.path.join(REPO, "trainers", "configs", f"gpu_table5_fashion_mnist_resnet18_{act}.cfg")
@@ -158,7 +158,7 @@ def _block(x):
     return keras.ops.convert_to_numpy(x)
 
 
-def _StepClock():
+def step_clock():
     """A callback timing the steps of one ``fit`` epoch between the first and
     the last step's completion (Keras hands over a step's logs once it has
     run; ``async_safe`` lets it do so off the training loop), so ``fit``'s
@@ -250,7 +250,7 @@ def measure_pipeline_and_steps(args, train_x, train_y):
     for r in range(args.bench_rounds):
         for act in ("s2nn", "relu"):
             data = inputs.array_batches(x, y, batch, shuffle=True, seed=2 + r)
-            clock = _StepClock()
+            clock = step_clock()
             models[act][0].fit(data, epochs=1, verbose=0, callbacks=[clock])
             times[act].append(clock.seconds_per_step())
     ratios = [a / b for a, b in zip(times["s2nn"], times["relu"])]

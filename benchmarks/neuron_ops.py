@@ -38,7 +38,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import _common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 
 CONTEXTS = ("after_conv", "standalone")
 VARIANTS = ("saturate", "compare", "relu")

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from benchmarks import _common as C
+from benchmarks import common as C
 
 SECTIONS = ("train_step", "surrogate_profile", "inference", "inference_float32", "neuron_ops", "table2",
             "gpu_fullscale")

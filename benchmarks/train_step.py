@@ -40,7 +40,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import _common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 
 ACTIVATIONS = ("relu", "s2nn", "ste_s", "ste_b", "slayer", "sibnn", "superspike")
 MODES = ("eager", "graph", "xla")

@@ -146,6 +146,17 @@ def write_json(path, payload):
     print(f"wrote {path}")
 
 
+def write_result(args, benchmark, machine, t_start, not_config=("output",), **fields):
+    """Writes a benchmark's JSON to ``args.output`` (:func:`write_json`):
+    ``benchmark``, the command line, ``config`` (the flags of ``args`` but
+    ``not_config``), ``fields``, the total wall time since ``t_start``
+    (``time.time()``) and ``machine``; returns 0, the exit status."""
+    config = {k: v for k, v in vars(args).items() if k not in not_config}
+    write_json(args.output, {"benchmark": benchmark, "command": command_line(), "config": config, **fields,
+                             "total_wall_s": round(time.time() - t_start, 1), "machine": machine})
+    return 0
+
+
 def median(values):
     return statistics.median(values) if values else float("nan")
 
