@@ -37,10 +37,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import _common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
+from export.mcu.targets import CORES  # noqa: E402
 
 TFLM_CMSIS_M55 = 3_181_757   # TFLM + CMSIS-NN, quickstart S2NN on the M55 (issue 16's anchor table)
-CORES = ("cortex-m4", "cortex-m55")
 
 
 def parse(argv=None):
@@ -58,7 +58,7 @@ def parse(argv=None):
 
 
 def _convert(path, calib, gap, bnfold):
-    from export.pipeline import load_model
+    from export.loader import load_model
     from export.tflite.convert import convert, ensure_folded
 
     model = ensure_folded(load_model(path))
@@ -117,7 +117,8 @@ def main(argv=None):
     import_tensorflow_quietly()
     import numpy as np
 
-    from export.mcu.run import format_summary, run_mcu, spike_levels
+    from export.mcu.config import McuConfig
+    from export.mcu.run import format_summary, run_mcu
     from s2nn_keras.datasets import load_arrays
 
     machine = C.machine_info()
@@ -131,8 +132,9 @@ def main(argv=None):
         print(f"{name}: {path}", flush=True)
         conv = _convert(path, calib, gap, bnfold)
         host_images = args.host_images if name == "s2nn" else min(args.host_images, 1000)
-        report = run_mcu(conv.flatbuffer, x_test, args.cores, spike_levels(conv), "auto", args.images,
-                         args.measure_images, host_images=host_images, model_name=name, verbose=True)
+        report = run_mcu(conv, x_test, McuConfig(cores=args.cores, num_images=args.images,
+                                                 measure_images=args.measure_images, host_images=host_images,
+                                                 model_name=name, verbose=True))
         report["source"] = path
         report["ops"] = report.pop("op_counts")
         print(format_summary(report), flush=True)

@@ -21,7 +21,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import _common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 
 
 def main(argv=None):
@@ -43,7 +43,7 @@ def main(argv=None):
     from export.transform import rewrites
     from export.tflite.flatbuffer import op_counts, read_model
     from export.transform.fold import fold_batchnorm
-    from export.pipeline import load_model
+    from export.loader import load_model
     from export.tflite.runtimes import run_tflm
     from export.tflite.convert import convert
     from s2nn_keras.datasets import load_arrays

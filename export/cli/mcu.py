@@ -23,9 +23,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from export.cli import harness as cli  # noqa: E402
 from export.cli.flags import DATASETS, optional_cores, optional_rewrites, positive_int  # noqa: E402
 from export.formats import DEFAULT_REWRITES  # noqa: E402
+from export.mcu.config import DEFAULT_IMAGES, DEFAULT_MEASURE_IMAGES  # noqa: E402
+from export.mcu.lower import LAYOUTS  # noqa: E402
+from export.mcu.targets import CORES  # noqa: E402
 
 PROG = "python -m export.mcu"
-_LAYOUTS = ("auto", "dense", "spike_list", "spike_mask")
 
 
 def build_parser():
@@ -34,13 +36,14 @@ def build_parser():
     src.add_argument("--model", help="a trained .keras model (S2NN or ReLU)")
     src.add_argument("--tflite", help="an int8 .tflite (no neuron plan: dense layouts only)")
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--cores", type=optional_cores, default=["cortex-m4", "cortex-m55"],
-                   help="comma-separated boards to build and run (cortex-m4,cortex-m55; '' for the host check only)")
-    p.add_argument("--images", type=positive_int, default=200, help="test images run under QEMU")
+    p.add_argument("--cores", type=optional_cores, default=list(CORES),
+                   help=f"comma-separated boards to build and run ({','.join(CORES)}; '' for the host check only)")
+    p.add_argument("--images", type=positive_int, default=DEFAULT_IMAGES, help="test images run under QEMU")
     p.add_argument("--host_images", type=positive_int, default=None,
                    help="test images of the host check (default: --images)")
-    p.add_argument("--measure_images", type=positive_int, default=20, help="images of the layout measurement")
-    p.add_argument("--layouts", choices=_LAYOUTS, default="auto",
+    p.add_argument("--measure_images", type=positive_int, default=DEFAULT_MEASURE_IMAGES,
+                   help="images of the layout measurement")
+    p.add_argument("--layouts", choices=("auto",) + LAYOUTS, default="auto",
                    help="spike-driven layers: auto (fewest measured instructions per layer and core) or one layout")
     p.add_argument("--rewrites", type=optional_rewrites, default=list(DEFAULT_REWRITES),
                    help="graph rewrites before converting (export.transform.rewrites; default: "
@@ -87,26 +90,25 @@ def _run(args) -> int:
     import_tensorflow_quietly()
     if args.data is None:
         data = load_dataset(args.dataset or "fashion_mnist", args.data_dir, n_images, need_train=bool(args.model))
-    from export.mcu.run import format_summary, run_mcu, spike_levels
+    from export.mcu.config import McuConfig
+    from export.mcu.run import format_summary, run_mcu
 
-    conversion = None
     if args.model:
-        conversion = _convert(path, args, data, check_input_shape)
-        flat, name = conversion.flatbuffer, conversion.model.name
+        model = _convert(path, args, data, check_input_shape)     # its flatbuffer and spike tensors
+        flat, name = model.flatbuffer, model.model.name
     else:
         with open(path, "rb") as f:
-            flat = f.read()
+            model = flat = f.read()
         name = os.path.basename(path)
-    levels = spike_levels(conversion)
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "model_int8.tflite"), "wb") as f:
         f.write(flat)
-    report = run_mcu(flat, data.test_images, args.cores, levels, args.layouts, num_images=args.images,
-                     measure_images=args.measure_images, host_images=args.host_images or args.images,
-                     output_dir=args.output_dir, model_name=name, verbose=not args.quiet)
+    config = McuConfig(cores=args.cores, layouts=args.layouts, num_images=args.images,
+                       measure_images=args.measure_images, host_images=args.host_images or args.images,
+                       output_dir=args.output_dir, model_name=name, verbose=not args.quiet)
+    report = run_mcu(model, data.test_images, config)
     report["source"] = path
     report["rewrites"] = list(args.rewrites) if args.model else []
-    report["spike_tensors"] = len(levels)
     with open(os.path.join(args.output_dir, "mcu_report.json"), "w") as f:
         json.dump(report, f, indent=2)
     if not args.quiet:
@@ -126,15 +128,14 @@ def _run(args) -> int:
 
 def _convert(path, args, data, check_input_shape):
     """The verified int8 conversion of the model at ``path`` (folded first)."""
-    import numpy as np
-
     from export.loader import load_model
     from export.tflite.convert import convert
+    from s2nn_keras.datasets import as_model_input
 
     model = load_model(path)
     check_input_shape(data, model.inputs[0].shape[1:], f"model {path!r}")
     train = data.train_images[-args.num_calibration:]
-    calib = train.astype(np.float32) / 255.0 if train.dtype == np.uint8 else train.astype(np.float32)
+    calib = as_model_input(train)
 
     def representative():
         for i in range(0, len(calib), 50):

@@ -11,51 +11,42 @@ convs and Dense layers that read a spike tensor get spike-driven kernels
 whose work is the inputs that fired. See docs/MCU.md.
 
 Modules (TFLite's integer arithmetic is :mod:`export.quant`):
-:mod:`~export.mcu.lower` (flatbuffer -> integer program),
-:mod:`~export.mcu.plan` (activation buffer), :mod:`~export.mcu.generate`
-(the C), :mod:`~export.mcu.build` (host build), :mod:`~export.mcu.firmware`
-(boards, firmware, QEMU), :mod:`~export.mcu.run` (the whole path and the
-report). CLI: ``python -m export.mcu``.
+:mod:`~export.mcu.lower` (flatbuffer -> integer program, one lowering per
+op), :mod:`~export.mcu.plan` (activation buffer), :mod:`~export.mcu.generate`
+(the C, one emitter per kernel family), :mod:`~export.mcu.targets` (host and
+cores: flags, code paths, the sources' target guard), :mod:`~export.mcu.build`
+(host build), :mod:`~export.mcu.firmware` (boards, firmware, QEMU),
+:mod:`~export.mcu.config` (:class:`McuConfig`), :mod:`~export.mcu.run` (the
+whole path and the report). CLI: ``python -m export.mcu``
+(:mod:`export.cli.mcu`). Importing this package is cheap: each name below
+loads its module on first use.
 
 Example::
 
-    from export import mcu
+    from export import ExportConfig, export_run, mcu
     from export.tflite.convert import convert
 
     conv = convert(model, "int8", representative_data)
-    report = mcu.run_mcu(conv.flatbuffer, test_images, ("cortex-m4", "cortex-m55"), mcu.spike_levels(conv))
+    report = mcu.run_mcu(conv, test_images, mcu.McuConfig(cores=("cortex-m4", "cortex-m55"), num_images=100))
     report["cores"]["cortex-m55"]["instructions"]["mean"]
-    export_run(model, out_dir, x, y, reporters=[mcu.reporter(("cortex-m4", "cortex-m55"), images=x)])
+    mcu.spike_codes(conv)              # {tensor index: (off code, on code)} of its spike tensors
+    export_run(model, ExportConfig(out_dir, x, y, reporters=(mcu.reporter(x, mcu.McuConfig(num_images=100)),)))
 """
 
-__all__ = ["run_mcu", "reporter", "spike_levels", "format_summary", "CORES"]
+from export.lazy import lazy_attributes
 
-CORES = ("cortex-m4", "cortex-m55")
+__all__ = ["run_mcu", "reporter", "spike_codes", "format_summary", "McuConfig", "McuConfigError", "CORES",
+           "TARGETS"]
 
+_LAZY = {
+    "run_mcu": "export.mcu.run",
+    "reporter": "export.mcu.run",
+    "spike_codes": "export.mcu.run",
+    "format_summary": "export.mcu.run",
+    "McuConfig": "export.mcu.config",
+    "McuConfigError": "export.mcu.config",
+    "CORES": "export.mcu.targets",
+    "TARGETS": "export.mcu.targets",
+}
 
-def run_mcu(*args, **kwargs):
-    """:func:`export.mcu.run.run_mcu`."""
-    from export.mcu.run import run_mcu as _run
-
-    return _run(*args, **kwargs)
-
-
-def reporter(*args, **kwargs):
-    """:func:`export.mcu.run.reporter` (an ``export_run`` FormatReporter)."""
-    from export.mcu.run import reporter as _reporter
-
-    return _reporter(*args, **kwargs)
-
-
-def spike_levels(conversion):
-    """:func:`export.mcu.run.spike_levels`."""
-    from export.mcu.run import spike_levels as _levels
-
-    return _levels(conversion)
-
-
-def format_summary(report, indent="  "):
-    """:func:`export.mcu.run.format_summary`."""
-    from export.mcu.run import format_summary as _summary
-
-    return _summary(report, indent)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

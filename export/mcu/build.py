@@ -1,13 +1,22 @@
-"""Builds and runs the generated C: on the host (``gcc``) and as Cortex-M firmware.
+"""Builds and runs the generated C on the host (``gcc``); the tools' errors.
 
 * :func:`write_sources` puts ``model.c``/``model.h`` and the runtime
-  (``export/mcu/c``) into a directory.
+  (``export/mcu/c``: ``s2mcu.h``, ``s2mcu_internal.h`` and the kernel
+  sources :data:`KERNEL_SOURCES`) into a directory.
 * :func:`build_host` compiles them with the host compiler and
   ``host_main.c``; :func:`run_host` feeds it int8 images and reads the
   int8 outputs back (the fast bit-exactness tests).
-* :func:`firmware_command` is the one ``arm-none-eabi-gcc`` command line
-  of a board (:data:`export.mcu.boards.BOARDS`); :func:`build_firmware`
-  runs it and reads flash and RAM from the map file.
+* The firmware of a board is :mod:`export.mcu.firmware`'s
+  (:func:`~export.mcu.firmware.firmware_command`, the one
+  ``arm-none-eabi-gcc`` command line of a board of
+  :data:`~export.mcu.firmware.BOARDS`; :func:`~export.mcu.firmware.build_firmware`
+  runs it and reads flash and RAM from the map file).
+
+Example::
+
+    from export.mcu.build import build_host, run_host
+    exe = build_host(generate(program, "spike_list", target="host"), "build/host")
+    run_host(exe, quantize_inputs(flatbuffer, images), (10,))["outputs"]
 """
 
 from __future__ import annotations
@@ -19,15 +28,21 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["C_DIR", "BOARD_DIR", "write_sources", "build_host", "run_host", "host_compiler", "ToolError",
-           "RUNTIME_SOURCES"]
+from export.errors import InputError
+from export.mcu.targets import HOST
+
+__all__ = ["C_DIR", "BOARD_DIR", "write_sources", "build_host", "run_host", "host_compiler", "run_tool",
+           "ToolError", "KERNEL_SOURCES", "RUNTIME_SOURCES"]
 
 C_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c")
 BOARD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boards")
-RUNTIME_SOURCES = ("s2mcu.c", "s2mcu.h")
+#: The kernels, one source per op family (``s2mcu_*.c``): every build compiles all of them.
+KERNEL_SOURCES = tuple(sorted(n for n in os.listdir(C_DIR) if n.startswith("s2mcu_") and n.endswith(".c")))
+#: What a build directory gets besides the generated files.
+RUNTIME_SOURCES = ("s2mcu.h", "s2mcu_internal.h") + KERNEL_SOURCES
 
 
-class ToolError(RuntimeError):
+class ToolError(InputError, RuntimeError):
     """A compiler, linker or emulator is missing or failed (the message
     says which and its last error line)."""
 
@@ -75,11 +90,21 @@ def host_compiler() -> str:
 
 
 def build_host(code, out_dir: str, check_spikes: bool = True, opt: str = "-O2") -> str:
-    """Compiles the model for the host; returns the executable's path."""
+    """Compiles the model for the host; returns the executable's path.
+
+    Raises:
+      ValueError: ``code`` was generated for a core, not for the host
+        (``generate(..., target="host")``; its ``model.h`` would stop the
+        compiler anyway).
+      ToolError: no host compiler, or the build failed.
+    """
+    if code.target != HOST:
+        raise ValueError(f"build_host builds code generated for target='host'; this code is for {code.target} "
+                         "(its firmware: export.mcu.firmware.build_firmware)")
     write_sources(code, out_dir, extra=("host_main.c",))
     exe = os.path.join(out_dir, "host_model")
-    cmd = [host_compiler(), opt, "-std=c99", "-Wall", "-Wno-unused-function", "-o", exe, "model.c", "s2mcu.c",
-           "host_main.c"]
+    cmd = [host_compiler(), opt, "-std=c99", "-Wall", "-Wno-unused-function", "-o", exe, "model.c",
+           *KERNEL_SOURCES, "host_main.c"]
     if check_spikes:
         cmd.insert(2, "-DS2_CHECK_SPIKES")
     run_tool(cmd, cwd=out_dir, what="the host build")

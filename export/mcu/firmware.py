@@ -27,6 +27,17 @@ instructions. The harness measures the ratio on a loop of a known 2,000,000
 instructions at start-up (``calibration``) and every figure is
 ``ticks x ratio``: exact to one tick (40 / 31.25 instructions) per
 measured interval, and the same on every run (checked by the tests).
+
+The compiler flags of each core are its target's
+(:data:`export.mcu.targets.TARGETS`); code generated for another target
+is refused (:func:`build_firmware`, and ``model.h``'s ``#error``).
+
+Example::
+
+    from export.mcu.firmware import build_firmware, run_qemu
+    fw = build_firmware(generate(program, "spike_list", target="cortex-m55"), "cortex-m55", "build/m55")
+    run = run_qemu(fw, quantize_inputs(flatbuffer, images), len(program.layers), output_bytes=10)
+    run.instructions.mean(), run.outputs, fw.flash_bytes
 """
 
 from __future__ import annotations
@@ -42,7 +53,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from export.mcu.build import BOARD_DIR, ToolError, run_tool, write_sources
+from export.mcu.build import BOARD_DIR, KERNEL_SOURCES, ToolError, run_tool, write_sources
+from export.mcu.targets import CORES, TARGETS
 
 __all__ = ["Board", "BOARDS", "CORES", "Firmware", "QemuRun", "firmware_command", "build_firmware", "run_qemu",
            "read_map", "available", "missing_tools"]
@@ -53,21 +65,22 @@ class Board:
     core: str
     machine: str
     linker_script: str
-    cpu_flags: tuple
     sysclk_hz: int
     flash_limit: int      # bytes of the regions holding code and constants
     ram_limit: int        # bytes of the data/bss/stack region
 
+    @property
+    def cpu_flags(self) -> tuple:
+        """The core's compiler flags (:data:`export.mcu.targets.TARGETS`)."""
+        return TARGETS[self.core].cpu_flags
 
+
+#: One board per core of :data:`export.mcu.targets.CORES`.
 BOARDS: Dict[str, Board] = {
-    "cortex-m55": Board("cortex-m55", "mps3-an547", "mps3_an547.ld",
-                        ("-mcpu=cortex-m55", "-mfloat-abi=hard", "-mthumb"), 32_000_000,
-                        512 * 1024 + 2 * 1024 * 1024, 512 * 1024),
-    "cortex-m4": Board("cortex-m4", "mps2-an386", "mps2_an386.ld",
-                       ("-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", "-mthumb"), 25_000_000,
-                       4 * 1024 * 1024, 4 * 1024 * 1024),
+    "cortex-m4": Board("cortex-m4", "mps2-an386", "mps2_an386.ld", 25_000_000, 4 * 1024 * 1024, 4 * 1024 * 1024),
+    "cortex-m55": Board("cortex-m55", "mps3-an547", "mps3_an547.ld", 32_000_000, 512 * 1024 + 2 * 1024 * 1024,
+                        512 * 1024),
 }
-CORES = tuple(BOARDS)
 BOARD_SOURCES = ("board_main.c", "startup.c", "semihost.c", "semihost.h", "sections.ld", "mps3_an547.ld",
                  "mps2_an386.ld")
 CC = "arm-none-eabi-gcc"
@@ -98,7 +111,7 @@ def firmware_command(core: str, stack_bytes: int = 16384, output: str = "firmwar
     return [CC, *b.cpu_flags, *OPT_FLAGS, "-std=c99", "-Wall", "-Wno-unused-function", "-ffunction-sections",
             "-fdata-sections", "-DS2_PROFILE", "-I.", "-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections",
             f"-Wl,--defsym=__stack_size__={int(stack_bytes)}", "-Wl,-Map=firmware.map", "-L.", "-T", b.linker_script,
-            "-o", output, "model.c", "s2mcu.c", "board_main.c", "startup.c", "semihost.c"]
+            "-o", output, "model.c", *KERNEL_SOURCES, "board_main.c", "startup.c", "semihost.c"]
 
 
 @dataclasses.dataclass
@@ -132,7 +145,7 @@ _HARNESS = ("main", "Reset_Handler", "Fault_Handler", "s2_reset", "s2_vectors", 
 def _category(section: str, obj: str) -> str:
     """What an input section is: ``model_constants`` (weights, biases,
     multipliers, layer parameters), ``model_code`` (``s2_model_invoke``
-    and friends), ``kernels`` (s2mcu.c), ``activation_buffer``,
+    and friends), ``kernels`` (``s2mcu_*.c``), ``activation_buffer``,
     ``harness`` (start-up, semihosting, measurement) or ``libc``."""
     if ".a(" in obj or obj.endswith(".a"):
         return "libc"
@@ -197,9 +210,13 @@ def build_firmware(code, core: str, out_dir: str, stack_bytes: int = 16384) -> F
 
     Raises:
       ToolError: the ARM toolchain is missing or the build failed.
-      ValueError: the firmware does not fit the board's memory.
+      ValueError: ``code`` was generated for another target, or the
+        firmware does not fit the board's memory.
     """
     b = board(core)
+    if code.target != core:
+        raise ValueError(f"code generated for {code.target} cannot be {core} firmware (its model.h stops the "
+                         f"compiler): generate(..., target={core!r})")
     write_sources(code, out_dir)
     for name in BOARD_SOURCES:
         shutil.copyfile(os.path.join(BOARD_DIR, name), os.path.join(out_dir, name))

@@ -1,8 +1,10 @@
 """Generate, build, run and measure: the microcontroller report of an int8 model.
 
-:func:`run_mcu` is the whole path for one flatbuffer:
+:func:`run_mcu` is the whole path for one conversion (or int8 flatbuffer),
+which it parses once:
 
-1. lower it (:mod:`export.mcu.lower`), spike tensors from the conversion;
+1. lower it (:mod:`export.mcu.lower`), spike tensors from the conversion
+   (:func:`spike_codes`);
 2. quantize the images with the model's input quantization and run them
    through the ``tflite-micro`` interpreter (the reference, raw int8
    outputs);
@@ -14,40 +16,50 @@
    twice on a few images to check the counts are the same;
 5. a JSON-friendly report (:func:`run_mcu`'s docstring) and a summary.
 
-:func:`reporter` wraps it as an :class:`export.pipeline.FormatReporter` for
-``export_run`` (``report["formats"]["int8"]["mcu"]``).
+What a run does is an :class:`export.mcu.config.McuConfig`. :func:`reporter`
+wraps the run as an :class:`export.report.FormatReporter` for ``export_run``
+(``report["formats"]["int8"]["mcu"]``).
+
+Example::
+
+    from export import mcu
+    report = mcu.run_mcu(conversion, x_test, mcu.McuConfig(cores=("cortex-m4", "cortex-m55"), num_images=50))
+    report["cores"]["cortex-m55"]["instructions"]["mean"]
+    print(mcu.format_summary(report))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from export.mcu.lower import DENSE, SPIKE_LAYOUTS, Program, lower
+from export.mcu.config import McuConfig
+from s2nn_keras.datasets import as_model_input
+from export.mcu.lower import DENSE, SPIKE_LAYOUTS, Program, TensorSpec, lower, parsed_model
 
-__all__ = ["spike_levels", "quantize_inputs", "tflm_outputs", "run_mcu", "reporter", "format_summary",
-           "DEFAULT_CORES", "DEFAULT_IMAGES", "DEFAULT_MEASURE_IMAGES"]
+__all__ = ["spike_codes", "quantize_inputs", "tflm_outputs", "run_mcu", "reporter", "format_summary",
+           "McuConfig", "DETERMINISM_IMAGES"]
 
-DEFAULT_CORES = ("cortex-m4", "cortex-m55")
-DEFAULT_IMAGES = 200
-DEFAULT_MEASURE_IMAGES = 20
+#: images the chosen firmware runs twice (the counts must be the same)
 DETERMINISM_IMAGES = 3
 
 
-def spike_levels(conversion) -> Dict[int, Tuple[int, int]]:
+def spike_codes(conversion, model=None) -> Dict[int, Tuple[int, int]]:
     """``{tensor index: (off code, on code)}`` of the spike tensors of an
     :class:`export.tflite.convert.Conversion` (saturate neuron: the levels of its
-    plan; other formulations have none the generator can use)."""
-    from export.tflite.flatbuffer import read_model
+    plan, as int8 codes; other formulations have none the generator can use).
+    ``model``: the conversion's flatbuffer already parsed
+    (:func:`export.tflite.flatbuffer.read_model`), else it is read."""
     from export.tflite.convert import level_codes
 
     if conversion is None or conversion.plan is None or not conversion.spike_tensors:
         return {}
-    graph = read_model(conversion.flatbuffer).main
+    graph = parsed_model(conversion.flatbuffer if model is None else model).main
     out = {}
     for name, t in conversion.spike_tensors.items():
         tensor = graph.tensors[t]
@@ -58,21 +70,16 @@ def spike_levels(conversion) -> Dict[int, Tuple[int, int]]:
     return out
 
 
-def _as_float(images):
-    images = np.asarray(images)
-    return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
-
-
-def quantize_inputs(flatbuffer, images) -> np.ndarray:
+def quantize_inputs(model, images) -> np.ndarray:
     """The images (uint8, or float32 in the model's convention) as the
-    model's input tensor holds them: ``[N, input bytes]`` int8 (or float32),
-    quantized as :func:`export.tflite.runtimes.quantize` does."""
-    from export.tflite.flatbuffer import read_model
+    input tensor of ``model`` (flatbuffer bytes or parsed) holds them:
+    ``[N, input bytes]`` int8 (or float32), quantized as
+    :func:`export.tflite.runtimes.quantize` does."""
     from export.tflite.runtimes import quantize
 
-    graph = read_model(flatbuffer).main
+    graph = parsed_model(model).main
     t = graph.tensors[graph.inputs[0]]
-    x = _as_float(images)
+    x = as_model_input(images)
     if tuple(x.shape[1:]) != tuple(t.shape[1:]):
         raise ValueError(f"images of shape {tuple(x.shape[1:])} do not match the model input {tuple(t.shape[1:])}")
     details = {"dtype": t.dtype}
@@ -81,16 +88,16 @@ def quantize_inputs(flatbuffer, images) -> np.ndarray:
     return quantize(x, details).reshape(len(x), -1)
 
 
-def tflm_outputs(flatbuffer, inputs: np.ndarray, arena_bytes: Optional[int] = None) -> Tuple[np.ndarray, int]:
+def tflm_outputs(flatbuffer, inputs: np.ndarray, arena_bytes: Optional[int] = None,
+                 model=None) -> Tuple[np.ndarray, int]:
     """Raw outputs of the ``tflite-micro`` interpreter for ``inputs`` (as
     :func:`quantize_inputs` gives them) and its tensor arena: the smallest
     that runs (:func:`export.tflite.runtimes.tflm_arena_size`) unless
-    ``arena_bytes`` is given."""
-    from export.tflite.flatbuffer import read_model
+    ``arena_bytes`` is given. ``model``: ``flatbuffer`` already parsed."""
     from export.tflite.quiet import silenced_stderr
     from export.tflite.runtimes import interpreter, tflm_arena_size
 
-    graph = read_model(flatbuffer).main
+    graph = parsed_model(flatbuffer if model is None else model).main
     shape = graph.tensors[graph.inputs[0]].shape
     arena = tflm_arena_size(flatbuffer) if arena_bytes is None else int(arena_bytes)
     with silenced_stderr():
@@ -101,10 +108,6 @@ def tflm_outputs(flatbuffer, inputs: np.ndarray, arena_bytes: Optional[int] = No
         interp.invoke()
         outs.append(np.asarray(interp.get_output(0)).reshape(-1).copy())
     return np.stack(outs), int(arena)
-
-
-def _spike_rows(program: Program):
-    return [l for l in program.layers if l.spike_capable]
 
 
 def _layer_table(program, layouts, runs_by_layout, chosen):
@@ -157,31 +160,72 @@ def _fit(program, run, layout_of):
                                                "r2": r2(b @ [s2, per_out])}}
 
 
-def run_mcu(flatbuffer: bytes, images, cores: Sequence[str] = DEFAULT_CORES,
-            spike_levels_: Optional[Dict[int, Tuple[int, int]]] = None, layouts: Union[str, Dict] = "auto",
-            num_images: int = DEFAULT_IMAGES, measure_images: int = DEFAULT_MEASURE_IMAGES,
-            host_images: Optional[int] = None, output_dir: Optional[str] = None, model_name: str = "model",
-            verbose: bool = False) -> Dict:
-    """Generates, builds, runs and measures the C of ``flatbuffer`` (module
+def _source(model):
+    """``(flatbuffer bytes, conversion or None)`` of :func:`run_mcu`'s ``model``."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model), None
+    flatbuffer = getattr(model, "flatbuffer", None)
+    if not isinstance(flatbuffer, (bytes, bytearray)):
+        raise TypeError(f"run_mcu takes a Conversion (export.tflite.convert.convert) or int8 .tflite bytes, "
+                        f"got {type(model).__name__}")
+    return bytes(flatbuffer), model
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the stages of one :func:`run_mcu` share."""
+
+    program: Program
+    config: McuConfig
+    model_name: str
+    inputs: np.ndarray          # [N, input bytes], quantized
+    reference: np.ndarray       # TFLM's outputs of the first max(n_host, n_qemu) images
+    n_host: int
+    n_qemu: int
+    n_measure: int
+    candidates: Tuple[str, ...]
+    root: str                   # where the sources and builds go
+
+    @property
+    def output(self) -> TensorSpec:
+        return self.program.tensors[self.program.output]
+
+    @property
+    def output_dtype(self):
+        return np.float32 if self.output.dtype == "float32" else np.int8
+
+    def generate(self, layouts, target):
+        from export.mcu.generate import generate
+
+        return generate(self.program, layouts, target=target, model_name=self.model_name)
+
+    def qemu(self, firmware, images: int):
+        """The firmware run under QEMU on the first ``images`` inputs."""
+        from export.mcu.firmware import run_qemu
+
+        return run_qemu(firmware, self.inputs[:images], len(self.program.layers), self.output.nbytes,
+                        self.output_dtype)
+
+    def equal(self, outputs) -> np.ndarray:
+        """Per image: ``outputs`` byte-identical with TFLM's."""
+        return np.all(outputs == self.reference[:len(outputs)].reshape(outputs.shape), axis=1)
+
+
+def run_mcu(model, images, config: McuConfig = McuConfig()) -> Dict:
+    """Generates, builds, runs and measures the C of ``model`` (module
     docstring).
 
     Args:
-      flatbuffer: int8 ``.tflite`` bytes (edge ops).
+      model: an :class:`export.tflite.convert.Conversion` (its int8
+        flatbuffer, edge ops, and the spike tensors of its neuron plan), or
+        int8 ``.tflite`` bytes (no spike tensors: dense layouts only).
       images: test images (uint8 NHWC, or float32 in the model's convention).
-      cores: any of :data:`export.mcu.firmware.CORES`; ``()`` for the host check only.
-      spike_levels_: ``{tensor: (off code, on code)}`` (:func:`spike_levels`
-        of the conversion); ``None``/``{}``: dense layouts only.
-      layouts: ``"auto"`` (per layer, the fewest instructions measured on
-        each core), one layout for all layers, or ``{layer: layout}``.
-      num_images: images run under QEMU and compared with TFLM.
-      measure_images: images of the layout measurement.
-      host_images: images of the host check (default: all given).
-      output_dir: keep the generated sources and firmware there
-        (``<output_dir>/<core>/``, ``host/``); default a temporary directory.
+      config: what to run (:class:`export.mcu.config.McuConfig`: cores,
+        layouts, image counts, output directory, ...).
 
     Returns:
-      ``{"model", "tflite_bytes", "tflm_arena_bytes", "layers", "spike_layers",
-      "host": {...}, "cores": {core: {...}}}``; per core ``board``,
+      ``{"model", "tflite_bytes", "tflm_arena_bytes", "layers", "spike_tensors",
+      "spike_layers", "op_counts", "host": {...}, "cores": {core: {...}}, "seconds"}``; per core ``board``,
       ``layouts`` (per layer), ``bit_exact`` (images, equal, fraction),
       ``instructions`` (mean/min/max per inference of the chosen build),
       ``instructions_dense`` (the all-dense build), ``per_layer`` (table),
@@ -192,57 +236,52 @@ def run_mcu(flatbuffer: bytes, images, cores: Sequence[str] = DEFAULT_CORES,
     Raises:
       export.mcu.lower.UnsupportedModelError: an op without a kernel.
       export.mcu.build.ToolError: a missing or failing compiler / QEMU.
+
+    Example::
+
+        from export import mcu
+        conv = convert(model, "int8", representative_data)     # export.tflite.convert
+        report = mcu.run_mcu(conv, x_test, mcu.McuConfig(cores=("cortex-m55",), output_dir="runs/qs/mcu"))
     """
-    from export.mcu import firmware as fw_mod
-    from export.mcu.build import build_host, run_host
-    from export.mcu.generate import generate
+    from export.tflite.flatbuffer import read_model
 
     t_start = time.perf_counter()
-    program = lower(flatbuffer, spike_levels_ or {})
-    inputs = quantize_inputs(flatbuffer, images)
-    n_host = len(inputs) if host_images is None else min(len(inputs), int(host_images))
-    n_qemu = min(len(inputs), int(num_images))
-    n_meas = min(n_qemu, int(measure_images))
-    ref, arena_tflm = tflm_outputs(flatbuffer, inputs[:max(n_host, n_qemu)])
-    out_t = program.tensors[program.output]
-    out_dtype = np.float32 if out_t.dtype == "float32" else np.int8
-    if out_dtype == np.float32:
-        ref = ref.view(np.float32) if ref.dtype != np.float32 else ref
-    spike_layers = _spike_rows(program)
-    candidates = (DENSE,) + (SPIKE_LAYOUTS if spike_layers else ())
+    flatbuffer, conversion = _source(model)
+    parsed = read_model(flatbuffer)
+    codes = spike_codes(conversion, parsed)
+    program = lower(parsed, codes)
+    inputs = quantize_inputs(parsed, images)
+    n_host = len(inputs) if config.host_images is None else min(len(inputs), config.host_images)
+    n_qemu = min(len(inputs), config.num_images)
+    ref, arena_tflm = tflm_outputs(flatbuffer, inputs[:max(n_host, n_qemu)], model=parsed)
+    if program.tensors[program.output].dtype == "float32" and ref.dtype != np.float32:
+        ref = ref.view(np.float32)
+    spike_layers = program.spike_layers
+    name = config.model_name or getattr(getattr(conversion, "model", None), "name", None) or "model"
+    report = {"model": name, "tflite_bytes": len(flatbuffer), "tflm_arena_bytes": arena_tflm,
+              "layers": len(program.layers), "spike_tensors": len(codes),
+              "spike_layers": [l.name for l in spike_layers],
+              "op_counts": program.op_counts, "host": {}, "cores": {}}
     tmp = None
-    if output_dir is None:
+    if config.output_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="s2mcu_")
         root = tmp.name
     else:
-        root = output_dir
+        root = os.fspath(config.output_dir)
         os.makedirs(root, exist_ok=True)
-    report = {"model": model_name, "tflite_bytes": len(flatbuffer), "tflm_arena_bytes": arena_tflm,
-              "layers": len(program.layers), "spike_layers": [l.name for l in spike_layers],
-              "op_counts": program.op_counts, "host": {}, "cores": {}}
+    run = _Run(program, config, name, inputs, ref, n_host, n_qemu, min(n_qemu, config.measure_images),
+               (DENSE,) + (SPIKE_LAYOUTS if spike_layers else ()), root)
     try:
-        # host: every layout, outputs against TFLM
-        host = {}
-        for lay in candidates:
-            code = generate(program, lay, target="host", model_name=model_name)
-            exe = build_host(code, os.path.join(root, "host", lay))
-            got = run_host(exe, inputs[:n_host], (out_t.nbytes // (4 if out_dtype == np.float32 else 1),),
-                           output_dtype=out_dtype)["outputs"]
-            equal = np.all(got == ref[:n_host].reshape(got.shape), axis=1)
-            host[lay] = {"images": int(n_host), "equal": int(equal.sum()), "fraction": float(equal.mean()),
-                         "arena_bytes": int(code.arena_bytes)}
-        report["host"] = host
-        if verbose:
-            parts = ", ".join(f"{k} {v['equal']}/{v['images']}" for k, v in host.items())
+        report["host"] = _run_host(run)
+        if config.verbose:
+            parts = ", ".join(f"{k} {v['equal']}/{v['images']}" for k, v in report["host"].items())
             print(f"  host build: {parts} byte-identical with TFLM", flush=True)
-        for core in cores:
-            fw_mod.board(core)
-            entry = _run_core(program, core, inputs, ref, n_qemu, n_meas, candidates, layouts, root, model_name,
-                              out_dtype, out_t)
+        for core in config.cores:
+            entry = _run_core(run, core)
             entry["tflite_bytes"] = len(flatbuffer)
             entry["tflm_arena_bytes"] = arena_tflm
             report["cores"][core] = entry
-            if verbose:
+            if config.verbose:
                 print(_core_line(core, entry), flush=True)
     finally:
         if tmp is not None:
@@ -251,43 +290,58 @@ def run_mcu(flatbuffer: bytes, images, cores: Sequence[str] = DEFAULT_CORES,
     return report
 
 
-def _run_core(program, core, inputs, ref, n_qemu, n_meas, candidates, layouts, root, model_name, out_dtype, out_t):
-    from export.mcu import firmware as fw_mod
-    from export.mcu.generate import generate
+def _run_host(run: _Run) -> Dict:
+    """Every layout built for the host, its outputs against TFLM's."""
+    from export.mcu.build import build_host, run_host
 
-    layers = len(program.layers)
+    host = {}
+    width = 4 if run.output_dtype == np.float32 else 1
+    for lay in run.candidates:
+        code = run.generate(lay, "host")
+        exe = build_host(code, os.path.join(run.root, "host", lay))
+        got = run_host(exe, run.inputs[:run.n_host], (run.output.nbytes // width,), output_dtype=run.output_dtype)
+        equal = run.equal(got["outputs"])
+        host[lay] = {"images": int(run.n_host), "equal": int(equal.sum()), "fraction": float(equal.mean()),
+                     "arena_bytes": int(code.arena_bytes)}
+    return host
+
+
+def _run_core(run: _Run, core: str) -> Dict:
+    """One core: the layouts measured, the chosen build run on every image."""
+    from export.mcu import firmware as fw_mod
+
+    program, layouts = run.program, run.config.layouts
     runs, firmwares, codes = {}, {}, {}
-    measure = layouts == "auto" and len(candidates) > 1
-    uniform = candidates if measure else ()
-    for lay in uniform:
-        code = generate(program, lay, target=core, model_name=model_name)
-        fw = fw_mod.build_firmware(code, core, os.path.join(root, core, lay))
-        runs[lay] = fw_mod.run_qemu(fw, inputs[:n_meas], layers, out_t.nbytes, out_dtype)
+    measure = layouts == "auto" and len(run.candidates) > 1
+    for lay in run.candidates if measure else ():
+        code = run.generate(lay, core)
+        fw = fw_mod.build_firmware(code, core, os.path.join(run.root, core, lay))
+        runs[lay] = run.qemu(fw, run.n_measure)
         firmwares[lay], codes[lay] = fw, code
     if measure:
         chosen = {}
         for l in program.layers:
             if l.spike_capable:
-                chosen[l.index] = min(candidates, key=lambda lay: (runs[lay].layer_instructions[:, l.index].mean(),
-                                                                   candidates.index(lay)))
+                chosen[l.index] = min(run.candidates, key=lambda lay: (
+                    runs[lay].layer_instructions[:, l.index].mean(), run.candidates.index(lay)))
             else:
                 chosen[l.index] = DENSE
     else:
         chosen = layouts if isinstance(layouts, dict) else (layouts if layouts != "auto" else DENSE)
-    code = generate(program, chosen, target=core, model_name=model_name)
-    fw = fw_mod.build_firmware(code, core, os.path.join(root, core, "chosen"))
-    final = fw_mod.run_qemu(fw, inputs[:n_qemu], layers, out_t.nbytes, out_dtype)
-    again = fw_mod.run_qemu(fw, inputs[:min(DETERMINISM_IMAGES, n_qemu)], layers, out_t.nbytes, out_dtype)
-    equal = np.all(final.outputs == ref[:n_qemu].reshape(final.outputs.shape), axis=1)
+    code = run.generate(chosen, core)
+    fw = fw_mod.build_firmware(code, core, os.path.join(run.root, core, "chosen"))
+    final = run.qemu(fw, run.n_qemu)
+    again = run.qemu(fw, min(DETERMINISM_IMAGES, run.n_qemu))
+    equal = run.equal(final.outputs)
     # the all-dense build over the same images (the dense path of the same model)
-    if DENSE in runs and n_meas == n_qemu:
+    if DENSE in runs and run.n_measure == run.n_qemu:
         dense_run = runs[DENSE]
     else:
-        dcode = generate(program, DENSE, target=core, model_name=model_name)
-        dfw = fw_mod.build_firmware(dcode, core, os.path.join(root, core, DENSE))
-        dense_run = fw_mod.run_qemu(dfw, inputs[:n_qemu], layers, out_t.nbytes, out_dtype)
+        dcode = run.generate(DENSE, core)
+        dfw = fw_mod.build_firmware(dcode, core, os.path.join(run.root, core, DENSE))
+        dense_run = run.qemu(dfw, run.n_qemu)
         firmwares[DENSE], codes[DENSE] = dfw, dcode
-    dense_equal = np.all(dense_run.outputs == ref[:len(dense_run.outputs)].reshape(dense_run.outputs.shape), axis=1)
+    dense_equal = run.equal(dense_run.outputs)
     b = fw_mod.board(core)
     by_layout = dict(runs) if runs else {DENSE: dense_run}
     by_layout["chosen"] = final
@@ -367,44 +421,39 @@ def format_summary(report: Dict, indent: str = "  ") -> str:
     return "\n".join(lines)
 
 
-def reporter(cores: Sequence[str] = DEFAULT_CORES, images=None, num_images: int = DEFAULT_IMAGES,
-             measure_images: int = DEFAULT_MEASURE_IMAGES, layouts: Union[str, Dict] = "auto",
-             formats: Sequence[str] = ("int8",), subdir: str = "mcu"):
-    """The export pipeline's hook (:class:`export.pipeline.FormatReporter`,
+def reporter(images, config: McuConfig = McuConfig(), *, formats: Sequence[str] = ("int8",), subdir: str = "mcu"):
+    """The export pipeline's hook (:class:`export.report.FormatReporter`,
     name ``"mcu"``): for each conversion of ``formats`` (int8 only), runs
     :func:`run_mcu` on ``images`` (the verification images: uint8 or
-    float32), adds its report, and keeps the C sources and firmware in
-    ``<export output_dir>/<subdir>`` (published with the export's files).
-    Its checks: every host build and every core's firmware byte-identical
-    with TFLite Micro on every image, and the instruction counts
-    deterministic -- a difference fails the export.
+    float32) with ``config``, adds its report, and keeps the C sources and
+    firmware in ``<export output_dir>/<subdir>`` (published with the
+    export's files; ``config.output_dir`` is not used). Its checks: every
+    host build and every core's firmware byte-identical with TFLite Micro
+    on every image, and the instruction counts deterministic -- a
+    difference fails the export.
 
     Example::
 
         from export import ExportConfig, export_run, mcu
         export_run(model, ExportConfig(out_dir, x_test, y_test,
-                                       reporters=(mcu.reporter(("cortex-m4", "cortex-m55"), images=x_test),)))
+                                       reporters=(mcu.reporter(x_test, mcu.McuConfig(num_images=100)),)))
     """
     from export.checks import CheckResult
-    from export.mcu.firmware import board, missing_tools
-    from export.pipeline import FormatReporter
+    from export.mcu.firmware import missing_tools
+    from export.report import FormatReporter
 
-    for core in cores:
-        board(core)
     if images is None:
         raise ValueError("export.mcu.reporter needs images: the test images the firmware runs and TFLM checks")
     if any(f != "int8" for f in formats):
         raise ValueError("the microcontroller generator runs int8 models only (formats=('int8',))")
-    if cores and missing_tools():
+    if config.cores and missing_tools():
         from export.mcu.build import ToolError
 
         raise ToolError(f"--mcu needs {', '.join(missing_tools())}; on Debian: apt-get install gcc-arm-none-eabi "
                         "libnewlib-arm-none-eabi qemu-system-arm")
 
     def run(fmt, conversion, output_dir):
-        return run_mcu(conversion.flatbuffer, images, cores, spike_levels(conversion), layouts, num_images,
-                       measure_images, output_dir=os.path.join(output_dir, subdir),
-                       model_name=getattr(conversion.model, "name", "model"))
+        return run_mcu(conversion, images, dataclasses.replace(config, output_dir=os.path.join(output_dir, subdir)))
 
     def summary(fmt, figures):
         return format_summary(figures)

@@ -1,7 +1,9 @@
 """Microcontroller C (export.mcu), host build: TFLite's integer arithmetic,
 lowering, the memory plan, and the generated C byte-compared with the
 tflite-micro interpreter on the shared trained PreActResNet (every layout),
-a zoo model, and one-op models. QEMU runs are in test_mcu_qemu.py (slow)."""
+a zoo model, and one-op models; model.h's description of the input and
+output; the sources' target guard (arm-none-eabi-gcc -c, no QEMU). QEMU
+runs are in test_mcu_qemu.py (slow)."""
 
 import math
 import os
@@ -13,10 +15,13 @@ import numpy as np
 import pytest
 
 from export import quant
-from export.mcu.build import build_host, run_host
+from export.errors import InputError
+from export.mcu.build import KERNEL_SOURCES, ToolError, build_host, run_host, run_tool, write_sources
+from export.mcu.config import McuConfig, McuConfigError
 from export.mcu.generate import division_magic, generate, spike_accumulator_bound
 from export.mcu.lower import DENSE, SPIKE_LAYOUTS, UnsupportedModelError, lower
-from export.mcu.run import quantize_inputs, spike_levels, tflm_outputs
+from export.mcu.run import quantize_inputs, spike_codes, tflm_outputs
+from export.mcu.targets import CORES, TARGETS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N_HOST = 300
@@ -116,7 +121,7 @@ def reference(s2nn_int8, fmnist):
 
 
 def test_lowering_finds_the_spike_driven_layers(s2nn_int8):
-    program = lower(s2nn_int8.flatbuffer, spike_levels(s2nn_int8))
+    program = lower(s2nn_int8.flatbuffer, spike_codes(s2nn_int8))
     kinds = [l.kind for l in program.layers]
     assert kinds.count("conv") == 6 + 1 and kinds.count("dwconv") == 3 and kinds.count("add") == 2
     # every conv reading a neuron's spikes (directly or through the 1x1
@@ -127,8 +132,8 @@ def test_lowering_finds_the_spike_driven_layers(s2nn_int8):
     assert spiking == {l.name for l in readers} and len(spiking) == 5
     assert all(l.layouts == (DENSE,) + SPIKE_LAYOUTS for l in program.spike_layers)
     assert program.layers[0].layouts == (DENSE,)
-    levels = spike_levels(s2nn_int8)
-    assert len(levels) == len(s2nn_int8.spike_tensors) and set(levels.values()) == {(-128, 127)}
+    codes = spike_codes(s2nn_int8)
+    assert len(codes) == len(s2nn_int8.spike_tensors) and set(codes.values()) == {(-128, 127)}
 
 
 @pytest.mark.parametrize("layout", ["dense", "spike_list", "spike_mask"])
@@ -138,7 +143,7 @@ def test_host_build_is_byte_identical_with_tflm(s2nn_int8, reference, tmp_path, 
     each spike tensor held only its two codes (-DS2_CHECK_SPIKES) and count
     the inputs that fired."""
     inputs, ref, _ = reference
-    program = lower(s2nn_int8.flatbuffer, spike_levels(s2nn_int8))
+    program = lower(s2nn_int8.flatbuffer, spike_codes(s2nn_int8))
     code = generate(program, layout, target="host")
     exe = build_host(code, str(tmp_path))
     got = run_host(exe, inputs, (10,), layers=len(program.layers))
@@ -160,13 +165,12 @@ def test_interpreter_uses_double_rounding(s2nn_int8, reference, tmp_path):
     (test above); the same C built with TFLITE_SINGLE_ROUNDING's variant
     does not."""
     inputs, ref, _ = reference
-    program = lower(s2nn_int8.flatbuffer, spike_levels(s2nn_int8))
+    program = lower(s2nn_int8.flatbuffer, spike_codes(s2nn_int8))
     code = generate(program, "dense", target="host")
-    from export.mcu.build import run_tool, write_sources
-
     write_sources(code, str(tmp_path), extra=("host_main.c",))
     exe = str(tmp_path / "single")
-    run_tool(["gcc", "-O2", "-DS2_SINGLE_ROUNDING", "-o", exe, "model.c", "s2mcu.c", "host_main.c"], cwd=str(tmp_path))
+    run_tool(["gcc", "-O2", "-DS2_SINGLE_ROUNDING", "-o", exe, "model.c", *KERNEL_SOURCES, "host_main.c"],
+             cwd=str(tmp_path))
     got = run_host(exe, inputs, (10,))["outputs"]
     differ = np.any(got != ref, axis=1)
     assert differ.any(), "the single-rounding build matches TFLM too: the experiment cannot tell the variants apart"
@@ -176,7 +180,7 @@ def test_interpreter_uses_double_rounding(s2nn_int8, reference, tmp_path):
 def test_memory_plan(s2nn_int8, reference):
     """The activation buffer: no two blocks alive at the same time overlap,
     elementwise ops reuse their input, and it is below TFLM's arena."""
-    program = lower(s2nn_int8.flatbuffer, spike_levels(s2nn_int8))
+    program = lower(s2nn_int8.flatbuffer, spike_codes(s2nn_int8))
     for layout in ("dense", "spike_list"):
         code = generate(program, layout, target="cortex-m55")
         blocks = list(code.plan.blocks.values())
@@ -207,7 +211,7 @@ def test_zoo_model_ds_cnn_is_byte_identical(tmp_path):
             yield [x_train[-200:][i:i + 50]]
 
     conv = convert(model, "int8", representative)
-    program = lower(conv.flatbuffer, spike_levels(conv))
+    program = lower(conv.flatbuffer, spike_codes(conv))
     assert {l.kind for l in program.spike_layers} == {"conv", "dwconv"}
     inputs = quantize_inputs(conv.flatbuffer, x_test[:100])
     ref, _ = tflm_outputs(conv.flatbuffer, inputs)
@@ -294,3 +298,190 @@ def test_cli_bad_input_is_one_error_line(tmp_path):
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("python -m export.mcu: error:"), \
             proc.stderr
         assert needle in lines[0], lines[0]
+
+
+# ------------------------------------------------------- model.h and targets
+
+
+MODEL_H_MAIN = r"""
+#include <stdio.h>
+#include "model.h"
+/* real_main IMAGES CODES LOGITS: per image (S2_MODEL_INPUT_SIZE floats), the
+ * int8 codes model.h's helper gives and the dequantized logits */
+int main(int argc, char **argv) {
+  FILE *fi = fopen(argv[1], "rb"), *fc = fopen(argv[2], "wb"), *fl = fopen(argv[3], "wb");
+  float x[S2_MODEL_INPUT_SIZE];
+  const int shape[S2_MODEL_INPUT_RANK] = S2_MODEL_INPUT_SHAPE;
+  int size = 1;
+  for (int i = 0; i < S2_MODEL_INPUT_RANK; i++) size *= shape[i];
+  if (!fi || !fc || !fl || size != S2_MODEL_INPUT_SIZE || S2_MODEL_INPUT_FLOAT) return 2;
+  while (fread(x, sizeof(float), S2_MODEL_INPUT_SIZE, fi) == S2_MODEL_INPUT_SIZE) {
+    int8_t *in = (int8_t *)s2_model_input();
+    for (int i = 0; i < S2_MODEL_INPUT_SIZE; i++) in[i] = s2_model_quantize_input(x[i]);
+    fwrite(in, 1, S2_MODEL_INPUT_SIZE, fc);
+    s2_model_invoke();
+    const int8_t *out = (const int8_t *)s2_model_output();
+    for (int i = 0; i < S2_MODEL_OUTPUT_SIZE; i++) {
+      const float logit = s2_model_dequantize_output(out[i]);
+      fwrite(&logit, sizeof(float), 1, fl);
+    }
+  }
+  return fclose(fc) || fclose(fl);
+}
+"""
+
+
+def _defines(header):
+    out = {}
+    for line in header.splitlines():
+        if line.startswith("#define "):
+            parts = line.split(None, 2)
+            if len(parts) == 3:
+                out[parts[1]] = parts[2]
+    return out
+
+
+def test_model_h_quantizes_an_image_and_dequantizes_the_logits(s2nn_int8, reference, fmnist, tmp_path):
+    """model.h carries the input's and output's shape, scale and zero point
+    (the flatbuffer's), and its helpers quantize a real input as Python's
+    export.tflite.runtimes.quantize does (ties, saturation and NaN-free
+    extremes included) and dequantize a logit as runtimes.dequantize does:
+    a C program feeds float images and reads float logits, TFLM's exactly."""
+    from export.tflite.flatbuffer import read_model
+    from export.tflite.runtimes import dequantize
+
+    program = lower(s2nn_int8.flatbuffer, spike_codes(s2nn_int8))
+    code = generate(program, "spike_list", target="host")
+    graph = read_model(s2nn_int8.flatbuffer).main
+    t_in, t_out = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
+    d = _defines(code.files["model.h"])
+    for role, t in (("INPUT", t_in), ("OUTPUT", t_out)):
+        assert np.float32(d[f"S2_MODEL_{role}_SCALE"].rstrip("f")) == np.float32(t.quantization.scales[0])
+        assert int(d[f"S2_MODEL_{role}_ZERO_POINT"]) == int(t.quantization.zero_points[0])
+        assert d[f"S2_MODEL_{role}_SHAPE"] == "{" + ", ".join(str(int(s)) for s in t.shape) + "}"
+    images = _xq(fmnist[2][:40])
+    scale = np.float32(t_in.quantization.scales[0])
+    rng = np.random.default_rng(0)
+    k = rng.integers(-140, 140, images[0].size)
+    odd = images.copy()
+    odd[0] = ((k + 0.5) * np.float64(scale)).astype(np.float32).reshape(odd[0].shape)   # near ties
+    odd[1] = rng.normal(0.0, 2.0, odd[1].shape).astype(np.float32)                       # saturates
+    images = np.concatenate([images, odd[:2]])
+    write_sources(code, str(tmp_path))
+    (tmp_path / "real_main.c").write_text(MODEL_H_MAIN)
+    exe = str(tmp_path / "real_main")
+    run_tool(["gcc", "-O2", "-std=c99", "-Wall", "-Wno-unused-function", "-o", exe, "model.c", *KERNEL_SOURCES,
+              "real_main.c"], cwd=str(tmp_path))
+    images.tofile(tmp_path / "images.bin")
+    subprocess.run([exe, "images.bin", "codes.bin", "logits.bin"], cwd=str(tmp_path), check=True)
+    codes = np.fromfile(tmp_path / "codes.bin", np.int8).reshape(len(images), -1)
+    assert np.array_equal(codes, quantize_inputs(s2nn_int8.flatbuffer, images))
+    logits = np.fromfile(tmp_path / "logits.bin", np.float32).reshape(len(images), -1)
+    details = {"dtype": np.int8, "quantization_parameters": {"scales": t_out.quantization.scales,
+                                                              "zero_points": t_out.quantization.zero_points}}
+    ref = reference[1][:40]
+    assert np.array_equal(logits[:40], dequantize(ref, details))
+
+
+ARM_GCC = shutil.which("arm-none-eabi-gcc")
+#: (sources generated for, compiler flags, compiles?)
+GUARD_CASES = [
+    ("cortex-m55", TARGETS["cortex-m55"].cpu_flags, True),
+    ("cortex-m55", ("-mcpu=cortex-m4", "-mfloat-abi=hard", "-mthumb"), False),
+    ("cortex-m55", ("-mcpu=cortex-m55", "-mfloat-abi=soft", "-mthumb"), False),
+    ("cortex-m55", ("-mcpu=cortex-m7", "-mfloat-abi=hard", "-mthumb"), False),
+    ("cortex-m55", ("-mcpu=cortex-m33", "-mfloat-abi=hard", "-mthumb"), False),
+    ("cortex-m4", TARGETS["cortex-m4"].cpu_flags, True),
+    ("cortex-m4", ("-mcpu=cortex-m4", "-mthumb"), False),
+    ("cortex-m4", ("-mcpu=cortex-m55", "-mfloat-abi=hard", "-mthumb"), False),
+    ("cortex-m4", ("-mcpu=cortex-m7", "-mfloat-abi=hard", "-mthumb"), False),
+    ("host", ("-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", "-mthumb"), False),
+    ("host", ("-mcpu=cortex-m55", "-mfloat-abi=hard", "-mthumb"), False),
+]
+
+
+@pytest.fixture(scope="module")
+def sources(s2nn_int8, tmp_path_factory):
+    """The generated sources of each target, spike_list layouts, in a directory each."""
+    program = lower(s2nn_int8.flatbuffer, spike_codes(s2nn_int8))
+    out = {}
+    for name in TARGETS:
+        d = tmp_path_factory.mktemp(name)
+        write_sources(generate(program, "spike_list", target=name), str(d))
+        out[name] = d
+    return out
+
+
+@pytest.mark.skipif(ARM_GCC is None, reason="needs arm-none-eabi-gcc")
+@pytest.mark.parametrize("generated_for,flags,compiles", GUARD_CASES,
+                         ids=[f"{t}-on-{'_'.join(f.split('=')[-1] for f in fl[:2])}" for t, fl, _ in GUARD_CASES])
+def test_sources_compile_only_for_their_target(sources, generated_for, flags, compiles):
+    """Sources generated for one target stop any other compiler target with
+    an #error naming the flags they were generated for (a Cortex-M55 plan
+    built for a Cortex-M4, or with the soft-float ABI, would compute wrong
+    outputs without a warning); the right flags compile, kernels included."""
+    files = ["model.c"] + ([*KERNEL_SOURCES] if compiles else [])
+    proc = subprocess.run([ARM_GCC, *flags, "-O2", "-std=c99", "-c", *files], cwd=str(sources[generated_for]),
+                          capture_output=True, text=True)
+    if compiles:
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode != 0
+    expected = ("the host build" if generated_for == "host" else " ".join(TARGETS[generated_for].cpu_flags))
+    assert f"#error \"s2_model was generated for {expected}" in proc.stderr, proc.stderr
+
+
+def test_core_sources_refuse_the_host_compiler(sources):
+    for core in CORES:
+        proc = subprocess.run(["gcc", "-c", "model.c"], cwd=str(sources[core]), capture_output=True, text=True)
+        assert proc.returncode != 0 and f"s2_model was generated for {' '.join(TARGETS[core].cpu_flags)}" \
+            in proc.stderr, proc.stderr
+
+
+def test_builds_refuse_code_of_another_target(s2nn_int8, tmp_path):
+    from export.mcu.firmware import build_firmware
+
+    program = lower(s2nn_int8.flatbuffer)
+    with pytest.raises(ValueError, match="build_host builds code generated for target='host'"):
+        build_host(generate(program, "dense", target="cortex-m55"), str(tmp_path / "h"))
+    with pytest.raises(ValueError, match="generated for host cannot be cortex-m4 firmware"):
+        build_firmware(generate(program, "dense", target="host"), "cortex-m4", str(tmp_path / "f"))
+
+
+def test_mcu_config_is_checked():
+    assert McuConfig(cores=["cortex-m55", "cortex-m55"]).cores == ("cortex-m55",)
+    assert McuConfig().cores == CORES and McuConfig(layouts={"stem_conv": "dense"}).layouts == {"stem_conv": "dense"}
+    for kwargs, needle in (({"cores": ("cortex-m7",)}, "unknown core 'cortex-m7'"),
+                           ({"layouts": "sparse"}, "unknown layout 'sparse'"),
+                           ({"layouts": {0: "auto"}}, "unknown layout 'auto'"),
+                           ({"num_images": 0}, "num_images must be a positive integer"),
+                           ({"host_images": 2.5}, "host_images must be a positive integer")):
+        with pytest.raises(McuConfigError, match=needle):
+            McuConfig(**kwargs)
+    with pytest.raises(TypeError):
+        McuConfig(("cortex-m4",))    # keyword arguments only
+
+
+def test_mcu_errors_are_input_errors():
+    """The command lines exit 2 on them (export.errors.InputError), and
+    code catching their built-in bases still does."""
+    assert issubclass(UnsupportedModelError, InputError) and issubclass(UnsupportedModelError, ValueError)
+    assert issubclass(ToolError, InputError) and issubclass(ToolError, RuntimeError)
+    assert issubclass(McuConfigError, InputError) and issubclass(McuConfigError, ValueError)
+
+
+def test_run_mcu_reads_the_flatbuffer_once(s2nn_int8, fmnist, monkeypatch):
+    """One parse per run: lowering, the spike codes, the input quantization
+    and the TFLM reference all take the parsed model; the host check of
+    every layout is byte-identical with TFLM."""
+    from export.mcu.run import run_mcu
+    from export.tflite import flatbuffer
+
+    calls = []
+    real = flatbuffer.read_model
+    monkeypatch.setattr(flatbuffer, "read_model", lambda model: calls.append(1) or real(model))
+    report = run_mcu(s2nn_int8, fmnist[2][:6], McuConfig(cores=(), model_name="s2nn"))
+    assert len(calls) == 1
+    assert report["model"] == "s2nn" and report["spike_tensors"] == len(s2nn_int8.spike_tensors)
+    assert set(report["host"]) == {"dense", "spike_list", "spike_mask"}
+    assert all(h["equal"] == h["images"] == 6 for h in report["host"].values()) and report["cores"] == {}

@@ -15,7 +15,8 @@ import pytest
 from export.mcu.firmware import BOARDS, available, build_firmware, run_qemu
 from export.mcu.generate import generate
 from export.mcu.lower import lower
-from export.mcu.run import quantize_inputs, run_mcu, spike_levels, tflm_outputs
+from export.mcu.config import McuConfig
+from export.mcu.run import quantize_inputs, run_mcu, spike_codes, tflm_outputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N_QEMU = 30
@@ -40,7 +41,7 @@ def test_firmware_is_byte_identical_and_counts_are_deterministic(s2nn, tmp_path,
     40 (M4, 25 MHz) or 31.25 (M55, 32 MHz) instructions under -icount
     shift=0; two runs count the same; the spike layouts report fired inputs."""
     conv, inputs, ref, _ = s2nn
-    program = lower(conv.flatbuffer, spike_levels(conv))
+    program = lower(conv.flatbuffer, spike_codes(conv))
     totals = {}
     for layout in ("dense", "spike_list", "spike_mask"):
         fw = build_firmware(generate(program, layout, target=core), core, str(tmp_path / layout))
@@ -71,8 +72,8 @@ def test_run_mcu_report(s2nn, fmnist, tmp_path):
     the layout of each spike layer chosen by measurement, and the figures
     the report promises."""
     conv, _, _, arena = s2nn
-    report = run_mcu(conv.flatbuffer, fmnist[2][:N_QEMU], ("cortex-m55",), spike_levels(conv), num_images=N_QEMU,
-                     measure_images=5, output_dir=str(tmp_path))
+    report = run_mcu(conv, fmnist[2][:N_QEMU], McuConfig(cores=("cortex-m55",), num_images=N_QEMU, measure_images=5,
+                                                      output_dir=str(tmp_path)))
     assert all(h["fraction"] == 1.0 for h in report["host"].values())
     e = report["cores"]["cortex-m55"]
     assert e["bit_exact"]["fraction"] == 1.0 and e["dense_bit_exact"]["equal"] == e["dense_bit_exact"]["images"]
@@ -115,13 +116,14 @@ def test_cli_end_to_end(trained_model, tmp_path):
 def test_reporter_in_export_run(trained_model, fmnist, tmp_path):
     """export.mcu.reporter plugs into export_run: report["formats"]["int8"]["mcu"]."""
     from export import mcu
-    from export.pipeline import ExportConfig, export_run
+    from export.config import ExportConfig
+    from export.pipeline import export_run
 
     x, y = fmnist[2][:40], fmnist[3][:40]
     result = export_run(trained_model, ExportConfig(
         str(tmp_path), x, y, formats=("int8",), calibration_images=fmnist[0][-100:], max_tflm_examples=20,
         c_array=False, verbose=False, spike_checks=False,
-        reporters=(mcu.reporter(("cortex-m55",), images=x[:8], num_images=8, measure_images=3),)))
+        reporters=(mcu.reporter(x[:8], mcu.McuConfig(cores=("cortex-m55",), num_images=8, measure_images=3)),)))
     figures = result["formats"]["int8"]["mcu"]
     assert figures["cores"]["cortex-m55"]["bit_exact"]["fraction"] == 1.0
     names = {c["name"] for c in result["checks"]["results"]}
@@ -145,8 +147,8 @@ def test_mlperf_tiny_on_both_cores(name, tmp_path):
             yield [x_train[-200:][i:i + 50]]
 
     conv = convert(model, "int8", representative)
-    report = run_mcu(conv.flatbuffer, x_test[:10], ("cortex-m4", "cortex-m55"), spike_levels(conv), num_images=10,
-                     measure_images=3, output_dir=str(tmp_path))
+    report = run_mcu(conv, x_test[:10], McuConfig(cores=("cortex-m4", "cortex-m55"), num_images=10, measure_images=3,
+                                                  output_dir=str(tmp_path)))
     for core, e in report["cores"].items():
         assert e["bit_exact"]["fraction"] == 1.0 and e["deterministic"], (name, core)
     assert all(h["fraction"] == 1.0 for h in report["host"].values())

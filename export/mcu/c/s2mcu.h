@@ -4,8 +4,10 @@
  * macros: Helium (__ARM_FEATURE_MVE, Cortex-M55), the DSP extension
  * (__ARM_FEATURE_DSP, Cortex-M4) and portable C (any other compiler: the
  * host build of the tests). Every path computes TFLite's int8 arithmetic
- * exactly (export/mcu/quant.py restates it; docs/MCU.md derives the
- * vector forms), so all of them give byte-identical outputs.
+ * exactly (export/quant.py restates it; docs/MCU.md derives the vector
+ * forms), so all of them give byte-identical outputs. The kernels are
+ * s2mcu_*.c, one source per op family (s2mcu_internal.h lists them);
+ * a build compiles all of them with the generated model.c.
  *
  * Data: NHWC int8 activations; conv weights OHWI ("dense") or HWIO
  * ("spike" layouts), depthwise weights HWC; int32 bias, per output
@@ -121,7 +123,30 @@ static inline int8_t s2_clamp8(int32_t v, int32_t lo, int32_t hi) {
   return (int8_t)v;
 }
 
-/* ---- kernels (s2mcu.c) -------------------------------------------------- */
+/* ---- real numbers at the model's boundary (model.h's helpers) ---------- */
+
+/* The int8 code of x in a tensor of this scale and zero point, as
+ * export.tflite.runtimes.quantize computes it (the export's verification
+ * feeds TFLite Micro those codes): x / scale in double precision, rounded
+ * half to even, plus the zero point, saturated to [-128, 127]. */
+static inline int8_t s2_quantize_real(float x, float scale, int32_t zp) {
+  double v = (double)x / (double)scale;
+  if (!(v == v)) v = 0.0;                                  /* NaN */
+  v = v > 1048576.0 ? 1048576.0 : (v < -1048576.0 ? -1048576.0 : v);
+  int32_t t = (int32_t)v;                                  /* truncates */
+  const double frac = v - (double)t;                       /* exact */
+  if (frac > 0.5 || (frac == 0.5 && (t & 1))) t++;
+  else if (frac < -0.5 || (frac == -0.5 && (t & 1))) t--;
+  return s2_clamp8(t + zp, -128, 127);
+}
+
+/* The real value of an int8 code, as export.tflite.runtimes.dequantize
+ * computes it: (q - zp) * scale in double precision, then float. */
+static inline float s2_dequantize_real(int8_t q, float scale, int32_t zp) {
+  return (float)(((double)q - (double)zp) * (double)scale);
+}
+
+/* ---- kernels (s2mcu_*.c) ------------------------------------------------ */
 
 /* Scratch each kernel needs (bytes), for the generator's planner. */
 size_t s2_conv_dense_scratch(const s2_conv_t *p);
