@@ -80,7 +80,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import _common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 
 ARCHS = {
     "quickstart": {"blocks": [1, 1, 1], "width": 24},
@@ -441,20 +441,8 @@ def main(argv=None):
         for row in compared:
             print(f"{row['arch']:14s} {row['variant']:13s} " + " ".join(
                 f"{row['latency_ratio_to_compare'].get(rt, float('nan')):12.3f}" for rt in args.runtimes))
-    payload = {
-        "benchmark": "inference",
-        "format": args.format,
-        "command": C.command_line(),
-        "config": {k: v for k, v in vars(args).items() if k != "output"},
-        "models": models_info,
-        "flatbuffers": flat_info,
-        "latency": latency,
-        "summary": summary,
-        "total_wall_s": round(time.time() - t_start, 1),
-        "machine": machine,
-    }
-    C.write_json(args.output, payload)
-    return 0
+    return C.write_result(args, "inference", machine, t_start, format=args.format, models=models_info,
+                          flatbuffers=flat_info, latency=latency, summary=summary)
 
 
 if __name__ == "__main__":

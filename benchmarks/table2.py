@@ -31,7 +31,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import _common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 
 METHODS = ("relu", "ste_b", "slayer", "ste_s", "s2nn", "sibnn")
 
@@ -232,20 +232,12 @@ def main(argv=None):
     for k, v in comparison.items():
         print(f"{k}: {v}")
 
-    payload = {
-        "benchmark": "table2",
-        "command": C.command_line(),
-        "config": {k: v for k, v in vars(args).items() if k not in ("output", "force")},
-        "energy_method": "export.energy.energy_report (Appendix B; default convention, 45nm_fp32 preset) "
-                         f"over the first {args.energy_examples} test images",
-        "rows": rows, "runs": runs, "comparison": comparison,
-        "paper_table2_cifar10_resnet18": PAPER_TABLE2_RESNET18,
-        "paper_table5_fashion_mnist": PAPER_TABLE5_FASHION_MNIST,
-        "total_wall_s": round(time.time() - t_start, 1),
-        "machine": machine,
-    }
-    C.write_json(args.output, payload)
-    return 0
+    return C.write_result(
+        args, "table2", machine, t_start, not_config=("output", "force"),
+        energy_method="export.energy.energy_report (Appendix B; default convention, 45nm_fp32 preset) "
+                      f"over the first {args.energy_examples} test images",
+        rows=rows, runs=runs, comparison=comparison, paper_table2_cifar10_resnet18=PAPER_TABLE2_RESNET18,
+        paper_table5_fashion_mnist=PAPER_TABLE5_FASHION_MNIST)
 
 
 if __name__ == "__main__":

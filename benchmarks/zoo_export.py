@@ -15,7 +15,7 @@ first ``--train_examples`` training images. Then, per model:
   producer (``conv``) or written as their own 1x1 depthwise op (``tensor``),
   and how many spike grids had to come from the levels (neurons silent on
   the calibration images);
-* ``agreement``: ``export.tflite.verify.agreement`` (same argmax; for the
+* ``agreement``: ``export.metrics.agreement_report`` (same argmax; for the
   regression autoencoder, per-example RMS within 1 % of the output range)
   of the LiteRT int8 / int16x8 model with its Keras model on the first
   ``--test_examples`` test images: post-training (against the trained
@@ -45,7 +45,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import _common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 
 FORMATS = ("float32", "int8", "int16x8")
 
@@ -93,7 +93,7 @@ def measure(name, args):
     from export.transform.qat import QATConfig, quantization_aware_fine_tune
     from export.tflite.runtimes import run_litert
     from export.tflite.convert import convert, op_names
-    from export.tflite.verify import agreement, model_logits
+    from export.metrics import agreement_report, model_logits
     from tests import zoo
 
     entry = zoo.ZOO[name]
@@ -113,7 +113,7 @@ def measure(name, args):
         return {"accuracy": float((outputs.argmax(1) == y_test).mean())}
 
     def agree(reference, outputs):
-        return agreement(reference, outputs, task, inputs=x_test if task == "regression" else None)
+        return agreement_report(reference, outputs, task, inputs=x_test if task == "regression" else None)
 
     keras_out = model_logits(model, x_test)
     out = {"task": task, "pattern": entry.pattern, "parameters": int(model.count_params()),

@@ -15,7 +15,7 @@ The checks (``fmt`` is a TFLite format, ``runtime`` ``litert`` or ``tflm``):
                             as a fraction of all: ``<= BOUNDS["fold_spike_mismatch"]`` (only float
                             ties at a threshold may differ: ``g u + b >= u_th`` vs ``u >= theta``)
 ``fold.outputs``            fraction of examples whose folded output agrees with the Keras one
-                            (:func:`agreement`): ``>= BOUNDS["fold_agreement"]``
+                            (:func:`export.metrics.agreement_fraction`): ``>= BOUNDS["fold_agreement"]``
 ``fmt.spikes.two_level``    every spike value in every runtime is one of its two level codes
 ``fmt.spikes.neurons_equal``  where a neuron's input is the same in two runtimes, so are its spikes
 ``fmt.runtime.agreement``   agreement of the runtime's outputs with the Keras model's: ``>=``
@@ -25,13 +25,13 @@ The checks (``fmt`` is a TFLite format, ``runtime`` ``litert`` or ``tflm``):
                             float32 and int8 after fine-tuning only)
 ``fmt.runtime.relative_error``  a regression output's post-training integer formats instead of
                             agreement: RMS difference from the Keras outputs over their spread
-                            (:func:`relative_error`, about 0 when faithful, >= 1 at chance or
+                            (:func:`export.metrics.relative_error`, about 0 when faithful, >= 1 at chance or
                             off in scale): ``< BOUNDS["integer_regression_relative_error"]``
 ``fmt.runtime.correlation``  the runtime's outputs follow the Keras model's input by input
-                            (:func:`output_correlation`, about 0 at chance, about 1 when faithful):
+                            (:func:`export.metrics.output_correlation`, about 0 at chance, about 1 when faithful):
                             ``>= BOUNDS["output_correlation"]`` -- what top-1 agreement cannot tell
                             when the Keras model nearly always predicts one class
-``reporter.<name>...``      the checks a :class:`export.pipeline.FormatReporter` declares
+``reporter.<name>...``      the checks a :class:`export.report.FormatReporter` declares
 ==========================  =====================================================================
 
 The bounds catch a *broken* export (a wrong fold, a third spike level, an
@@ -61,12 +61,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, List, Sequence
 
-import numpy as np
+from export.errors import ChecksFailedError
 
-from export.tflite.verify import REGRESSION_TOLERANCE, TASKS as VERIFY_TASKS, agreement as verify_agreement
-
-__all__ = ["BOUNDS", "TASKS", "REGRESSION_TOLERANCE", "CheckResult", "ExportCheckError", "agreement",
-           "output_correlation", "relative_error", "evaluate", "failure_line"]
+__all__ = ["BOUNDS", "CheckResult", "ExportCheckError", "evaluate", "failure_line"]
 
 #: Every bound of the export's checks (module docstring).
 BOUNDS = {
@@ -78,10 +75,6 @@ BOUNDS = {
     "qat_int8_agreement": 0.98,
     "output_correlation": 0.5,
 }
-
-#: What an export verifies a model's outputs as (``ExportConfig.task``, ``--task``).
-TASKS = ("auto",) + VERIFY_TASKS
-
 
 
 @dataclasses.dataclass
@@ -109,56 +102,13 @@ def _fmt(v, percent):
     return f"{100 * v:.2f}%" if percent else f"{v:.4g}"
 
 
-class ExportCheckError(RuntimeError):
+class ExportCheckError(ChecksFailedError, RuntimeError):
     """An export whose own checks failed; ``result`` is the
     :class:`export.pipeline.ExportResult` (its files were not kept)."""
 
     def __init__(self, message, result=None):
         super().__init__(message)
         self.result = result
-
-
-def agreement(reference, outputs, task: str) -> float:
-    """The agreeing fraction of :func:`export.tflite.verify.agreement` (the one
-    definition: same top-1 for classification, per-example RMS within
-    :data:`REGRESSION_TOLERANCE` of the reference range for regression)."""
-    return verify_agreement(reference, outputs, task)["agreement"]
-
-
-def output_correlation(reference, outputs) -> float:
-    """How closely ``outputs`` follow ``reference`` input by input: the
-    correlation of the two after centring each output unit over the
-    examples, ``sum(r' o') / sqrt(sum(r'^2) sum(o'^2))`` with ``r' = r -
-    mean_n(r)``. About 1 for a faithful export, about 0 for outputs that
-    ignore the input (at chance) -- also where the reference nearly always
-    predicts one class and top-1 agreement says little. A reference that
-    does not vary at all gives 1 if the outputs do not either, else 0."""
-    ref = np.asarray(reference, np.float64)
-    out = np.asarray(outputs, np.float64)
-    n = min(len(ref), len(out))
-    ref, out = ref[:n].reshape(n, -1), out[:n].reshape(n, -1)
-    rc, oc = ref - ref.mean(0), out - out.mean(0)
-    rr, oo = float(np.sum(rc * rc)), float(np.sum(oc * oc))
-    if rr == 0.0 or oo == 0.0:
-        return 1.0 if rr == oo else 0.0
-    return float(np.sum(rc * oc) / np.sqrt(rr * oo))
-
-
-def relative_error(reference, outputs) -> float:
-    """RMS of ``outputs - reference`` over the RMS spread of ``reference``
-    around its per-unit mean over the examples: about 0 for a faithful
-    export, about sqrt(2) for outputs of the right distribution that ignore
-    the input, and >= 1 for outputs off by a scale factor of 2 or more. A
-    reference that does not vary gives 0 if the outputs equal it, else inf."""
-    ref = np.asarray(reference, np.float64)
-    out = np.asarray(outputs, np.float64)
-    n = min(len(ref), len(out))
-    ref, out = ref[:n].reshape(n, -1), out[:n].reshape(n, -1)
-    spread = float(np.sqrt(np.mean((ref - ref.mean(0)) ** 2)))
-    err = float(np.sqrt(np.mean((out - ref) ** 2)))
-    if spread == 0.0:
-        return 0.0 if err == 0.0 else float("inf")
-    return err / spread
 
 
 def _ge(name, value, bound, what):

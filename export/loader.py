@@ -33,6 +33,8 @@ import re
 import sys
 import zipfile
 
+from export.errors import InputError
+
 __all__ = ["load_model", "check_model_file", "ModelFileError", "register_layers", "register_when_keras_loads",
            "first_line"]
 
@@ -41,7 +43,7 @@ _UNKNOWN_CLASS = re.compile(r"Could not locate (?:class|function) '([^']+)'")
 _DUMP = re.compile(r"\s*(Full object config|config=|Received config|Exception encountered)\b.*$")
 
 
-class ModelFileError(ValueError):
+class ModelFileError(InputError, ValueError):
     """The file is not a Keras model this package can load (one-line message)."""
 
 

@@ -26,7 +26,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 __all__ = ["DATASETS", "NUM_CLASSES", "IMAGE_SHAPES", "DEBIAN_FASHION_MNIST_DIR", "DatasetNotFoundError",
-           "read_idx", "fashion_mnist_idx_dir", "load_arrays", "to_float"]
+           "read_idx", "fashion_mnist_idx_dir", "load_arrays", "to_float", "as_model_input"]
 
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 DATASETS = ("fashion_mnist", "cifar10", "cifar100")
@@ -171,3 +171,16 @@ def _load_tfds(name, split, data_dir, max_examples):
 def to_float(images: np.ndarray) -> np.ndarray:
     """``uint8`` images -> ``float32`` in [0, 1], the models' input convention."""
     return np.asarray(images).astype(np.float32) / 255.0
+
+
+def as_model_input(images) -> np.ndarray:
+    """Inputs in the models' convention, as ``float32``: ``uint8`` images
+    through :func:`to_float` (divided by 255), any other numbers taken as
+    they are (already in the model's input convention).
+
+    Example:
+      >>> as_model_input(np.array([0, 255], np.uint8)).tolist(), as_model_input([0.5, 2.0]).tolist()
+      ([0.0, 1.0], [0.5, 2.0])
+    """
+    images = np.asarray(images)
+    return to_float(images) if images.dtype == np.uint8 else images.astype(np.float32)

@@ -169,22 +169,13 @@ def _refs_in(obj) -> List[TensorRef]:
 
 
 def _substitute(obj, lookup):
+    """``obj`` (nested dicts, lists, tuples) with every TensorRef ``r`` replaced by ``lookup(r)``."""
     if isinstance(obj, TensorRef):
         return lookup(obj)
     if isinstance(obj, dict):
         return {k: _substitute(v, lookup) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(_substitute(v, lookup) for v in obj)
-    return obj
-
-
-def _rename(obj, mapping):
-    if isinstance(obj, TensorRef):
-        return mapping(obj)
-    if isinstance(obj, dict):
-        return {k: _rename(v, mapping) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_rename(v, mapping) for v in obj)
     return obj
 
 
@@ -343,7 +334,7 @@ class LayerGraph:
                     continue
                 out_nodes.append(dataclasses.replace(
                     inode, name=prefix + inode.name, key=prefix + inode.key,
-                    args=_rename(inode.args, rename), kwargs=_rename(inode.kwargs, rename),
+                    args=_substitute(inode.args, rename), kwargs=_substitute(inode.kwargs, rename),
                     inputs=tuple(rename(r) for r in inode.inputs)))
             for ref, value in inner._shapes.items():
                 if ref not in inner_inputs:
@@ -365,8 +356,8 @@ class LayerGraph:
             if node.is_input:
                 final.append(node)
                 continue
-            final.append(dataclasses.replace(node, args=_rename(node.args, resolve),
-                                             kwargs=_rename(node.kwargs, resolve),
+            final.append(dataclasses.replace(node, args=_substitute(node.args, resolve),
+                                             kwargs=_substitute(node.kwargs, resolve),
                                              inputs=tuple(resolve(r) for r in node.inputs)))
         for ref, value in list(self._shapes.items()):
             if ref in replace:

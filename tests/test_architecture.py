@@ -4,6 +4,12 @@ run time:
 * the library ``s2nn_keras`` imports neither ``trainers`` nor ``export``;
 * ``export`` never imports ``trainers``;
 * ``benchmarks`` may import anything, but no private name (``_x``) of ``export``;
+* no import cycle anywhere in the project (function-level imports count),
+  and no private name (``_x``, or a module ``_x``) imported from another file;
+* inside ``export``, one arrow per floor: ``transform`` (Keras -> Keras)
+  never imports ``tflite``; ``tflite`` never imports ``energy``, ``mcu`` or
+  the pipeline; nothing but the command lines imports ``cli``; the top of
+  ``export`` holds at most 12 modules;
 
 and that ``s2nn_keras`` imports and runs (a model, firing rates, the energy
 report) with TensorFlow blocked, on the JAX backend.
@@ -87,6 +93,151 @@ def violations(packages=PACKAGES):
 @pytest.mark.parametrize("package", PACKAGES)
 def test_dependency_arrows(package):
     assert violations([package]) == []
+
+
+def _is_private(name):
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def module_graph(packages=PACKAGES):
+    """``{module: {imported project modules}}``: ``from a import b`` is an
+    arrow to ``a.b`` when that is a module, else to ``a``. A parent
+    package's ``__init__`` that Python runs on the way is no arrow."""
+    paths = {".".join(_module_of(p)): p for package in packages for p in _sources(package)}
+    graph = {}
+    for module, path in paths.items():
+        targets = set()
+        for _, imported, names in imports(path):
+            submodules = [f"{imported}.{n}" for n in names if f"{imported}.{n}" in paths]
+            targets.update(submodules)
+            if imported in paths and (not names or len(submodules) < len(names)):
+                targets.add(imported)
+        graph[module] = targets - {module}
+    return graph
+
+
+def cycles(graph):
+    """The import cycles of ``graph``: its strongly connected components of
+    more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def private_imports(packages=PACKAGES):
+    """``file:line: module names`` of every import of a private project name
+    (a ``_x`` module on the path, or a ``_x`` name) from another file."""
+    bad = []
+    for package in packages:
+        for path in _sources(package):
+            own = ".".join(_module_of(path))
+            for line, imported, names in imports(path):
+                if _top(imported) not in PACKAGES or imported == own:
+                    continue
+                private = [p for p in imported.split(".") if _is_private(p)] + [n for n in names if _is_private(n)]
+                if private:
+                    bad.append(f"{os.path.relpath(path, REPO)}:{line}: {imported}: {', '.join(private)}")
+    return bad
+
+
+#: Inside ``export``: a module under the first floor never imports one under
+#: any of the others (``export.pipeline`` etc. are the top-level modules).
+EXPORT_FLOORS = {
+    "export.transform": ("export.tflite", "export.energy", "export.mcu", "export.pipeline"),
+    "export.tflite": ("export.energy", "export.mcu", "export.pipeline"),
+    "export.energy": ("export.mcu", "export.pipeline"),
+    "export.mcu": ("export.energy", "export.pipeline"),
+}
+#: Who may import ``export.cli``: the command lines themselves and the
+#: ``python -m`` shims.
+CLI_IMPORTERS = ("export.cli", "export.__main__", "export.energy.__main__", "export.mcu.__main__")
+
+
+def _under(module, package):
+    return module == package or module.startswith(package + ".")
+
+
+def floor_violations(graph):
+    bad = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            for floor, forbidden in EXPORT_FLOORS.items():
+                if _under(module, floor) and any(_under(target, f) for f in forbidden):
+                    bad.append(f"{module} imports {target}")
+            if _under(target, "export.cli") and not any(_under(module, c) for c in CLI_IMPORTERS):
+                bad.append(f"{module} imports the command line {target}")
+    return bad
+
+
+def test_no_import_cycles():
+    assert cycles(module_graph()) == []
+
+
+def test_no_private_name_imported_across_files():
+    assert private_imports() == []
+
+
+def test_export_floors():
+    assert floor_violations(module_graph(("export",))) == []
+
+
+def test_export_top_level_stays_small():
+    top = sorted(n for n in os.listdir(os.path.join(REPO, "export")) if n.endswith(".py"))
+    assert len(top) <= 12, top
+
+
+def test_the_structure_checks_see_cycles_privates_and_floors(tmp_path):
+    """Negative controls: a two-module cycle, a private import, a transform
+    module importing tflite and a library module importing the CLI."""
+    global REPO
+    for rel, text in {
+        "export/__init__.py": "",
+        "export/a.py": "from export import b\n",
+        "export/b.py": "def f():\n    from export.a import thing\n",
+        "export/c.py": "from export.b import _helper\n",
+        "export/transform/__init__.py": "",
+        "export/transform/t.py": "from export.tflite import convert\n",
+        "export/tflite/__init__.py": "",
+        "export/tflite/convert.py": "from export.cli.flags import cores\n",
+        "export/cli/__init__.py": "",
+        "export/cli/flags.py": "",
+    }.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    saved = REPO
+    try:
+        REPO = str(tmp_path)
+        graph = module_graph(("export",))
+        assert cycles(graph) == [["export.a", "export.b"]]
+        assert private_imports(("export",)) == ["export/c.py:1: export.b: _helper"]
+        assert floor_violations(graph) == ["export.tflite.convert imports the command line export.cli.flags",
+                                           "export.transform.t imports export.tflite.convert"]
+    finally:
+        REPO = saved
 
 
 def test_the_checker_sees_wrong_arrows(tmp_path):

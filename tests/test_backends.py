@@ -19,29 +19,20 @@ TensorFlow) starts real subprocesses:
   on a machine where TensorFlow is not installed.
 """
 
-import importlib.util
 import os
 import subprocess
-import sys
 import textwrap
 
 import keras
 import pytest
+
+from tests.backend_python import python_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY_TESTS = ("tests/s2nn_keras" if os.environ.get("S2NN_BACKEND_TESTS") == "all"
                  else "tests/s2nn_keras/test_surrogates.py tests/s2nn_keras/test_layers.py "
                       "tests/s2nn_keras/test_learnable.py")
 OTHER_BACKENDS = ("jax", "torch")
-
-
-def _python_for(backend):
-    """The interpreter that runs ``backend``, or None when it cannot import it."""
-    python = os.environ.get(f"S2NN_{backend.upper()}_PYTHON", sys.executable)
-    if python == sys.executable:
-        return python if importlib.util.find_spec(backend) is not None else None
-    probe = subprocess.run([python, "-c", f"import {backend}"], capture_output=True, timeout=300)
-    return python if probe.returncode == 0 else None
 
 
 def _env(backend, **extra):
@@ -57,7 +48,7 @@ def _tail(result, chars=6000):
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_library_tests_pass_on_backend(backend):
-    python = _python_for(backend)
+    python = python_for(backend)
     if python is None:
         pytest.skip(f"{backend} is not installed (set S2NN_{backend.upper()}_PYTHON to a venv that has it)")
     if keras.backend.backend() == backend:
@@ -137,7 +128,7 @@ WITHOUT_TENSORFLOW = textwrap.dedent(
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_import_build_train_save_with_tensorflow_blocked(backend, tmp_path):
-    python = _python_for(backend)
+    python = python_for(backend)
     if python is None:
         pytest.skip(f"{backend} is not installed (set S2NN_{backend.upper()}_PYTHON to a venv that has it)")
     result = subprocess.run([python, "-c", WITHOUT_TENSORFLOW, str(tmp_path)], cwd=tmp_path,

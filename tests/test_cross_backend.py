@@ -26,6 +26,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from tests.backend_python import python_for
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIE_TOL = 1e-4         # |u - u_th| below which two backends may disagree on a spike
 MAX_TIE_FRACTION = 1e-3  # of all spike-map elements
@@ -133,15 +135,6 @@ LOAD = textwrap.dedent(
 )
 
 
-def _python_for(backend):
-    """The interpreter that runs ``backend``, or None when it cannot import it."""
-    python = os.environ.get(f"S2NN_{backend.upper()}_PYTHON", sys.executable)
-    if python == sys.executable:
-        return python if importlib.util.find_spec(backend) is not None else None
-    probe = subprocess.run([python, "-c", f"import {backend}"], capture_output=True, timeout=300)
-    return python if probe.returncode == 0 else None
-
-
 def _run(python, backend, script, *args):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
                PYTHONPATH=REPO)
@@ -157,7 +150,7 @@ def _run(python, backend, script, *args):
     pytest.param("jax", "learnable", marks=pytest.mark.slow),  # learned per-channel thresholds, ~40 s
 ])
 def test_saved_under_backend_loads_folds_and_exports_under_tensorflow(backend, neurons, tmp_path):
-    python = _python_for(backend)
+    python = python_for(backend)
     if python is None:
         pytest.skip(f"{backend} is not installed (set S2NN_{backend.upper()}_PYTHON to a venv that has it)")
     if importlib.util.find_spec("tensorflow") is None:

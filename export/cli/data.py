@@ -33,12 +33,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from export.errors import InputError
+
 __all__ = ["NPZ_KEYS", "DataFileError", "CLIData", "load_npz", "load_dataset", "check_input_shape"]
 
 NPZ_KEYS = ("test_images", "test_labels", "train_images")
 
 
-class DataFileError(ValueError):
+class DataFileError(InputError, ValueError):
     """The data file or data set does not fit (one-line message)."""
 
 

@@ -121,12 +121,12 @@ def _run(args) -> int:
     import logging
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warnings; errors are ours
-    from s2nn_keras.datasets import to_float
+    from s2nn_keras.datasets import as_model_input
 
     if data is None:
         data = load_dataset(args.dataset or "fashion_mnist", args.data_dir, n, need_train=False)
     images = data.test_images
-    x = to_float(images) if images.dtype == "uint8" else images.astype("float32")
+    x = as_model_input(images)
     from export.energy.report import format_table, write_energy_report, write_files
     from export.loader import load_model
 

@@ -25,7 +25,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from export.cli import harness as cli  # noqa: E402
-from export.checks import TASKS  # noqa: E402
+from export.metrics import TASK_CHOICES  # noqa: E402
 from export.cli.flags import DATASETS, cores, formats, nonnegative_float, positive_float, positive_int, rewrites  # noqa: E402
 from export.cli.flags import accelerators  # noqa: E402
 from export.formats import DEFAULT_NEURON, NEURON_FORMULATIONS, QUANTIZATIONS  # noqa: E402
@@ -43,7 +43,7 @@ def build_parser():
     p.add_argument("--data", default=None, metavar="PATH.npz",
                    help="the model's own data instead of a data set: an .npz with test_images, test_labels "
                         "(leave out for regression) and train_images (calibration, --qat_epochs)")
-    p.add_argument("--task", choices=TASKS, default="auto",
+    p.add_argument("--task", choices=TASK_CHOICES, default="auto",
                    help="how outputs are compared with Keras: classification (same top-1), regression (RMS "
                         "difference <= 1%% of the output range) or auto (regression when the output has the "
                         "input's shape or is not a class vector; default)")
@@ -137,7 +137,8 @@ def _run(args) -> int:
     if len(model.inputs) == 1:
         check_input_shape(data, model.inputs[0].shape[1:], f"model {args.model!r}")
 
-    from export.pipeline import ExportConfig, export_run
+    from export.config import ExportConfig
+    from export.pipeline import export_run
 
     qat = None
     if qat_wanted:
@@ -152,7 +153,7 @@ def _run(args) -> int:
     if args.mcu:
         from export import mcu
 
-        reporters.append(mcu.reporter(args.mcu, images=data.test_images, num_images=args.mcu_images))
+        reporters.append(mcu.reporter(data.test_images, mcu.McuConfig(cores=args.mcu, num_images=args.mcu_images)))
     train = data.train_images
     options = {} if args.rewrites is None else {"rewrites": tuple(args.rewrites)}
     config = ExportConfig(

@@ -8,11 +8,14 @@
   chatter is not, :data:`export.tflite.quiet.CHATTER`);
 * one line ``<prog>: error: <what is wrong>`` on stderr, nothing else, and
 
-  - exit status 2 for bad input: a flag, a missing or unreadable model or
-    data file, data that does not fit the model, a model the export cannot
-    write exactly (the line names the layer and the flag that works);
+  - exit status 2 for bad input (:class:`export.errors.InputError`, a
+    missing data set, an ``OSError``): a flag, a missing or unreadable
+    model or data file, data that does not fit the model, a model the
+    export cannot write exactly (the line names the layer and the flag
+    that works);
   - exit status 3 when the export was made but its own checks failed
-    (:mod:`export.checks`; the line names each failed check);
+    (:class:`export.errors.ChecksFailedError`, :mod:`export.checks`; the
+    line names each failed check);
   - exit status 1 for anything unexpected (a bug: the line names the
     exception; ``--debug`` shows the traceback);
   - 130 when interrupted.
@@ -42,21 +45,19 @@ import sys
 import traceback
 from typing import Callable, Optional, Sequence
 
-__all__ = ["CLIError", "Parser", "run", "one_line", "add_debug_flag", "EXIT_USAGE", "EXIT_CHECKS",
-           "EXIT_INTERNAL", "EXPECTED_ERRORS"]
+from export.errors import ChecksFailedError, InputError
+
+__all__ = ["CLIError", "Parser", "run", "one_line", "add_debug_flag", "exit_status", "EXIT_USAGE", "EXIT_CHECKS",
+           "EXIT_INTERNAL"]
 
 EXIT_INTERNAL, EXIT_USAGE, EXIT_CHECKS, EXIT_INTERRUPTED = 1, 2, 3, 130
 
-#: Exceptions that are the input's fault (exit status 2), by qualified
-#: name: matched without importing their (TensorFlow-heavy) modules.
-EXPECTED_ERRORS = frozenset({
-    "export.cli.harness.CLIError", "export.loader.ModelFileError", "export.cli.data.DataFileError",
-    "export.pipeline.ExportConfigError", "export.transform.fold.FoldError", "export.transform.edge.EdgeError",
-    "export.transform.qat.QATError", "export.tflite.vela.VelaError", "s2nn_keras.datasets.DatasetNotFoundError",
-    "export.mcu.build.ToolError", "export.mcu.lower.UnsupportedModelError",
-    "builtins.OSError",  # the machine's: a folder that cannot be written, a full disk
-})
-_CHECK_ERROR = "export.checks.ExportCheckError"
+#: Errors that are not the export's own (:mod:`export.errors`) but still
+#: the input's fault (exit status 2): a data set that is not there
+#: (``s2nn_keras.datasets.DatasetNotFoundError``, looked up in
+#: ``sys.modules`` -- raised, it was imported) and the machine's ``OSError``
+#: (a folder that cannot be written, a full disk).
+_FOREIGN_INPUT_ERRORS = (("s2nn_keras.datasets", "DatasetNotFoundError"),)
 
 #: Python-API advice in library messages, as the flag that does the same.
 _AS_FLAGS = ((re.compile(r"""\bneuron\s*=\s*['"]compare['"]"""), "--neuron compare"),
@@ -67,7 +68,7 @@ _AS_FLAGS = ((re.compile(r"""\bneuron\s*=\s*['"]compare['"]"""), "--neuron compa
              (re.compile(r"\ballow_failed_checks\s*=\s*True\b"), "--allow_failed_checks"))
 
 
-class CLIError(Exception):
+class CLIError(InputError):
     """Bad command-line input; the message is the whole error line."""
 
 
@@ -84,8 +85,32 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
                         help="on failure, also print the captured stderr and the Python traceback")
 
 
-def _qualified_names(err):
-    return {f"{k.__module__}.{k.__qualname__}" for k in type(err).__mro__}
+def _is_input_error(err: BaseException) -> bool:
+    if isinstance(err, (InputError, OSError)):
+        return True
+    for module, name in _FOREIGN_INPUT_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(err, cls):
+            return True
+    return False
+
+
+def exit_status(err: BaseException) -> int:
+    """The exit status of a run that raised ``err``: :data:`EXIT_USAGE` (2)
+    for bad input (:class:`export.errors.InputError`, a missing data set,
+    an ``OSError``), :data:`EXIT_CHECKS` (3) when the export's own checks
+    failed (:class:`export.errors.ChecksFailedError`), else
+    :data:`EXIT_INTERNAL` (1, a bug).
+
+    Example::
+
+        exit_status(CLIError("--x must be > 0"))   # 2
+    """
+    if _is_input_error(err):
+        return EXIT_USAGE
+    if isinstance(err, ChecksFailedError):
+        return EXIT_CHECKS
+    return EXIT_INTERNAL
 
 
 def one_line(err: BaseException, flags: bool = True) -> str:
@@ -127,13 +152,9 @@ def run(prog: str, parser: Callable[[], argparse.ArgumentParser], body: Callable
         except KeyboardInterrupt:
             failure = (EXIT_INTERRUPTED, "interrupted", traceback.format_exc())
         except Exception as err:  # every way out is one line
-            names = _qualified_names(err)
-            if names & EXPECTED_ERRORS:
-                failure = (EXIT_USAGE, one_line(err), traceback.format_exc())
-            elif _CHECK_ERROR in names:
-                failure = (EXIT_CHECKS, one_line(err), traceback.format_exc())
-            else:
-                failure = (EXIT_INTERNAL, _unexpected_line(err), traceback.format_exc())
+            code = exit_status(err)
+            line = _unexpected_line(err) if code == EXIT_INTERNAL else one_line(err)
+            failure = (code, line, traceback.format_exc())
     sys.stdout.flush()
     if failure is None:
         if captured:

@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from export.transform.calibration import tensor_ranges
+from export.transform.clone import call_clone, clone_layer
 from export.formats import DEFAULT_NEURON, DEFAULT_REWRITES, NEURON_FORMULATIONS, QUANTIZATIONS
 from export.transform.formulations import get_formulation
 from export.transform.neurons import ThresholdNeuron
@@ -115,15 +116,8 @@ def merge_strided_shortcuts(model: keras.Model) -> keras.Model:
     def call(node, args, kwargs):
         if node.name in merged:
             return args[0]
-        layer = node.layer
-        config = layer.get_config()
-        if node.name in strides:
-            config.update(strides=strides[node.name], padding="valid")
-        new = type(layer).from_config(config)
-        out = new(*args, **kwargs)
-        if layer.get_weights():
-            new.set_weights(layer.get_weights())
-        return out
+        changes = dict(strides=strides[node.name], padding="valid") if node.name in strides else {}
+        return call_clone(node.layer, args, kwargs, dtype=None, **changes)
 
     return graph.replay(call).model(name=model.name)
 
@@ -135,7 +129,7 @@ def replace_neurons(model: keras.Model, make: Callable[[ThresholdNeuron], keras.
     def clone(layer):
         if isinstance(layer, ThresholdNeuron):
             return make(layer)
-        return layer.__class__.from_config(layer.get_config())
+        return clone_layer(layer, dtype=None)
 
     new = keras.models.clone_model(model, clone_function=clone)
     new.set_weights(model.get_weights())
@@ -183,11 +177,11 @@ def settle_spike_thresholds(model: keras.Model) -> keras.Model:
         return model
 
     def make(layer):
-        config = layer.get_config()
+        changes = {}
         if layer.name in placed:
             th, pol = placed[layer.name]
-            config.update(thresholds=[float(v) for v in th], polarity=[int(v) for v in pol])
-        return ThresholdNeuron.from_config(config)
+            changes = dict(thresholds=[float(v) for v in th], polarity=[int(v) for v in pol])
+        return clone_layer(layer, ThresholdNeuron, dtype=None, **changes)
 
     return replace_neurons(model, make)
 
@@ -209,9 +203,7 @@ def ramp_model(model: keras.Model, representative_data: Callable[[], Iterable]) 
         gains[layer.name] = INT16_MAX / (zmax if zmax > 0 else 1.0)
 
     def make(layer):
-        config = layer.get_config()
-        config.update(formulation="ramp", gain=gains[layer.name])
-        return ThresholdNeuron.from_config(config)
+        return clone_layer(layer, ThresholdNeuron, dtype=None, formulation="ramp", gain=gains[layer.name])
 
     return replace_neurons(model, make)
 
@@ -259,10 +251,8 @@ def int8_threshold_model(model: keras.Model, representative_data: Callable[[], I
         return model
 
     def make(layer):
-        config = layer.get_config()
-        if layer.name in placed:
-            config["thresholds"] = [float(v) for v in placed[layer.name]]
-        return ThresholdNeuron.from_config(config)
+        changes = {"thresholds": [float(v) for v in placed[layer.name]]} if layer.name in placed else {}
+        return clone_layer(layer, ThresholdNeuron, dtype=None, **changes)
 
     return replace_neurons(model, make)
 

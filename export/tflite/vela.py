@@ -66,6 +66,9 @@ import sys
 import tempfile
 from typing import Dict, List, Optional, Sequence
 
+from export.errors import InputError
+from export.report import FormatReporter
+
 __all__ = ["compile_for_ethos_u", "compile_for_accelerators", "ACCELERATORS", "REPORT_ACCELERATORS",
            "DEFAULT_SYSTEMS", "VelaError", "VelaNotInstalledError", "available", "vela_version", "format_table",
            "reporter"]
@@ -86,7 +89,7 @@ INSTALL_HINT = "pip install 's2nn_keras[edge]'"
 _VELA_OP = "CUSTOM:ethos-u"  # an NPU partition (command stream) in Vela's output
 
 
-class VelaError(RuntimeError):
+class VelaError(InputError, RuntimeError):
     """Vela failed to compile the model (its last error line is the message)."""
 
 
@@ -293,7 +296,7 @@ def format_table(results: Dict[str, Dict], indent: str = "  ") -> str:
 
 
 def reporter(accelerators: Sequence[str] = REPORT_ACCELERATORS, formats: Sequence[str] = ("int8",), **kwargs):
-    """The export pipeline's hook (:class:`export.pipeline.FormatReporter`)
+    """The export pipeline's hook (:class:`export.report.FormatReporter`)
     that adds ``report["formats"][fmt]["vela"] = {accelerator: result}`` for
     each format in ``formats`` and its table to the printed summary.
     ``kwargs`` go to :func:`compile_for_ethos_u` (``system_config``, ...).
@@ -306,8 +309,6 @@ def reporter(accelerators: Sequence[str] = REPORT_ACCELERATORS, formats: Sequenc
         export_run(model, ExportConfig(out_dir, images, labels,
                                        reporters=(vela.reporter(),) if vela.available() else ()))
     """
-    from export.pipeline import FormatReporter
-
     for acc in accelerators:
         if acc not in ACCELERATORS:
             raise ValueError(f"unknown Ethos-U accelerator {acc!r}; valid: {', '.join(ACCELERATORS)}")

@@ -35,110 +35,15 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["agreement", "TASKS", "REGRESSION_TOLERANCE", "verify_fold", "verify_spikes", "teacher_model",
-           "probe_model", "model_logits", "rounding_tolerance"]
+from export.metrics import batches
+
+__all__ = ["verify_fold", "verify_spikes", "teacher_model", "probe_model", "rounding_tolerance"]
 
 _EPS32 = 2.0 ** -24  # float32 unit roundoff
 
 
 def _single(tensors):
     return tensors[0] if len(tensors) == 1 else tensors
-
-
-def batches(n, size):
-    """Slices ``[0, size), [size, 2 size), ...`` covering ``range(n)``."""
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
-
-
-def model_logits(model, images, batch_size=256) -> np.ndarray:
-    """``model``'s float32 outputs (inference mode) on ``images``, in batches."""
-    return np.concatenate([np.asarray(model(images[sl], training=False), np.float32)
-                           for sl in batches(len(images), batch_size)])
-
-
-#: What a model's outputs mean (:func:`agreement`).
-TASKS = ("classification", "regression")
-#: Regression: an example agrees when the RMS difference of its outputs is
-#: at most this fraction of the reference outputs' range over the set.
-REGRESSION_TOLERANCE = 0.01
-
-
-def _ranks(x):
-    """Ranks 1..n of ``x``, ties given their average rank."""
-    x = np.asarray(x, np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), np.float64)
-    ranks[order] = np.arange(1, len(x) + 1)
-    values, inverse = np.unique(x, return_inverse=True)
-    sums = np.bincount(inverse, weights=ranks)
-    counts = np.bincount(inverse)
-    return (sums / counts)[inverse]
-
-
-def _spearman(a, b):
-    ra, rb = _ranks(a), _ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = np.sqrt(np.sum(ra * ra) * np.sum(rb * rb))
-    return float(np.sum(ra * rb) / denom) if denom > 0 else (1.0 if np.array_equal(ra, rb) else 0.0)
-
-
-def agreement(reference_outputs, outputs, task: str = "classification", inputs=None) -> Dict:
-    """How often a deployed model gives the same answer as its reference
-    (the Keras model) on the same examples: the one definition every
-    check, report and benchmark of the export uses.
-
-    * ``"classification"``: an example agrees when the two outputs have the
-      same argmax (the predicted class).
-    * ``"regression"`` (e.g. the MLPerf Tiny autoencoder): an example agrees
-      when the RMS difference of its outputs,
-      ``sqrt(mean_j (y_j - r_j)^2)``, is at most
-      :data:`REGRESSION_TOLERANCE` (1 %) of the range ``max(r) - min(r)`` of
-      the reference outputs over the whole set -- about 2.5 steps of an int8
-      output that spans that range (``range / 255``). With ``inputs`` (the
-      examples the model reconstructs) it also gives the Spearman rank
-      correlation of the per-example reconstruction errors
-      ``mean_j (x_j - y_j)^2`` (the anomaly score) of the two models.
-
-    Args:
-      reference_outputs, outputs: arrays ``[N, ...]`` (the first axis the examples).
-      task: one of :data:`TASKS`.
-      inputs: regression only, optional: the inputs ``[N, ...]`` (same shape as the outputs).
-
-    Returns:
-      ``{"task", "examples", "agreement"}`` (the agreeing fraction; 1.0 for
-      no examples), and for regression ``"tolerance"`` (absolute),
-      ``"reference_range"``, ``"rms_mean"``, ``"rms_max"`` and, with
-      ``inputs``, ``"score_spearman"``.
-
-    Example:
-      >>> import numpy as np
-      >>> agreement(np.array([[0.1, 0.9], [0.8, 0.2]]), np.array([[0.3, 0.7], [0.4, 0.6]]))["agreement"]
-      0.5
-      >>> ref = np.linspace(0, 1, 20).reshape(2, 10)
-      >>> agreement(ref, ref + 0.005, "regression")["agreement"]
-      1.0
-    """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
-    ref, out = np.asarray(reference_outputs, np.float64), np.asarray(outputs, np.float64)
-    if ref.shape != out.shape:
-        raise ValueError(f"reference outputs {ref.shape} and outputs {out.shape} differ in shape")
-    n = int(ref.shape[0]) if ref.ndim else 0
-    result = {"task": task, "examples": n}
-    if task == "classification":
-        result["agreement"] = float(np.mean(ref.argmax(-1) == out.argmax(-1))) if n else 1.0
-        return result
-    ref2, out2 = ref.reshape(n, -1), out.reshape(n, -1)
-    span = float(ref2.max() - ref2.min()) if n else 0.0
-    rms = np.sqrt(np.mean((out2 - ref2) ** 2, axis=1)) if n else np.zeros(0)
-    tol = REGRESSION_TOLERANCE * span
-    result.update(agreement=float(np.mean(rms <= tol)) if n else 1.0, tolerance=tol, reference_range=span,
-                  rms_mean=float(rms.mean()) if n else 0.0, rms_max=float(rms.max()) if n else 0.0)
-    if inputs is not None and n:
-        x = np.asarray(inputs, np.float64).reshape(n, -1)
-        result["score_spearman"] = _spearman(np.mean((x - ref2) ** 2, axis=1), np.mean((x - out2) ** 2, axis=1))
-    return result
 
 
 def verify_fold(model, folded, images, batch_size=256) -> Dict:

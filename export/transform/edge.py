@@ -91,6 +91,8 @@ import keras
 import numpy as np
 
 from export.transform.calibration import tensor_ranges
+from export.transform.clone import clone_layer
+from export.errors import InputError
 from export.formats import QUANTIZATIONS
 from export.quant import int8_weights, round_half_away
 from export.transform.formulations import reference_levels, spike_levels
@@ -117,7 +119,7 @@ INT32_MAX = 2 ** 31 - 1
 CLI_FLAG = "--neuron compare"         # what exports what the saturate neuron cannot
 
 
-class EdgeError(ValueError):
+class EdgeError(InputError, ValueError):
     """A model the saturate neuron cannot express exactly (the message names
     the layer; ``--neuron compare`` exports it with comparison ops)."""
 
@@ -798,14 +800,10 @@ def _grid_needs(graph, sites, quantization, prescribed):
 def _kernel_layer(node, weights, integer, **overrides):
     """A fresh float32 copy of a kernel layer (config ``overrides``) with
     ``weights`` (kernel rounded to its int8 grid for the integer formats)."""
-    layer = node.layer
-    config = layer.get_config()
-    config["dtype"] = "float32"
-    config.update(overrides)
     weights = list(weights)
     if integer:
         weights[0] = fake_quantize_kernel(weights[0], node.class_name)
-    return type(layer).from_config(config), [np.asarray(w, np.float32) for w in weights]
+    return clone_layer(node.layer, **overrides), [np.asarray(w, np.float32) for w in weights]
 
 
 def _build_edge_model(graph, scales, sites, quantization, grids, calibrated, prescribed, bias_scales, name):
@@ -866,7 +864,7 @@ def _build_edge_model(graph, scales, sites, quantization, grids, calibrated, pre
             out = new(*args, **kwargs)
             new.set_weights(weights)
         else:
-            out = _fresh(layer)(*args, **kwargs)
+            out = clone_layer(layer, copy_weights=True)(*args, **kwargs)   # shares nothing with the folded model
         ref = TensorRef(node.name, node.call, 0)
         if ref in fixed:
             scale, zp = fixed[ref]
@@ -968,18 +966,3 @@ def fake_quantize_kernel(kernel, class_name="Conv2D"):
     view = KernelRows(kernel, class_name.startswith("DepthwiseConv"))
     q, m = int8_weights(view.rows)
     return view.kernel(q * np.where(m > 0, m, 1.0)[:, None] / 127.0)
-
-
-def _fresh(layer):
-    """A new layer with ``layer``'s config and weights (the edge model shares
-    nothing with the folded one)."""
-    config = layer.get_config()
-    if "dtype" in config:
-        config["dtype"] = "float32"
-    new = type(layer).from_config(config)
-    weights = layer.get_weights()
-    if weights:
-        new.build_from_config(layer.get_build_config()) if hasattr(layer, "get_build_config") and \
-            layer.get_build_config() else None
-        new.set_weights(weights)
-    return new

@@ -48,6 +48,8 @@ from typing import Tuple
 import keras
 import numpy as np
 
+from export.errors import InputError
+from export.transform.clone import call_clone, clone_config
 from export.transform.neurons import ThresholdNeuron
 from s2nn_keras import layer_roles
 from s2nn_keras.graph import GraphError, LayerGraph
@@ -56,7 +58,7 @@ from s2nn_keras.layers import is_spiking_neuron
 __all__ = ["FoldError", "fold_batchnorm", "fold_batchnorm_with_report", "bn_affine", "fold_linear"]
 
 
-class FoldError(ValueError):
+class FoldError(InputError, ValueError):
     """A BatchNormalization pattern that cannot be folded exactly."""
 
 
@@ -186,7 +188,8 @@ def _neuron_params(layer):
 
 def fold_linear(layer, g=None, b=None, shift=0.0):
     """Returns (config, kernel, bias) of ``layer`` with BN (g, b) and a
-    threshold shift folded in: out' = g*(W x + c) + b - shift."""
+    threshold shift folded in: out' = g*(W x + c) + b - shift (the config
+    float32 and with a bias: :func:`export.transform.clone.clone_config`)."""
     weights = layer.get_weights()
     kernel = np.asarray(weights[0], dtype=np.float64)
     depthwise = layer_roles.is_depthwise(type(layer).__name__)
@@ -200,10 +203,7 @@ def fold_linear(layer, g=None, b=None, shift=0.0):
             kernel = kernel * g
         bias = g * bias + b
     bias = bias - shift
-    config = layer.get_config()
-    config["use_bias"] = True
-    config["dtype"] = "float32"
-    return config, kernel.astype(np.float32), bias.astype(np.float32)
+    return clone_config(layer, use_bias=True), kernel.astype(np.float32), bias.astype(np.float32)
 
 
 def fold_batchnorm_with_report(model: keras.Model, formulation: str = "compare",
@@ -267,18 +267,8 @@ def fold_batchnorm_with_report(model: keras.Model, formulation: str = "compare",
         if name in pending_linear:
             g, b, shift = pending_linear[name]
             config, kernel, bias = fold_linear(layer, g, b, shift)
-            new = type(layer).from_config(config)
-            out = new(*args, **kwargs)
-            new.set_weights([kernel, bias])
-            return out
-        config = layer.get_config()
-        if "dtype" in config:
-            config["dtype"] = "float32"
-        new = type(layer).from_config(config)
-        out = new(*args, **kwargs)
-        if layer.get_weights():
-            new.set_weights(layer.get_weights())
-        return out
+            return call_clone(layer, args, kwargs, [kernel, bias], config=config)
+        return call_clone(layer, args, kwargs)
 
     folded = graph.graph.replay(call).model(name=model.name)  # short tensor names in TFLite
     left = [l.name for l in folded.layers if isinstance(l, keras.layers.BatchNormalization)]

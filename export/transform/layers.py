@@ -221,8 +221,8 @@ def fake_quantize_per_channel(kernel, channel_axes: Union[int, Sequence[int]] = 
     Example:
       >>> import numpy as np
       >>> w = np.array([[0.5, -2.0], [1.0, 0.01]], np.float32)
-      >>> np.round(np.asarray(fake_quantize_per_channel(w)) * 127).tolist()
-      [[64.0, -254.0], [127.0, 1.0]]
+      >>> np.round(np.asarray(fake_quantize_per_channel(w)) * 127).tolist()   # channel 1: s = 2 / 127
+      [[64.0, -254.0], [127.0, 2.0]]
     """
     import tensorflow as tf
 

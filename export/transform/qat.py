@@ -69,10 +69,14 @@ Example::
 
     from export.transform.qat import QATConfig, quantization_aware_fine_tune
 
-    result = quantization_aware_fine_tune(model, x_train, y_train, x_calib,
-                                          QATConfig(epochs=0.25))
+    result = quantization_aware_fine_tune(model, x_train, x_train[-500:], QATConfig(epochs=0.25))
     result.model           # "the Keras model": deploy/export this one
-    result.report          # steps, seconds, grids, accuracies
+    result.report          # steps, seconds, grids, calibration_match (agreement with model)
+
+    # or as part of the export (export.pipeline), which fine-tunes, then converts and checks:
+    from export import ExportConfig, export_run
+    export_run(model, ExportConfig(output_dir, images, labels, calibration_images=x_train[-500:],
+                                   qat=QATConfig(epochs=0.25), qat_images=x_train))
 """
 
 from __future__ import annotations
@@ -87,10 +91,13 @@ import numpy as np
 
 from export.transform.layers import (QAT_CLASSES, ActivationQuantizer, QATConv1D, QATConv2D, QATConv3D, QATDense,
                            QATDepthwiseConv1D, QATDepthwiseConv2D, fake_quantize_per_channel)
+from export.errors import InputError
 from export.formats import DEFAULT_REWRITES, REWRITES
+from export.transform.clone import clone_layer
 from export.transform.formulations import reference_levels
-from export.tflite.verify import TASKS, agreement, model_logits
+from export.metrics import TASKS, agreement_fraction, model_logits
 from s2nn_keras import layer_roles
+from s2nn_keras.datasets import as_model_input
 from s2nn_keras.graph import GraphError, LayerGraph, TensorRef
 from s2nn_keras.layers import is_spiking_neuron
 
@@ -102,7 +109,7 @@ __all__ = ["QATConfig", "QATError", "QATResult", "ActivationQuantizer", "QATConv
 _PLAIN_CLASSES = {v: k for k, v in QAT_CLASSES.items()}
 
 
-class QATError(ValueError):
+class QATError(InputError, ValueError):
     """A model quantization-aware fine-tuning cannot simulate exactly (the
     message names the layer)."""
 
@@ -233,14 +240,6 @@ def _quantized_points(graph: LayerGraph, rewrites: Sequence[str] = DEFAULT_REWRI
     return points, fused, exact
 
 
-def _copy(layer, cls=None, **overrides):
-    config = layer.get_config()
-    if "dtype" in config:
-        config["dtype"] = "float32"
-    config.update(overrides)
-    return (cls or type(layer)).from_config(config)
-
-
 def quantization_aware_model(model: keras.Model, rewrites: Sequence[str] = DEFAULT_REWRITES) -> keras.Model:
     """The QAT training model of a trained spiking model (module docstring):
     Conv/Dense layers replaced by their ``QAT*`` versions (same weights), an
@@ -268,12 +267,12 @@ def quantization_aware_model(model: keras.Model, rewrites: Sequence[str] = DEFAU
     def call(node, args, kwargs):
         layer = node.layer
         if node.class_name in QAT_CLASSES:
-            new = _copy(layer, QAT_CLASSES[node.class_name])
+            new = clone_layer(layer, QAT_CLASSES[node.class_name])
         elif _is_bn(node):
-            new = _copy(layer)
+            new = clone_layer(layer)
             new.trainable = False
         else:
-            new = _copy(layer)
+            new = clone_layer(layer)
         out = new(*args, **kwargs)
         if layer.weights:
             new.set_weights(layer.get_weights())
@@ -377,7 +376,7 @@ class QATConfig:
       train_examples: use only the first ``train_examples`` training
         images (``None``: all).
       seed: order of the images.
-      task: what the model's outputs are (:data:`export.tflite.verify.TASKS`):
+      task: what the model's outputs are (:data:`export.metrics.TASKS`):
         ``"classification"`` (logits; distillation by cross-entropy on the
         teacher's softmax) or ``"regression"`` (e.g. the autoencoder's
         reconstruction; distillation by mean squared error).
@@ -454,7 +453,7 @@ def fine_tune(model: keras.Model, teacher: keras.Model, images, config: QATConfi
     n = steps * config.batch_size
     order = np.concatenate([rng.permutation(len(images)) for _ in range(int(math.ceil(n / len(images))))])[:n]
     x = images[order]
-    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    x = as_model_input(x)
     t0 = time.perf_counter()
     outputs = np.asarray(teacher.predict(x, batch_size=256, verbose=0), np.float64)
     if config.task == "regression":
@@ -497,14 +496,14 @@ def inference_model(model: keras.Model, name: Optional[str] = None) -> keras.Mod
             scale, zp = layer.grid
             return GridQuantize(scale, zp, average_count=layer.average_count, name=layer.name)(*args, **kwargs)
         if type(layer) in _PLAIN_CLASSES:
-            new = _copy(layer, getattr(keras.layers, _PLAIN_CLASSES[type(layer)]))
+            new = clone_layer(layer, getattr(keras.layers, _PLAIN_CLASSES[type(layer)]))
             out = new(*args, **kwargs)
             weights = layer.get_weights()
             axes = (-2, -1) if layer_roles.is_depthwise(_PLAIN_CLASSES[type(layer)]) else -1
             weights[0] = np.asarray(fake_quantize_per_channel(weights[0], axes), np.float32)
             new.set_weights(weights)
             return out
-        new = _copy(layer)
+        new = clone_layer(layer)
         out = new(*args, **kwargs)
         if layer.weights:
             new.set_weights(layer.get_weights())
@@ -522,9 +521,9 @@ def distillation_match(teacher_logits, student_logits, task: str = "classificati
     """How closely a student reproduces a teacher on the same images:
     ``{"kl": mean KL(teacher softmax || student softmax), "agreement"}``
     for classification, ``{"mse", "agreement"}`` for regression (agreement
-    as :func:`export.tflite.verify.agreement` defines it)."""
+    as :func:`export.metrics.agreement_fraction` defines it)."""
     t, s = np.asarray(teacher_logits, np.float64), np.asarray(student_logits, np.float64)
-    match = agreement(t, s, task)["agreement"]
+    match = agreement_fraction(t, s, task)
     if task == "regression":
         return {"mse": float(np.mean((t - s) ** 2)), "agreement": match}
     t, s = _log_softmax(t), _log_softmax(s)
@@ -555,9 +554,7 @@ def quantization_aware_fine_tune(model: keras.Model, images, calibration_images,
     or uint8) and recalibrates; returns the deployable model and the
     figures (:class:`QATResult`)."""
     t0 = time.perf_counter()
-    calibration_images = np.asarray(calibration_images)
-    if calibration_images.dtype == np.uint8:
-        calibration_images = calibration_images.astype(np.float32) / 255.0
+    calibration_images = as_model_input(calibration_images)
     qat = quantization_aware_model(model, config.rewrites)
     before = calibrate(qat, calibration_images)
     teacher = model_logits(model, calibration_images)

@@ -48,24 +48,13 @@ from typing import Callable, Dict, Sequence
 import keras
 import numpy as np
 
+from export.transform.clone import call_clone
 from s2nn_keras.graph import LayerGraph
 
 __all__ = ["global_average_pool_as_average_pool", "batchnorm_as_depthwise", "apply", "REWRITES", "BASELINES",
            "relu_baseline"]
 
 _FOLD_INTO = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "Dense")
-
-
-def _fresh(layer, args, kwargs, **overrides):
-    """Calls a new layer with ``layer``'s config (plus ``overrides``) and weights."""
-    config = layer.get_config()
-    config.update(overrides)
-    new = type(layer).from_config(config)
-    out = new(*args, **kwargs)
-    weights = layer.get_weights()
-    if weights:
-        new.set_weights(weights)
-    return out
 
 
 def global_average_pool_as_average_pool(model: keras.Model) -> keras.Model:
@@ -102,7 +91,7 @@ def global_average_pool_as_average_pool(model: keras.Model) -> keras.Model:
     def call(node, args, kwargs):
         key = (node.name, node.call)
         if key not in targets:
-            return _fresh(node.layer, args, kwargs)
+            return call_clone(node.layer, args, kwargs, dtype=None)
         spatial, channels, first, keepdims = targets[key]
         name = node.name if node.call == 0 else f"{node.name}_{node.call + 1}"
         pooled = keras.layers.AveragePooling2D(pool_size=spatial, strides=spatial, padding="valid",
@@ -191,10 +180,7 @@ def batchnorm_as_depthwise(model: keras.Model) -> keras.Model:
         if name in into_producer:
             g, b = bn_affine(graph.layer(into_producer[name]))
             config, kernel, bias = fold_linear(layer, g, b)
-            new = type(layer).from_config(config)
-            out = new(*args, **kwargs)
-            new.set_weights([kernel, bias])
-            return out
+            return call_clone(layer, args, kwargs, [kernel, bias], config=config)
         if name in depthwise:
             g, b = bn_affine(layer)
             channels = int(g.size)
@@ -203,7 +189,7 @@ def batchnorm_as_depthwise(model: keras.Model) -> keras.Model:
             out = new(*args, **kwargs)
             new.set_weights([g.reshape(1, 1, channels, 1).astype(np.float32), b.astype(np.float32)])
             return out
-        return _fresh(layer, args, kwargs)
+        return call_clone(layer, args, kwargs, dtype=None)
 
     return graph.replay(call).model(name=model.name)
 

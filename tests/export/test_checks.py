@@ -1,5 +1,5 @@
-"""export.checks: the agreement metric, the correlation that tells an export
-at chance, and the judging of a report against BOUNDS (closed-form cases)."""
+"""export.metrics: the agreement metric, the correlation that tells an export
+at chance; export.checks: the judging of a report against BOUNDS (closed-form cases)."""
 
 import copy
 
@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from export import checks
-from export.checks import BOUNDS, CheckResult, agreement, evaluate, output_correlation, relative_error
-from export.tflite.verify import agreement as agreement_report
+from export.checks import BOUNDS, CheckResult, evaluate
+from export.metrics import agreement_fraction, agreement_report, output_correlation, relative_error
 
 
 def test_classification_agreement_is_same_top1():
     ref = np.array([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 3.0], [1.0, 0.0, 0.0]])
     out = np.array([[0.0, 0.9, 0.8], [0.0, 5.0, 0.0], [0.1, 0.0, 0.2], [0.5, 0.4, 0.0]])
-    assert agreement(ref, out, "classification") == 0.75
+    assert agreement_fraction(ref, out, "classification") == 0.75
 
 
 def test_regression_agreement_is_rms_within_one_percent_of_the_reference_range():
@@ -24,12 +24,12 @@ def test_regression_agreement_is_rms_within_one_percent_of_the_reference_range()
     out[1] += 0.0999       # RMS just under 0.1: agrees
     out[2] += 0.1001       # just over
     out[3, :50] += 0.2     # RMS 0.2 / sqrt(2) = 0.1414: over
-    assert agreement(ref, out, "regression") == 0.5
+    assert agreement_fraction(ref, out, "regression") == 0.5
     for i, expected in enumerate([1.0, 1.0, 0.0, 0.0]):   # example by example
-        assert agreement(ref[i:i + 1], out[i:i + 1], "regression") == expected
+        assert agreement_fraction(ref[i:i + 1], out[i:i + 1], "regression") == expected
     assert agreement_report(ref[1:2], out[1:2], "regression")["rms_max"] < 0.1
     with pytest.raises(ValueError, match="task must be one of classification, regression"):
-        agreement(ref, out, "auto")
+        agreement_fraction(ref, out, "auto")
 
 
 def test_output_correlation_tells_faithful_from_chance():

@@ -384,3 +384,34 @@ def test_unexpected_error_is_one_line_status_1_and_debug_shows_the_traceback(bro
     assert status == 1 and "Traceback (most recent call last):" in err and "KeyError: 'a bug'" in err
     assert err[-1].startswith("python -m export: error: unexpected KeyError")
     assert not os.path.exists(workdir / "o_bug") and not [n for n in os.listdir(workdir) if ".partial-" in n]
+
+
+def test_every_export_error_has_its_exit_status():
+    """Each error class the export defines is an export.errors.InputError
+    (exit 2) or ChecksFailedError (exit 3) and keeps its built-in base; the
+    harness tells them apart with isinstance, and a foreign error that is
+    still the input's fault (an OSError, a missing data set) exits 2 too."""
+    import importlib
+
+    from export.cli import harness
+    from export.errors import ChecksFailedError, InputError
+    from s2nn_keras.datasets import DatasetNotFoundError
+
+    input_errors = {"export.loader.ModelFileError": ValueError, "export.transform.edge.EdgeError": ValueError,
+                    "export.transform.fold.FoldError": ValueError, "export.transform.qat.QATError": ValueError,
+                    "export.cli.harness.CLIError": Exception, "export.cli.data.DataFileError": ValueError,
+                    "export.tflite.vela.VelaError": RuntimeError, "export.tflite.vela.VelaNotInstalledError": ImportError,
+                    "export.config.ExportConfigError": ValueError}
+    for qualified, builtin in input_errors.items():
+        module, name = qualified.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, InputError) and issubclass(cls, builtin), qualified
+        assert harness.exit_status(cls("bad")) == harness.EXIT_USAGE, qualified
+    from export.checks import ExportCheckError
+
+    assert issubclass(ExportCheckError, ChecksFailedError) and issubclass(ExportCheckError, RuntimeError)
+    assert harness.exit_status(ExportCheckError("failed")) == harness.EXIT_CHECKS
+    for foreign in (OSError("disk full"), PermissionError("read-only"), DatasetNotFoundError("no cifar10")):
+        assert harness.exit_status(foreign) == harness.EXIT_USAGE, foreign
+    for bug in (KeyError("x"), ValueError("x"), RuntimeError("x")):
+        assert harness.exit_status(bug) == harness.EXIT_INTERNAL, bug

@@ -5,9 +5,6 @@ neuron on a residual sum as a 1x1 DEPTHWISE_CONV_2D gain, converted with
 TensorFlow to float32 and int8, against the Keras S2Activation network it
 computes."""
 
-import contextlib
-import io
-
 import keras
 import numpy as np
 import pytest
@@ -16,6 +13,7 @@ from export.tflite import flatbuffer
 from export.energy.tflite import _Levels, compare_rates, read_positions, tflite_energy_report
 from s2nn_keras import S2Activation
 from s2nn_keras.energy import energy_report
+from tests.export.helpers import plain_tflite
 
 tf = pytest.importorskip("tensorflow")
 L = keras.layers
@@ -66,19 +64,7 @@ def _saturating(w):
 
 
 def _convert(model, x, int8):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if int8:
-        def rep():
-            for i in range(64):
-                yield [x[i:i + 1]]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = rep
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    with contextlib.redirect_stdout(io.StringIO()):
-        return converter.convert()
+    return plain_tflite(model, (lambda: ([x[i:i + 1]] for i in range(64))) if int8 else None)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from export.tflite.flatbuffer import op_counts, read_model
+from tests.export.helpers import plain_tflite
 
 tf = pytest.importorskip("tensorflow")
 
@@ -31,24 +32,9 @@ def _model():
 
 
 def _convert(model, int8=False):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if int8:
-        rng = np.random.default_rng(0)
-
-        def rep():
-            for _ in range(16):
-                yield [rng.random((1, 6, 6, 2), dtype=np.float32)]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = rep
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return converter.convert()
+    rng = np.random.default_rng(0)
+    return plain_tflite(model, (lambda: ([rng.random((1, 6, 6, 2), dtype=np.float32)] for _ in range(16)))
+                        if int8 else None)
 
 
 @pytest.fixture(scope="module")

@@ -180,7 +180,7 @@ def test_error_shared_layer():
 
 
 def test_trained_model_fold_is_exact(trained_model, folded, fmnist):
-    from export.pipeline import verify_fold
+    from export.tflite.verify import verify_fold
 
     model, (folded_model, report) = trained_model, folded
     assert not any(isinstance(l, keras.layers.BatchNormalization) for l in folded_model.layers)
@@ -207,7 +207,7 @@ def test_trained_model_fold_is_exact(trained_model, folded, fmnist):
 
 
 def test_folded_model_round_trips(folded, fmnist, tmp_path):
-    from export.pipeline import load_model
+    from export.loader import load_model
 
     model = folded[0]
     path = str(tmp_path / "folded.keras")

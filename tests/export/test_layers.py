@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-import keras
+from tests.export.helpers import two_neuron_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -59,16 +59,7 @@ def test_registry_imports_without_tensorflow():
 
 
 def _model():
-    from s2nn_keras import S2Activation
-
-    keras.utils.set_random_seed(3)
-    inputs = keras.Input((8, 8, 2), name="x")
-    h = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
-    h = S2Activation(name="act1")(keras.layers.BatchNormalization(name="bn1")(h))
-    h = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(h)
-    h = S2Activation(name="act2")(keras.layers.BatchNormalization(name="bn2")(h))
-    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
-    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(h))
+    return two_neuron_model((8, 8, 2), seed=3)
 
 
 def test_every_export_model_loads_after_importing_the_registry(tmp_path):

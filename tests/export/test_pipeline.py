@@ -1,6 +1,7 @@
-"""export.pipeline: ExportConfig's validation, the staged publish (nothing
-half-written), the task of a model, a regression export, the edge-ops
-verdict from export.formats.EDGE_OPS, and the one loader."""
+"""export.config: ExportConfig's validation and the task of a model;
+export.pipeline: the staged publish (nothing half-written), a regression
+export, the edge-ops verdict from export.formats.EDGE_OPS; and the one
+loader."""
 
 import json
 import os
@@ -9,7 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from export.pipeline import ARTEFACTS, ExportConfig, ExportConfigError, _op_check, _publish, resolve_task
+from export.config import ExportConfig, ExportConfigError, resolve_task
+from export.pipeline import ARTEFACTS, edge_verdict, publish
 
 X = np.zeros((4, 8, 8, 1), np.uint8)
 Y = np.zeros(4, np.int64)
@@ -80,7 +82,7 @@ def test_publish_replaces_the_earlier_export_and_removes_its_leftovers(tmp_path)
     (staging / "model_int8.tflite").write_text("new")
     (staging / "mcu").mkdir()
     (staging / "mcu" / "model.c").write_text("new")
-    _publish(str(staging), str(out))
+    publish(str(staging), str(out))
     assert not staging.exists()
     assert sorted(os.listdir(out)) == ["export_report.json", "mcu", "model_int8.tflite", "notes.txt"]
     assert (out / "model_int8.tflite").read_text() == "new" and (out / "notes.txt").read_text() == "old"
@@ -112,9 +114,9 @@ def test_edge_verdict_and_summary_column_come_from_edge_ops(monkeypatch):
     monkeypatch.setattr(P, "inner_quantize_ops", lambda flat: {})
     ops = {"CONV_2D": 2, "MAX_POOL_2D": 1, "FULLY_CONNECTED": 1}
     monkeypatch.setattr(P, "EDGE_OPS", frozenset({"CONV_2D", "FULLY_CONNECTED"}))
-    assert _op_check(ops, b"")["non_edge_ops"] == ["MAX_POOL_2D"] and not _op_check(ops, b"")["edge_only"]
+    assert edge_verdict(ops, b"")["non_edge_ops"] == ["MAX_POOL_2D"] and not edge_verdict(ops, b"")["edge_only"]
     monkeypatch.setattr(P, "EDGE_OPS", frozenset({"CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D"}))
-    assert _op_check(ops, b"")["edge_only"]
+    assert edge_verdict(ops, b"")["edge_only"]
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +158,7 @@ def test_regression_export_is_judged_by_output_agreement(conv_autoencoder, tmp_p
 def test_a_failed_export_leaves_nothing(conv_autoencoder, tmp_path, monkeypatch):
     """An exception half-way (here: in the conversion) deletes the staging
     folder; the output folder is never created."""
-    import export.tflite.convert
+    import export.pipeline
     from export import export_run
 
     model, x = conv_autoencoder
@@ -164,7 +166,7 @@ def test_a_failed_export_leaves_nothing(conv_autoencoder, tmp_path, monkeypatch)
     def fail(*args, **kwargs):
         raise RuntimeError("converter crashed")
 
-    monkeypatch.setattr(export.tflite.convert, "convert", fail)
+    monkeypatch.setattr(export.pipeline, "convert", fail)
     with pytest.raises(RuntimeError, match="converter crashed"):
         export_run(model, ExportConfig(str(tmp_path / "out"), x[:8], formats=("float32",), verbose=False))
     assert os.listdir(tmp_path) == []

@@ -5,13 +5,11 @@ and the layers reading it are requantized exactly as the converter would."""
 import numpy as np
 import pytest
 
-import keras
-
 from export.tflite.flatbuffer import read_model
 from export.transform.fold import fold_batchnorm
 from export.tflite.spike_grids import requantized_weights
 from export.tflite.convert import convert
-from s2nn_keras import S2Activation
+from tests.export.helpers import two_neuron_model
 
 
 def _rep(x):
@@ -20,14 +18,7 @@ def _rep(x):
 
 def _model(dense_head=True):
     """conv -> BN -> neuron -> depthwise -> BN -> neuron -> (GAP -> Dense | Flatten -> Dense)."""
-    keras.utils.set_random_seed(5)
-    inputs = keras.Input((6, 6, 2), name="x")
-    h = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
-    a = S2Activation(name="act1")(keras.layers.BatchNormalization(name="bn1")(h))
-    h = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(a)
-    a = S2Activation(name="act2")(keras.layers.BatchNormalization(name="bn2")(h))
-    h = keras.layers.GlobalAveragePooling2D(name="gap")(a) if dense_head else keras.layers.Flatten(name="flat")(a)
-    model = keras.Model(inputs, keras.layers.Dense(3, name="logits", bias_initializer="ones")(h))
+    model = two_neuron_model((6, 6, 2), seed=5, flatten=not dense_head, logits_bias="ones")
     # act1 reads channel 0 minus channel 1: it never fires on calibration images whose two channels
     # are equal, and often on images whose channel 0 is larger
     conv = model.get_layer("conv")

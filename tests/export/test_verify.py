@@ -57,19 +57,19 @@ def test_tensor_neuron_bound_is_a_few_ulps():
 
 
 def test_agreement_classification_is_the_argmax():
-    from export.tflite.verify import agreement
+    from export.metrics import agreement_report
 
     ref = np.array([[0.1, 0.9, 0.0], [0.5, 0.2, 0.3], [0.0, 0.0, 1.0], [0.3, 0.3, 0.4]])
     out = np.array([[0.0, 1.0, 0.0], [0.1, 0.8, 0.1], [0.2, 0.1, 0.7], [0.9, 0.0, 0.1]])
-    result = agreement(ref, out)
+    result = agreement_report(ref, out)
     assert result == {"task": "classification", "examples": 4, "agreement": 0.5}
-    assert agreement(ref[:0], out[:0])["agreement"] == 1.0
+    assert agreement_report(ref[:0], out[:0])["agreement"] == 1.0
 
 
 def test_agreement_regression_is_rms_within_one_percent_of_the_range():
     """Per example RMS(y - r) <= 1 % of (max r - min r) over the set; the
     tolerance is about 2.5 steps of an int8 output spanning that range."""
-    from export.tflite.verify import REGRESSION_TOLERANCE, agreement
+    from export.metrics import REGRESSION_TOLERANCE, agreement_report
 
     rng = np.random.default_rng(0)
     ref = rng.uniform(-2.0, 3.0, (50, 640))
@@ -80,23 +80,23 @@ def test_agreement_regression_is_rms_within_one_percent_of_the_range():
     out[:10] += 0.99 * tol                       # RMS just inside
     out[10:20, :64] += tol * np.sqrt(10) * 1.01  # RMS just outside (one tenth of the outputs)
     out[20:30] += rng.choice([-1, 1], (10, 640)) * 0.9 * tol
-    result = agreement(ref, out, "regression")
+    result = agreement_report(ref, out, "regression")
     assert result["agreement"] == pytest.approx(40 / 50)
     assert result["tolerance"] == pytest.approx(tol) and result["reference_range"] == pytest.approx(span)
     assert result["rms_max"] == pytest.approx(tol * 1.01, rel=1e-6)
     assert "score_spearman" not in result
     # with the inputs: the rank correlation of the per-example reconstruction errors (anomaly scores)
     x = ref + rng.normal(0.0, 1.0, (50, 1)) * rng.normal(0.0, 1.0, (50, 640))
-    assert agreement(ref, ref, "regression", inputs=x)["score_spearman"] == pytest.approx(1.0)
-    assert agreement(ref, out, "regression", inputs=x)["score_spearman"] > 0.9
-    reversed_scores = agreement(ref, x - (x - ref)[::-1], "regression", inputs=x)["score_spearman"]
+    assert agreement_report(ref, ref, "regression", inputs=x)["score_spearman"] == pytest.approx(1.0)
+    assert agreement_report(ref, out, "regression", inputs=x)["score_spearman"] > 0.9
+    reversed_scores = agreement_report(ref, x - (x - ref)[::-1], "regression", inputs=x)["score_spearman"]
     assert reversed_scores < 0.5
 
 
 def test_agreement_rejects_bad_input():
-    from export.tflite.verify import agreement
+    from export.metrics import agreement_report
 
     with pytest.raises(ValueError, match="task must be one of classification, regression"):
-        agreement(np.zeros((2, 2)), np.zeros((2, 2)), "ranking")
+        agreement_report(np.zeros((2, 2)), np.zeros((2, 2)), "ranking")
     with pytest.raises(ValueError, match="differ in shape"):
-        agreement(np.zeros((2, 2)), np.zeros((2, 3)))
+        agreement_report(np.zeros((2, 2)), np.zeros((2, 3)))

@@ -45,7 +45,8 @@ def _case(name):
 
 @pytest.mark.parametrize("name", list(zoo.ZOO))
 def test_fold_is_exact(name):
-    from export.tflite.verify import agreement, verify_fold
+    from export.metrics import agreement_report
+    from export.tflite.verify import verify_fold
 
     model, folded, _, x = _case(name)
     check = verify_fold(model, folded, x)
@@ -53,7 +54,7 @@ def test_fold_is_exact(name):
     assert check["neurons_compared"] == sum(1 for l in model.layers if getattr(l, "surrogate", None))
     assert check["total_spike_mismatches"] <= 1e-5 * spikes, check["spike_mismatches"]
     task = zoo.ZOO[name].task
-    assert agreement(check["logits_original"], check["logits_folded"], task)["agreement"] == 1.0
+    assert agreement_report(check["logits_original"], check["logits_folded"], task)["agreement"] == 1.0
     if task == "regression":
         assert check["max_logit_abs_diff"] < 1e-4
 
@@ -63,7 +64,8 @@ def test_fold_is_exact(name):
 def test_every_format_is_edge_only_and_two_level(name, quantization):
     from export.formats import EDGE_OPS, FORBIDDEN_EDGE_OPS
     from export.tflite.convert import convert, op_names
-    from export.tflite.verify import agreement, verify_spikes
+    from export.metrics import agreement_report
+    from export.tflite.verify import verify_spikes
 
     _, folded, representative, x = _case(name)
     conv = convert(folded, quantization, representative if quantization != "float32" else None)
@@ -92,7 +94,7 @@ def test_every_format_is_edge_only_and_two_level(name, quantization):
 
         assert check["end_to_end_agreement"] == 1.0
         out = run_litert(conv.flatbuffer, x)["outputs"]
-        assert agreement(folded.predict(x, verbose=0), out, zoo.ZOO[name].task)["agreement"] == 1.0
+        assert agreement_report(folded.predict(x, verbose=0), out, zoo.ZOO[name].task)["agreement"] == 1.0
     else:
         assert check["local_agreement"] >= 0.99, check["per_neuron"]
 
@@ -115,7 +117,7 @@ def test_quantization_aware_int8_agrees_with_its_keras_model(name):
     from export.transform.qat import QATConfig, quantization_aware_fine_tune
     from export.tflite.runtimes import run_litert, run_tflm
     from export.tflite.convert import convert
-    from export.tflite.verify import agreement, model_logits
+    from export.metrics import agreement_report, model_logits
 
     model = zoo.trained(name)
     x_train, _, x_test, _ = zoo.data(name)
@@ -124,10 +126,10 @@ def test_quantization_aware_int8_agrees_with_its_keras_model(name):
     calibration = x_train[-500:]
     conv = convert(result.model, "int8", lambda: ([calibration[i:i + 50]] for i in range(0, 500, 50)))
     ref = model_logits(result.model, x_test)
-    lite = agreement(ref, run_litert(conv.flatbuffer, x_test)["outputs"], task,
-                     inputs=x_test if task == "regression" else None)
+    lite = agreement_report(ref, run_litert(conv.flatbuffer, x_test)["outputs"], task,
+                            inputs=x_test if task == "regression" else None)
     assert lite["agreement"] >= 0.99, lite
-    micro = agreement(ref[:50], run_tflm(conv.flatbuffer, x_test[:50])["outputs"], task)
+    micro = agreement_report(ref[:50], run_tflm(conv.flatbuffer, x_test[:50])["outputs"], task)
     assert micro["agreement"] >= 0.98, micro
     if task == "regression":
         assert lite["score_spearman"] >= 0.99, lite
