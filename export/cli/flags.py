@@ -5,7 +5,7 @@ which the harness prints as the run's one ``error:`` line.
 
 Example::
 
-    p.add_argument("--cores", type=cores)      # "cortex-m4,cortex-m55" -> ["cortex-m4", "cortex-m55"]
+    p.add_argument("--cores", type=cores)      # "cortex-m4,cortex-m7" -> ["cortex-m4", "cortex-m7"]
 """
 
 from __future__ import annotations
@@ -78,14 +78,17 @@ def optional_rewrites(text):
 
 
 def cores(text):
-    """``--mcu`` of ``python -m export``: a subset of the microcontroller cores."""
-    from export.mcu import CORES
+    """``--mcu`` of ``python -m export``: a subset of the microcontroller
+    targets (:data:`export.mcu.targets.MCU_TARGETS`: the cores with a QEMU
+    board and the compiled-only ``cortex-m0plus`` and ``generic``)."""
+    from export.mcu.targets import MCU_TARGETS
 
-    return subset("--mcu", CORES, text)
+    return subset("--mcu", MCU_TARGETS, text)
 
 
 def optional_cores(text):
-    """``--cores`` of ``python -m export.mcu``: empty (host only) or a subset."""
-    from export.mcu import CORES
+    """``--cores`` of ``python -m export.mcu``: empty (host only) or a subset
+    of :data:`export.mcu.targets.MCU_TARGETS`."""
+    from export.mcu.targets import MCU_TARGETS
 
-    return [] if not text.strip() else subset("--cores", CORES, text)
+    return [] if not text.strip() else subset("--cores", MCU_TARGETS, text)

@@ -16,7 +16,7 @@ from typing import Dict, Optional, Tuple, Union
 
 from export.errors import InputError
 from export.mcu.lower import LAYOUTS
-from export.mcu.targets import CORES
+from export.mcu.targets import CORES, DEFAULT_CORES, MCU_TARGETS
 
 __all__ = ["McuConfig", "McuConfigError", "DEFAULT_IMAGES", "DEFAULT_MEASURE_IMAGES"]
 
@@ -35,8 +35,11 @@ class McuConfig:
     only; checked when made).
 
     Attributes:
-      cores: boards to build and run, a subset of
-        :data:`export.mcu.targets.CORES`; ``()`` for the host check only.
+      cores: targets to generate for, a subset of
+        :data:`export.mcu.targets.MCU_TARGETS`: the cores with a QEMU board
+        (:data:`export.mcu.targets.CORES`) are built and run there, the
+        others (``cortex-m0plus``, ``generic``) generated and compiled;
+        ``()`` for the host check only.
       layouts: ``"auto"`` (per spike-driven layer, the layout with the
         fewest instructions measured on each core), one layout of
         :data:`export.mcu.lower.LAYOUTS` for every layer, or ``{layer index
@@ -52,7 +55,7 @@ class McuConfig:
       verbose: print a line per host check and core as they finish.
     """
 
-    cores: Tuple[str, ...] = CORES
+    cores: Tuple[str, ...] = DEFAULT_CORES
     layouts: Union[str, Dict] = "auto"
     num_images: int = DEFAULT_IMAGES
     measure_images: int = DEFAULT_MEASURE_IMAGES
@@ -63,9 +66,10 @@ class McuConfig:
 
     def __post_init__(self):
         cores = (self.cores,) if isinstance(self.cores, str) else tuple(self.cores)
-        bad = [c for c in cores if c not in CORES]
+        bad = [c for c in cores if c not in MCU_TARGETS]
         if bad:
-            raise McuConfigError(f"unknown core {bad[0]!r}; valid: {', '.join(CORES)} (or () for the host check)")
+            raise McuConfigError(f"unknown core {bad[0]!r}; valid: {', '.join(MCU_TARGETS)} (with a QEMU board: "
+                                 f"{', '.join(CORES)}; or () for the host check)")
         object.__setattr__(self, "cores", tuple(dict.fromkeys(cores)))
         valid = ("auto",) + LAYOUTS
         choices = list(self.layouts.values()) if isinstance(self.layouts, dict) else [self.layouts]

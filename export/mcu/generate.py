@@ -5,8 +5,13 @@ parameter struct per layer, the activation buffer planned by
 :mod:`export.mcu.plan` (``.bss``) and ``<prefix>_invoke()``, the kernels of
 ``export/mcu/c/s2mcu_*.c`` called in order. Each layer is generated in one
 layout (:data:`export.mcu.lower.LAYOUTS`): ``dense`` (OHWI weights, the
-bias carrying ``-zp * sum(w)``) or, for a conv reading a spike tensor, a
-spike-driven one (HWIO weights; ``spike_list`` / ``spike_mask``).
+bias carrying ``-zp * sum(w)``; on Helium and the DSP extension channel
+pairs interleaved) or, for a conv reading a spike tensor, a spike-driven one
+(``spike_list``: weights per block of output channels in the kernel path's
+lane order; ``spike_mask``: HWIO). A layer writing a spike tensor gets
+per-channel thresholds instead of requantization constants
+(:mod:`export.mcu.spike_out`), and a spike tensor read only by
+``spike_list`` convs is kept as a spike stream (``_spike_streams``).
 
 ``model.h`` declares the model's functions and describes its input and
 output: bytes, shape, scale and zero point, and ``static inline`` helpers
@@ -38,6 +43,7 @@ import numpy as np
 
 from export.mcu.lower import DENSE, LAYOUTS, Program
 from export.mcu.plan import MemoryPlan, plan_memory
+from export.mcu.spike_out import MVE_ADD_LANES, lane_order, param_order, spike_list_blocks
 from export.mcu.targets import guard, target as target_of
 
 __all__ = ["GeneratedCode", "generate", "Kernel", "KERNELS", "emits", "layer_scratch", "spike_accumulator_bound",
@@ -46,6 +52,7 @@ __all__ = ["GeneratedCode", "generate", "Kernel", "KERNELS", "emits", "layer_scr
 INT16_MAX = 32767
 # s2_conv_t.flags (s2mcu.h)
 S2_ACC16, S2_LIST_IN_PLACE, S2_DENSE_HWIO = 1, 2, 4
+S2_IN_STREAM, S2_OUT_CODES, S2_OUT_STREAM, S2_RQ_RIGHT, S2_DENSE_PAIRS = 8, 16, 32, 64, 128
 
 
 @dataclasses.dataclass
@@ -218,7 +225,7 @@ class _Writer:
 
     def add_array(self, ctype, name, values):
         self.arrays.append(_c_array(ctype, name, values))
-        self.const_bytes += int(np.asarray(values).size) * {"int8_t": 1, "int32_t": 4, "float": 4}[ctype]
+        self.const_bytes += int(np.asarray(values).size) * {"int8_t": 1, "int16_t": 2, "int32_t": 4, "float": 4}[ctype]
 
     def add_channel_consts(self, tag, w, bias, c):
         """Weights, bias and per-channel multipliers and shifts of a conv."""
@@ -242,44 +249,223 @@ def _spike_lists(p, list_in_place):
     return hw, lists
 
 
+def _stream_producer(layer, layout: str, path: str, channels: int) -> bool:
+    """The layer's kernel can write its spike output as a stream (s2mcu.h)."""
+    if layer.spike_out is None:
+        return False
+    if layer.kind == "conv":
+        return layout == "spike_list"
+    if layer.kind == "dwconv":
+        return "t8" in layer.consts
+    return layer.kind == "add" and (path != "mve" or channels % 16 == 0)
+
+
+def _spike_streams(program: Program, chosen, path: str) -> Dict[int, np.ndarray]:
+    """``{tensor: channel order}`` of the spike tensors kept as spike streams:
+    written by a kernel with thresholds and read only by spike_list convs of
+    the same shape (no int8 codes, no encoding pass). The order maps each
+    stream channel index to the tensor's channel (Helium's fused ADD lists
+    them in its lane order; the readers' weights follow it). Also sets each
+    conv, dwconv and add layer's ``params["in_stream"]`` and ``["out_stream"]``."""
+    streams = {}
+    out_root = program.root(program.output)
+    for layer in program.layers:
+        t = program.root(layer.outputs[0])
+        shape = program.tensors[t].shape
+        if t == out_root or len(shape) != 4 or shape[-1] > 255:
+            continue
+        if not _stream_producer(layer, chosen[layer.index], path, shape[-1]):
+            continue
+        readers = [l for l in program.layers if any(program.root(x) == t for x in l.inputs)]
+        if readers and all(r.kind == "conv" and chosen[r.index] == "spike_list" and program.root(r.inputs[0]) == t
+                           and (r.params["in_h"], r.params["in_w"], r.params["in_c"]) == tuple(shape[1:])
+                           for r in readers):
+            order = np.arange(shape[-1])
+            if layer.kind == "add" and path == "mve":
+                order = (order // 16) * 16 + MVE_ADD_LANES[order % 16]
+            streams[t] = order
+    for layer in program.layers:
+        if layer.kind in ("conv", "dwconv", "add"):
+            layer.params["in_stream"] = int(program.root(layer.inputs[0]) in streams)
+            layer.params["out_stream"] = int(program.root(layer.outputs[0]) in streams)
+    return streams
+
+
+def _stream_sizes(program: Program, streams) -> Dict[int, int]:
+    """Bytes of each spike stream: at most one count and C channels per pixel."""
+    return {t: int(np.prod(program.tensors[t].shape[:3])) * (program.tensors[t].shape[3] + 1) for t in streams}
+
+
 def _conv_scratch(layer, layout, path, list_in_place):
     p = layer.params
-    hw, lists = _spike_lists(p, list_in_place)
     if layout == DENSE:
         k = p["k_h"] * p["k_w"] * p["in_c"]
-        return 3 * k + 8 if path == "dsp" else k + 16
-    if layout == "spike_list":
-        return ((hw * 2 + 3) & ~3) + lists + 64
-    return hw * ((p["in_c"] + 31) // 32) * 4 + 64
+        if path == "dsp":   # two widened columns (+ the int8 column when in_c % 4)
+            k4 = (k + 3) // 4 * 4
+            return 4 * k4 + (k4 if p["in_c"] % 4 else 0)
+        if path == "mve":   # three im2col columns, or a row of zero points (in_c % 16 == 0: taps read in place)
+            return 3 * ((k + 15) // 16 * 16) if p["in_c"] % 16 else p["in_c"]
+        return k + 16
+    if layout == "spike_list":   # the input encoded as a stream, unless its producer wrote one
+        return 0 if p.get("in_stream") else p["in_h"] * p["in_w"] * (p["in_c"] + 1)
+    return p["in_h"] * p["in_w"] * ((p["in_c"] + 31) // 32) * 4 + 64
 
 
 _CONV_FIELDS = ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "s_h", "s_w", "d_h", "d_w",
                 "pad_t", "pad_l", "in_zp", "out_zp", "act_min", "act_max")
 
 
+def _spike_list_weights(w_ohwi, blk: int, path: str, acc16: bool, order) -> np.ndarray:
+    """spike_list weights: per block of ``blk`` output channels
+    ``[taps][in_c][blk]`` in the kernel path's lane order (s2mcu_spike.c),
+    input channels in the stream's order."""
+    oc, kh, kw, ic = w_ohwi.shape
+    rows = np.transpose(w_ohwi, (1, 2, 3, 0)).reshape(kh * kw, ic, oc)
+    if order is not None:
+        rows = rows[:, order, :]
+    parts = []
+    for oc0 in range(0, oc, blk):
+        sub = rows[:, :, oc0:oc0 + blk]
+        lanes = lane_order(path, blk, sub.shape[2], acc16)
+        parts.append((sub if lanes is None else sub[:, :, lanes]).reshape(-1))
+    return np.concatenate(parts)
+
+
+def _dense_pairs(rows: np.ndarray, chunk: int) -> np.ndarray:
+    """Dense weights of the Helium and DSP kernels (S2_DENSE_PAIRS): per pair
+    of output channels, per ``chunk`` inputs, ``chunk`` weights of each (the
+    inputs padded to a multiple of ``chunk``, an odd last channel paired with
+    zeros)."""
+    oc, k = rows.shape
+    padded = np.zeros((oc + oc % 2, -(-k // chunk) * chunk), np.int8)
+    padded[:oc, :k] = rows
+    pairs = padded.reshape(padded.shape[0] // 2, 2, -1, chunk)
+    return np.ascontiguousarray(pairs.transpose(0, 2, 1, 3)).reshape(-1)
+
+
+def _block_params(path: str, oc: int, blk: int, acc16: bool) -> np.ndarray:
+    """The order of bias, multiplier and shift of a requantizing spike_list conv
+    (Helium's int16 blocks widen even lanes, then odd lanes)."""
+    perm = np.arange(oc)
+    for oc0 in range(0, oc, blk):
+        order = param_order(path, blk, min(blk, oc - oc0), acc16)
+        if order is not None:
+            perm[oc0:oc0 + blk] = oc0 + order
+    return perm
+
+
+def _neg_thresholds16(path: str, ts: np.ndarray, blk: int, acc16: bool) -> np.ndarray:
+    """``-thr`` in each full block's accumulator order (Helium: its lanes; the
+    Cortex-M4: per register k the pair channel k, k + 8), int16."""
+    out = np.zeros(len(ts), np.int64)
+    for oc0 in range(0, len(ts), blk):
+        nb = min(blk, len(ts) - oc0)
+        lanes = lane_order(path, blk, nb, acc16)
+        if lanes is None and path == "mve" and acc16 and nb == blk == 8:
+            lanes = np.arange(8)   # one vector of 8: natural order
+        if lanes is None:
+            continue
+        if path == "dsp":
+            lanes = np.stack([np.arange(8), np.arange(8) + 8], axis=1).reshape(-1)
+        out[oc0:oc0 + nb] = -ts[oc0 + lanes]
+    return out
+
+
+def _acc16_spikes(w_ohwi, ts) -> bool:
+    """int16 sums starting at -thr stay exact: every S - thr and -thr fit int16."""
+    rows = w_ohwi.reshape(w_ohwi.shape[0], -1).astype(np.int64)
+    s_lo, s_hi = np.minimum(rows, 0).sum(axis=1), np.maximum(rows, 0).sum(axis=1)
+    return bool(np.all(s_hi - ts <= INT16_MAX) and np.all(s_lo - ts >= -INT16_MAX - 1) and
+                np.all(np.abs(ts) <= INT16_MAX))
+
+
+def _rq_right(shift, bias, span) -> bool:
+    """S2_RQ_RIGHT: every shift <= -1 and |acc| < 2^30 (``span``: the most the
+    inputs add to |bias|)."""
+    return bool(np.all(np.asarray(shift) <= -1) and np.max(np.abs(np.asarray(bias, np.int64)) + span) < 2 ** 30)
+
+
+def _spike_fields(c: _Writer, tag: str, layer, thr, thr16=None) -> str:
+    """The spike-output fields of a conv or dwconv struct (0 when it requantizes)."""
+    if layer.spike_out is None:
+        return ".out_off = 0, .out_on = 0, .thr = 0"
+    out = f".out_off = {layer.spike_out[0]}, .out_on = {layer.spike_out[1]}, .thr = 0"
+    if thr is not None:
+        c.add_array("int32_t", f"{tag}_t", np.clip(thr, -2 ** 31, 2 ** 31 - 1))
+        out = out.replace(".thr = 0", f".thr = {tag}_t")
+    if thr16 is not None:
+        c.add_array("int16_t", f"{tag}_t16", thr16)
+        out += f", .thr16 = {tag}_t16"
+    return out
+
+
+def _out_flags(layer) -> int:
+    if layer.spike_out is None:
+        return 0
+    return S2_OUT_STREAM if layer.params.get("out_stream") else S2_OUT_CODES
+
+
 @emits("conv", scratch=_conv_scratch)
 def _emit_conv(c: _Writer, layer, layout):
-    p, w, tag = layer.params, layer.consts["w"], c.tag(layer)
-    bias = layer.consts["bias"].astype(np.int64)
-    flags = 0
-    gain = 0
+    """Dense: OHWI weights, bias - in_zp sum(w). spike_mask: HWIO. spike_list:
+    block-major weights in the lane order of the target's kernel
+    (:func:`_spike_list_weights`). A spike output (``layer.spike_out``) is a
+    threshold per channel (export/mcu/spike_out.py): on the sum of the fired
+    weights in the spike layouts, on the accumulator ``bias + gain S`` in the
+    dense one; the requantization constants are then not emitted."""
+    p, w, tag, k = layer.params, layer.consts["w"], c.tag(layer), layer.consts
+    bias = k["bias"].astype(np.int64)
+    oc = int(p["out_c"])
+    flags, gain, blk, thr, thr16 = _out_flags(layer), 0, 0, None, None
+    perm = np.arange(oc)
+    rows = w.reshape(oc, -1).astype(np.int64)
     if layout == DENSE:
         w_out = w
-        bias = _wrap32(bias - int(p["in_zp"]) * w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1))
-        if p["k_h"] * p["k_w"] * p["in_c"] <= c.hwio_taps:
+        bias = bias - int(p["in_zp"]) * rows.sum(axis=1)
+        if c.path in ("mve", "dsp"):   # several pixels per weight load: channel pairs interleaved
+            w_out = _dense_pairs(rows, 16 if c.path == "mve" else 4)
+            flags |= S2_DENSE_PAIRS
+        elif p["k_h"] * p["k_w"] * p["in_c"] <= c.hwio_taps:
             w_out = np.transpose(w, (1, 2, 3, 0))   # HWIO: per tap a row of output channels
             flags |= S2_DENSE_HWIO
+        span = 255 * np.abs(rows).sum(axis=1)
+        if layer.spike_out is not None:
+            thr = k["acc_thr"] if layer.spike is None else k["bias"].astype(np.int64) + (
+                int(layer.spike[1]) - int(p["in_zp"])) * k["spike_thr"]
     else:
-        w_out = np.transpose(w, (1, 2, 3, 0))   # HWIO
-        bias = _wrap32(bias)
         gain = int(layer.spike[1]) - int(p["in_zp"])
-        if spike_accumulator_bound(w) <= INT16_MAX:
-            flags |= S2_ACC16
-    if layer.index in c.in_place_lists:
-        flags |= S2_LIST_IN_PLACE
-    c.add_channel_consts(tag, w_out, bias, layer.consts)
+        span = gain * np.abs(rows).sum(axis=1)
+        ts = k.get("spike_thr") if layer.spike_out is not None else None
+        # int16 sums: spike_list's start at -thr (S - thr must fit), spike_mask's at 0 (S must)
+        starts_at_thr = ts is not None and layout == "spike_list"
+        acc16 = _acc16_spikes(w, ts) if starts_at_thr else spike_accumulator_bound(w) <= INT16_MAX
+        flags |= S2_ACC16 if acc16 else 0
+        thr = ts
+        if layout == "spike_mask":
+            w_out = np.transpose(w, (1, 2, 3, 0))   # HWIO
+        else:
+            blk = spike_list_blocks(c.path, oc, acc16)
+            w_out = _spike_list_weights(w, blk, c.path, acc16, c.streams.get(c.program.root(layer.inputs[0])))
+            flags |= S2_IN_STREAM if p.get("in_stream") else 0
+            if ts is not None:
+                thr16 = _neg_thresholds16(c.path, ts, blk, acc16)
+                if c.path in ("mve", "dsp") and acc16 and oc % blk == 0 and p["d_w"] == 1:
+                    thr = None   # every block takes the int16 path: -thr in thr16 only
+            else:
+                perm = _block_params(c.path, oc, blk, acc16)
+    consts = ".bias = 0, .mult = 0, .shift = 0"
+    if layer.spike_out is None or layout == DENSE:   # the dense kernel's accumulator starts at the bias
+        c.add_array("int32_t", f"{tag}_b", _wrap32(bias)[perm])
+        consts = f".bias = {tag}_b, .mult = 0, .shift = 0"
+    if layer.spike_out is None:
+        c.add_array("int32_t", f"{tag}_m", k["mult"][perm])
+        c.add_array("int8_t", f"{tag}_s", k["shift"][perm])
+        consts = f".bias = {tag}_b, .mult = {tag}_m, .shift = {tag}_s"
+        flags |= S2_RQ_RIGHT if _rq_right(k["shift"], bias, span) else 0
+    c.add_array("int8_t", f"{tag}_w", w_out)
     c.structs.append(f"static const s2_conv_t {tag} = {{{_fields(p, _CONV_FIELDS)}, .spike_gain = {gain}, "
-                     f".flags = {flags},\n  .w = {tag}_w, .bias = {tag}_b, .mult = {tag}_m, .shift = {tag}_s}};\n")
+                     f".flags = {flags},\n  .w = {tag}_w, {consts}, .blk = {blk}, "
+                     f"{_spike_fields(c, tag, layer, thr, thr16)}}};\n")
     fn = "dense" if layout == DENSE else layout
     c.check_scratch(layer, f"s2_conv_{fn}_scratch")
     args = f"&{tag}, {c.buf(layer.inputs[0])}, {c.buf(layer.outputs[0])}, {c.scratch_ptr(layer.index)}"
@@ -300,33 +486,83 @@ def _pointwise(p) -> bool:
     return p["k_h"] == p["k_w"] == p["s_h"] == p["s_w"] == 1 and p["pad_t"] == p["pad_l"] == 0
 
 
-@emits("dwconv", scratch=_dwconv_scratch, in_place=lambda l: _pointwise(l.params) and l.params["depth_mult"] == 1)
+def _dw_in_place(layer) -> bool:
+    return _pointwise(layer.params) and layer.params["depth_mult"] == 1 and not layer.params.get("out_stream")
+
+
+@emits("dwconv", scratch=_dwconv_scratch, in_place=_dw_in_place)
 def _emit_dwconv(c: _Writer, layer, layout):
-    p, w, tag = layer.params, layer.consts["w"], c.tag(layer)
+    """HWC weights; a spike output from a 1x1 neuron compares its int8 input
+    (``t8``, ``neg8``, ``never8``: export/mcu/spike_out.py), else thresholds on
+    the sum of the fired weights (spike_list) or on the accumulator (dense)."""
+    p, w, tag, k = layer.params, layer.consts["w"], c.tag(layer), layer.consts
     pointwise = int(_pointwise(p))
-    bias = layer.consts["bias"].astype(np.int64)
+    bias = k["bias"].astype(np.int64)
     gain = 0
+    flags = S2_LIST_IN_PLACE if layer.index in c.in_place_lists else 0
+    flags |= _out_flags(layer)
+    thr = None
+    neuron = ""
     if layout != DENSE:
         pointwise = 0
         gain = int(layer.spike[1]) - int(p["in_zp"])
-    elif pointwise:
+        thr = k.get("spike_thr")
+    elif layer.spike_out is not None and "t8" in k:
+        c.add_array("int8_t", f"{tag}_t8", k["t8"])
+        neuron = f", .t8 = {tag}_t8"
+        for key, values in (("neg8", k["neg8"]), ("never8", k["never8"])):
+            if np.any(values):
+                c.add_array("int8_t", f"{tag}_{key}", np.asarray(values, np.int64))
+                neuron += f", .{key} = {tag}_{key}"
+    elif layer.spike_out is not None:
+        thr = k["acc_thr"] if layer.spike is None else bias + (
+            int(layer.spike[1]) - int(p["in_zp"])) * k["spike_thr"]
+    if pointwise and layout == DENSE:
         bias = bias - int(p["in_zp"]) * w.reshape(-1).astype(np.int64)
-    c.add_channel_consts(tag, w, _wrap32(bias), layer.consts)
+    if layer.spike_out is None:
+        c.add_channel_consts(tag, w, _wrap32(bias), layer.consts)
+        consts = f".w = {tag}_w, .bias = {tag}_b, .mult = {tag}_m, .shift = {tag}_s"
+    elif neuron:
+        consts = ".w = 0, .bias = 0, .mult = 0, .shift = 0"
+    else:   # thresholds on the accumulator (dense) or on the sum of the fired weights
+        c.add_array("int8_t", f"{tag}_w", w)
+        c.add_array("int32_t", f"{tag}_b", _wrap32(bias))
+        consts = f".w = {tag}_w, .bias = {tag}_b, .mult = 0, .shift = 0"
     fields = _fields(p, _CONV_FIELDS[:12] + ("depth_mult",) + _CONV_FIELDS[12:])
-    flags = S2_LIST_IN_PLACE if layer.index in c.in_place_lists else 0
     c.structs.append(f"static const s2_dwconv_t {tag} = {{{fields}, .pointwise = {pointwise}, "
-                     f".spike_gain = {gain}, .flags = {flags},\n  .w = {tag}_w, .bias = {tag}_b, .mult = {tag}_m, "
-                     f".shift = {tag}_s}};\n")
+                     f".spike_gain = {gain}, .flags = {flags},\n  {consts}, "
+                     f"{_spike_fields(c, tag, layer, thr) if thr is not None else _codes(layer)}{neuron}}};\n")
     if layout == DENSE:
-        return f"s2_dwconv(&{tag}, {c.buf(layer.inputs[0])}, {c.buf(layer.outputs[0])});"
+        fn = "s2_dwconv_neuron" if neuron else "s2_dwconv"
+        return f"{fn}(&{tag}, {c.buf(layer.inputs[0])}, {c.buf(layer.outputs[0])});"
     c.check_scratch(layer, f"s2_dwconv_{layout}_scratch")
     return (f"{c.prefix}_fired[{layer.index}] = s2_dwconv_{layout}(&{tag}, {c.buf(layer.inputs[0])}, "
             f"{c.buf(layer.outputs[0])}, {c.scratch_ptr(layer.index)});")
 
 
-@emits("add", in_place=lambda layer: True)
+def _codes(layer) -> str:
+    off, on = layer.spike_out or (0, 0)
+    return f".out_off = {off}, .out_on = {on}"
+
+
+@emits("add", in_place=lambda layer: not layer.params.get("out_stream"))
 def _emit_add(c: _Writer, layer, layout):
+    """TFLite's ADD; fused with the 1x1 depthwise neuron that reads it
+    (``layer.spike_out``), ``s2_add_spike``: a threshold on the ADD's sum
+    (export/mcu/spike_out.py), codes or a spike stream."""
     p, tag = layer.params, c.tag(layer)
+    if layer.spike_out is not None:
+        a, b = layer.inputs[p["a_input"]], layer.inputs[1 - p["a_input"]]
+        channels = int(p["channels"])
+        c.add_array("int32_t", f"{tag}_k", layer.consts["k"])
+        neg = "0"
+        if np.any(layer.consts["s_neg"]):
+            c.add_array("int8_t", f"{tag}_n", -np.asarray(layer.consts["s_neg"], np.int64))
+            neg = f"{tag}_n"
+        c.structs.append(f"static const s2_add_spike_t {tag} = {{.pixels = {p['size'] // channels}, "
+                         f".c = {channels}, .b_zp = {int(p['b_zp'])}, .m = {int(p['m'])}, .sh = {int(p['sh'])}, "
+                         f"{_codes(layer)}, .flags = {_out_flags(layer)}, .k = {tag}_k, .neg = {neg}}};\n")
+        return f"s2_add_spike(&{tag}, {c.buf(a)}, {c.buf(b)}, {c.buf(layer.outputs[0])});"
     fields = ", ".join(f".{k} = {int(p[v])}" for k, v in (
         ("size", "size"), ("in1_zp", "in_zp"), ("in2_zp", "in2_zp"), ("out_zp", "out_zp"), ("act_min", "act_min"),
         ("act_max", "act_max"), ("left_shift", "left_shift"), ("s1", "s1"), ("s2", "s2"), ("so", "so"),
@@ -370,6 +606,98 @@ def _emit_quant(c: _Writer, layer, layout):
     return f"{fn}(&{tag}, {cast_in}{c.buf(layer.inputs[0])}, {cast_out}{c.buf(layer.outputs[0])});"
 
 
+# ------------------------------------------- shapes, broadcasts, more ops
+
+
+def _operand_pointers(c: _Writer, layer, keys, tensors) -> List[str]:
+    """The C pointer of each operand ``keys`` of a layer: ``<tag>_<key>``
+    (a constant in flash: ``params[key + "_const"]``) or the next of ``tensors``."""
+    tensors, tag, out = iter(tensors), c.tag(layer), []
+    for key in keys:
+        if layer.params[f"{key}_const"]:
+            c.add_array("int8_t", f"{tag}_{key}", layer.consts[key])
+            out.append(f"{tag}_{key}")
+        else:
+            out.append(c.buf(next(tensors)))
+    return out
+
+
+_BINARY_FIELDS = ("a_zp", "b_zp", "out_zp", "act_min", "act_max", "op", "left_shift", "s1", "s2", "so", "m1", "m2",
+                  "mo")
+
+
+@emits("binary", in_place=lambda layer: bool(layer.params["a_full"]))
+def _emit_binary(c: _Writer, layer, layout):
+    p, tag = layer.params, c.tag(layer)
+    a, b = _operand_pointers(c, layer, ("a", "b"), layer.inputs)
+    dims = {k: ", ".join(str(int(p[f"{k}{i}"])) for i in range(4)) for k in ("n", "sa", "sb")}
+    c.structs.append(f"static const s2_binary_t {tag} = {{.shape = {{{dims['n']}}}, .a_stride = {{{dims['sa']}}}, "
+                     f".b_stride = {{{dims['sb']}}},\n  {_fields(p, _BINARY_FIELDS)}}};\n")
+    return f"s2_binary(&{tag}, {a}, {b}, {c.buf(layer.outputs[0])});"
+
+
+@emits("select")
+def _emit_select(c: _Writer, layer, layout):
+    tag = c.tag(layer)
+    x, y = _operand_pointers(c, layer, ("x", "y"), layer.inputs[1:])
+    c.structs.append(f"static const s2_select_t {tag} = {{{_fields(layer.params, ('size', 'x_step', 'y_step'))}}};\n")
+    return f"s2_select(&{tag}, {c.buf(layer.inputs[0])}, {x}, {y}, {c.buf(layer.outputs[0])});"
+
+
+@emits("concat")
+def _emit_concat(c: _Writer, layer, layout):
+    p, tag = layer.params, c.tag(layer)
+    pointers = []
+    for i in range(p["count"]):
+        if p[f"src{i}"] < 0:
+            c.add_array("int8_t", f"{tag}_k{i}", layer.consts[f"k{i}"])
+            pointers.append(f"{tag}_k{i}")
+        else:
+            pointers.append(c.buf(p[f"src{i}"]))
+    c.add_array("int32_t", f"{tag}_n", layer.consts["sizes"])
+    c.structs.append(f"static const int8_t *const {tag}_in[{p['count']}] = {{{', '.join(pointers)}}};\n"
+                     f"static const s2_concat_t {tag} = {{{_fields(p, ('outer', 'count'))}, .sizes = {tag}_n, "
+                     f".inputs = {tag}_in}};\n")
+    return f"s2_concat(&{tag}, {c.buf(layer.outputs[0])});"
+
+
+@emits("resize")
+def _emit_resize(c: _Writer, layer, layout):
+    tag = c.tag(layer)
+    c.add_array("int32_t", f"{tag}_y", layer.consts["ys"])
+    c.add_array("int32_t", f"{tag}_x", layer.consts["xs"])
+    fields = _fields(layer.params, ("batch", "in_h", "in_w", "c", "out_h", "out_w"))
+    c.structs.append(f"static const s2_resize_t {tag} = {{{fields}, .ys = {tag}_y, .xs = {tag}_x}};\n")
+    return f"s2_resize_nearest(&{tag}, {c.buf(layer.inputs[0])}, {c.buf(layer.outputs[0])});"
+
+
+_TCONV_FIELDS = ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "s_h", "s_w", "pad_t", "pad_l",
+                 "in_zp", "out_zp", "act_min", "act_max")
+
+
+@emits("tconv", scratch=lambda layer, layout, path, list_in_place: 4 * layer.params["out_c"] + 16)
+def _emit_tconv(c: _Writer, layer, layout):
+    """Weights HWIO (per tap and input channel a row of output channels); the
+    spike layout adds the rows of the inputs that fired, times the gain once."""
+    p, tag = layer.params, c.tag(layer)
+    spike = layout != DENSE
+    gain = int(layer.spike[1]) - int(p["in_zp"]) if spike else 0
+    w = np.transpose(layer.consts["w"], (1, 2, 3, 0))
+    c.add_channel_consts(tag, w, _wrap32(layer.consts["bias"]), layer.consts)
+    c.structs.append(f"static const s2_tconv_t {tag} = {{{_fields(p, _TCONV_FIELDS)}, .spike_gain = {gain}, "
+                     f".flags = {int(spike)},\n  .w = {tag}_w, .bias = {tag}_b, .mult = {tag}_m, .shift = {tag}_s}};\n")
+    c.check_scratch(layer, "s2_tconv_scratch")
+    return (f"{c.prefix}_fired[{layer.index}] = s2_tconv(&{tag}, {c.buf(layer.inputs[0])}, "
+            f"{c.buf(layer.outputs[0])}, {c.scratch_ptr(layer.index)});")
+
+
+@emits("reduce_max")
+def _emit_reduce_max(c: _Writer, layer, layout):
+    tag = c.tag(layer)
+    c.structs.append(f"static const s2_reduce_t {tag} = {{{_fields(layer.params, ('outer', 'reduce', 'inner'))}}};\n")
+    return f"s2_reduce_max(&{tag}, {c.buf(layer.inputs[0])}, {c.buf(layer.outputs[0])});"
+
+
 # ------------------------------------------------------------------ files
 
 
@@ -382,8 +710,8 @@ def generate(program: Program, layouts: Union[str, Dict, None] = DENSE, target: 
       layouts: one layout for every layer that has it (``"dense"``,
         ``"spike_list"``, ``"spike_mask"``) or ``{layer index or name: layout}``
         (others dense).
-      target: ``"cortex-m55"``, ``"cortex-m4"`` or ``"host"``
-        (:data:`export.mcu.targets.TARGETS`): the scratch sizes and the
+      target: a name of :data:`export.mcu.targets.TARGETS` (a Cortex-M,
+        ``"generic"`` or ``"host"``): the scratch sizes and the
         dense HWIO layout are planned for its kernel code path, and the
         sources compile for it only (``model.h``'s ``#error``).
       prefix: of the generated symbols (``<prefix>_invoke``; the board and
@@ -397,10 +725,12 @@ def generate(program: Program, layouts: Union[str, Dict, None] = DENSE, target: 
     if hwio_taps and spec.kernel_path == "dsp":
         raise ValueError(f"the {target} (DSP) kernels have no HWIO dense path; dense_hwio_taps must be 0 there")
     chosen = _resolve_layouts(program, layouts)
+    streams = _spike_streams(program, chosen, spec.kernel_path)
     in_place_lists = {l.index for l in program.layers if chosen[l.index] == "spike_list" and _reads_last(program, l)}
     scratch = {l.index: layer_scratch(l, chosen[l.index], target, l.index in in_place_lists) for l in program.layers}
-    plan = plan_memory(program, scratch, _in_place(program) if in_place else {})
+    plan = plan_memory(program, scratch, _in_place(program) if in_place else {}, _stream_sizes(program, streams))
     c = _Writer(program, plan, prefix, hwio_taps, in_place_lists)
+    c.path, c.streams = spec.kernel_path, streams
     calls = []
     for layer in program.layers:
         c.structs.append(f"/* layer {layer.index}: {layer.op} {layer.name} ({chosen[layer.index]}) */\n")

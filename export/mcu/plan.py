@@ -7,13 +7,17 @@ model output to the end, the model input from the start). Elementwise
 layers may write over an input that dies there (``in_place``). Placement
 is greedy by size, largest first, at the lowest 16-byte-aligned offset
 that overlaps no tensor alive at the same time (the strategy of TFLite
-Micro's greedy planner); the buffer is as large as the highest end.
+Micro's greedy planner), or in the order the layers write them, or
+longest-lived first, or one of a fixed set of variations of the first,
+whichever gives the smallest buffer; the buffer is as large as the highest
+end.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List
+import random
+from typing import Dict, List, Optional, Tuple
 
 __all__ = ["Block", "MemoryPlan", "plan_memory", "ALIGN"]
 
@@ -53,7 +57,8 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def plan_memory(program, scratch: Dict[int, int], in_place: Dict[int, int]) -> MemoryPlan:
+def plan_memory(program, scratch: Dict[int, int], in_place: Dict[int, int],
+                sizes: Optional[Dict[int, int]] = None) -> MemoryPlan:
     """Plans ``program``'s tensors and the per-layer ``scratch`` bytes.
 
     Args:
@@ -61,7 +66,10 @@ def plan_memory(program, scratch: Dict[int, int], in_place: Dict[int, int]) -> M
       scratch: ``{layer index: bytes}`` of kernel scratch buffers.
       in_place: ``{layer index: input tensor}``: the layer may write its
         output over that input when the input's life ends there.
+      sizes: ``{tensor: bytes}`` of tensors stored in another form than
+        their int8 values (a spike stream), else their ``nbytes``.
     """
+    sizes = sizes or {}
     n = len(program.layers)
     first: Dict[int, int] = {}
     last: Dict[int, int] = {}
@@ -79,7 +87,7 @@ def plan_memory(program, scratch: Dict[int, int], in_place: Dict[int, int]) -> M
     shared: Dict[str, str] = {}
     blocks: Dict[str, Block] = {}
     for t, f in first.items():
-        blocks[f"t{t}"] = Block(f"t{t}", program.tensors[t].nbytes, f, last[t])
+        blocks[f"t{t}"] = Block(f"t{t}", int(sizes.get(t, program.tensors[t].nbytes)), f, last[t])
     for layer in program.layers:
         t_in = in_place.get(layer.index)
         if t_in is None:
@@ -94,16 +102,46 @@ def plan_memory(program, scratch: Dict[int, int], in_place: Dict[int, int]) -> M
     for index, size in scratch.items():
         if size > 0:
             blocks[f"s{index}"] = Block(f"s{index}", int(size), index, index)
-    placed: List[Block] = []
-    for block in sorted(blocks.values(), key=lambda b: (-b.size, b.first, b.key)):
-        live = sorted((b for b in placed if b.first <= block.last and block.first <= b.last),
-                      key=lambda b: b.offset)
+    best = None
+    rng = random.Random(0)
+    orders = [sorted(blocks.values(), key=order) for order in ORDERS]
+    for _ in range(SHUFFLES):   # and the largest-first order with neighbours swapped at random
+        order = list(orders[0])
+        for _ in range(len(order)):
+            i = rng.randrange(max(len(order) - 1, 1))
+            order[i:i + 2] = order[i:i + 2][::-1]
+        orders.append(order)
+    for order in orders:
+        offsets = _place(order)
+        arena = _align(max((offsets[k] + blocks[k].size for k in offsets), default=0))
+        if best is None or arena < best[0]:
+            best = (arena, offsets)
+    for key, offset in best[1].items():
+        blocks[key].offset = offset
+    return MemoryPlan(blocks, best[0], shared)
+
+
+#: More orders tried (deterministic: a seeded generator).
+SHUFFLES = 200
+#: Orders in which :func:`plan_memory` places the blocks (the smallest buffer
+#: wins; ties: the first): largest first (TFLite Micro's greedy planner), in
+#: the order the layers write them, longest-lived first.
+ORDERS = (lambda b: (-b.size, b.first, b.key), lambda b: (b.first, -b.size, b.key),
+          lambda b: (b.first - b.last, -b.size, b.key))
+
+
+def _place(order: List[Block]) -> Dict[str, int]:
+    """Each block at the lowest aligned offset free of the blocks placed
+    before it that are alive at the same time."""
+    placed: List[Tuple[int, int, int, int]] = []   # (offset, size, first, last)
+    offsets = {}
+    for block in order:
+        live = sorted(o for o in placed if o[2] <= block.last and block.first <= o[3])
         offset = 0
-        for other in live:
-            if offset + block.size <= other.offset:
+        for other_offset, other_size, _, _ in live:
+            if offset + block.size <= other_offset:
                 break
-            offset = max(offset, _align(other.offset + other.size))
-        block.offset = offset
-        placed.append(block)
-    arena = _align(max((b.offset + b.size for b in placed), default=0))
-    return MemoryPlan(blocks, arena, shared)
+            offset = max(offset, _align(other_offset + other_size))
+        offsets[block.key] = offset
+        placed.append((offset, block.size, block.first, block.last))
+    return offsets

@@ -123,7 +123,10 @@ def reference(s2nn_int8, fmnist):
 def test_lowering_finds_the_spike_driven_layers(s2nn_int8):
     program = lower(s2nn_int8.flatbuffer, spike_codes(s2nn_int8))
     kinds = [l.kind for l in program.layers]
-    assert kinds.count("conv") == 6 + 1 and kinds.count("dwconv") == 3 and kinds.count("add") == 2
+    # the neurons after the ADDs are fused into them, the shortcut's 1x1 subsample is its conv's stride
+    # (export.mcu.spike_out): one depthwise neuron left, the stem's
+    assert kinds.count("conv") == 6 + 1 and kinds.count("dwconv") == 1 and kinds.count("add") == 2
+    assert all(l.spike_out is not None for l in program.layers if l.kind == "add")
     # every conv reading a neuron's spikes (directly or through the 1x1
     # subsampling pool) is a spike-driven candidate; the stem (image) and
     # the head (pooled averages) are not
@@ -291,8 +294,9 @@ def test_cli_bad_input_is_one_error_line(tmp_path):
     for args, needle in ((["--model", str(tmp_path / "missing.keras"), "--output_dir", str(tmp_path)],
                           "does not exist"),
                          (["--tflite", __file__, "--output_dir", str(tmp_path)], "is not a .tflite file"),
-                         (["--model", "x.keras", "--output_dir", str(tmp_path), "--cores", "cortex-m7"],
-                          "--cores takes a comma-separated subset of cortex-m4,cortex-m55, got 'cortex-m7'")):
+                         (["--model", "x.keras", "--output_dir", str(tmp_path), "--cores", "cortex-m9"],
+                          "--cores takes a comma-separated subset of cortex-m0plus,cortex-m3,cortex-m4,cortex-m7,"
+                          "cortex-m33,cortex-m55,generic, got 'cortex-m9'")):
         proc = subprocess.run([sys.executable, "-m", "export.mcu", *args], cwd=REPO, capture_output=True, text=True)
         lines = [l for l in proc.stderr.splitlines() if l.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("python -m export.mcu: error:"), \
@@ -450,8 +454,9 @@ def test_builds_refuse_code_of_another_target(s2nn_int8, tmp_path):
 
 def test_mcu_config_is_checked():
     assert McuConfig(cores=["cortex-m55", "cortex-m55"]).cores == ("cortex-m55",)
-    assert McuConfig().cores == CORES and McuConfig(layouts={"stem_conv": "dense"}).layouts == {"stem_conv": "dense"}
-    for kwargs, needle in (({"cores": ("cortex-m7",)}, "unknown core 'cortex-m7'"),
+    assert McuConfig().cores == ("cortex-m4", "cortex-m55") and McuConfig(cores=CORES).cores == CORES
+    assert McuConfig(layouts={"stem_conv": "dense"}).layouts == {"stem_conv": "dense"}
+    for kwargs, needle in (({"cores": ("cortex-m9",)}, "unknown core 'cortex-m9'"),
                            ({"layouts": "sparse"}, "unknown layout 'sparse'"),
                            ({"layouts": {0: "auto"}}, "unknown layout 'auto'"),
                            ({"num_images": 0}, "num_images must be a positive integer"),

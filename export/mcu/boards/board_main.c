@@ -1,4 +1,5 @@
-/* Firmware harness of the generated model on the QEMU boards.
+/* Firmware harness of the generated model on the QEMU boards (every core
+ * of export.mcu.firmware.BOARDS; plain Armv6-M code where no FPU or MVE).
  *
  * Files over semihosting, in QEMU's working directory:
  *   inputs.bin   S2_MODEL_INPUT_BYTES per image, read until the end;
@@ -23,7 +24,11 @@
 #define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
 #define SYST_RVR (*(volatile uint32_t *)0xE000E014u)
 #define SYST_CVR (*(volatile uint32_t *)0xE000E018u)
+#if defined(__ARM_FP)
 #define MVFR1 (*(volatile uint32_t *)0xE000EF44u)
+#else
+#define MVFR1 0u /* no FPU: no media and VFP feature registers */
+#endif
 #define S2_CALIBRATION_LOOPS 1000000u
 
 uint32_t s2_stack_used(void);
@@ -36,7 +41,8 @@ static uint32_t s2_record[1 + 2 * S2_MODEL_LAYERS];
 static uint32_t s2_calibrate(void) {
   uint32_t n = S2_CALIBRATION_LOOPS;
   const uint32_t t0 = SYST_CVR;
-  __asm__ volatile("1: subs %0, %0, #1\n bne 1b\n" : "+r"(n) : : "cc");
+  /* unified syntax and a low register: the same two instructions on Armv6-M (16-bit subs) */
+  __asm__ volatile(".syntax unified\n1: subs %0, %0, #1\n bne 1b\n" : "+l"(n) : : "cc");
   const uint32_t t1 = SYST_CVR;
   return (t0 - t1) & 0xFFFFFFu;
 }

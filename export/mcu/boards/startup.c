@@ -1,6 +1,9 @@
-/* Start-up code of the QEMU boards (mps3-an547: Cortex-M55; mps2-an386:
- * Cortex-M4): vector table, reset handler (.data copy, .bss clear, FPU and
- * MVE access, stack paint), fault handler. Written for s2nn_keras. */
+/* Start-up code of the QEMU boards (mps2-an385: Cortex-M3; mps2-an386:
+ * Cortex-M4; mps2-an500: Cortex-M7; mps2-an505: Cortex-M33, secure state;
+ * mps3-an547: Cortex-M55): vector table, reset handler (.data copy, .bss
+ * clear, FPU and MVE access where the core has them, stack paint), fault
+ * handler. Plain Armv6-M code: it also builds for a Cortex-M0+. Written
+ * for s2nn_keras. */
 #include <stdint.h>
 #include "semihost.h"
 
@@ -26,9 +29,12 @@ void s2_reset(void) {
   uint32_t *src = &__data_load__, *dst = &__data_start__;
   while (dst < &__data_end__) *dst++ = *src++;
   for (dst = &__bss_start__; dst < &__bss_end__;) *dst++ = 0;
-  /* CPACR: full access to CP10/CP11 (FPU, and MVE on the M55) */
+#if defined(__ARM_FP) || defined(__ARM_FEATURE_MVE)
+  /* CPACR: full access to CP10/CP11 (FPU, and MVE on the M55); a core
+   * without an FPU has no CPACR (Armv6-M: a fault) */
   *(volatile uint32_t *)0xE000ED88u |= 0xFu << 20;
   __asm__ volatile("dsb\n isb" ::: "memory");
+#endif
   /* paint the stack below the current frame; s2_stack_used() finds the high-water mark */
   uint32_t sp;
   __asm__ volatile("mov %0, sp" : "=r"(sp));

@@ -54,6 +54,13 @@ static inline uint32_t s2_sxtb16_ror8(uint32_t v) {
 #endif
 
 #define S2_NOINLINE __attribute__((noinline))
+/* the general fallbacks next to a specialised hot path (Helium, DSP):
+ * compiled for size; on the portable path they are the hot path */
+#if defined(S2_MVE) || defined(S2_DSP)
+#define S2_COLD __attribute__((cold))
+#else
+#define S2_COLD
+#endif
 #ifdef S2_MVE
 #define S2_SUMS_INLINE __attribute__((noinline))
 #else
@@ -100,6 +107,51 @@ S2_INL void s2_requant_store4(int8_t *out, int32x4_t acc, const int32_t *m, cons
   s2_st32(out, v, p, full);
 }
 #endif
+
+/* S2_RQ_RIGHT: TFLite's MultiplyByQuantizedMultiplier when the shift is
+ * -e <= -1 and |acc| < 2^30 (the generator checks both). SRDHM(a, m) =
+ * floor((a m + 2^30) / 2^31) = SMMULR(2a, m) = (2 a m + 2^31) >> 32 exactly;
+ * RDBP(x, e) = x / 2^e rounded half away from zero = (x + (x >> 31) +
+ * 2^(e-1)) >> e (a negative x one less before the rounding shift). */
+static inline int32_t s2_mbqm_right(int32_t acc, int32_t m, int e) {
+#ifdef S2_DSP
+  int32_t x;
+  __asm__("smmulr %0, %1, %2" : "=r"(x) : "r"((int32_t)((uint32_t)acc << 1)), "r"(m));
+#else
+  int32_t x = (int32_t)(((int64_t)acc * m + (1ll << 30)) >> 31);
+#endif
+  x += x >> 31;
+  return (x + (1 << (e - 1))) >> e;
+}
+
+#ifdef S2_MVE
+/* the same on 4 lanes: VQRDMULH is SRDHM, VRSHL by -e rounds half up */
+static inline int32x4_t s2_mbqm_right_v(int32x4_t x, int32x4_t m, int32x4_t neg_e) {
+  x = vqrdmulhq_s32(x, m);
+  x = vaddq_s32(x, vshrq_n_s32(x, 31));
+  return vrshlq_s32(x, neg_e);
+}
+#endif
+
+/* Spike streams (s2mcu.h): appends the channels c0 + i of the set bits i
+ * of `bits` at ep, returns the next free byte. */
+static inline uint8_t *s2_emit(uint8_t *ep, uint32_t bits, uint32_t c0) {
+#if defined(S2_MVE) || defined(S2_DSP)
+  uint32_t r;
+  __asm__("rbit %0, %1" : "=r"(r) : "r"(bits));   /* then CLZ finds the lowest set bit */
+  while (r) {
+    const uint32_t b = (uint32_t)__builtin_clz(r);
+    *ep++ = (uint8_t)(c0 + b);
+    r &= ~(0x80000000u >> b);
+  }
+#else
+  while (bits) {
+    *ep++ = (uint8_t)(c0 + (uint32_t)__builtin_ctz(bits));
+    bits &= bits - 1u;
+  }
+#endif
+  return ep;
+}
 
 /* The taps (ky, kx) of an output pixel whose input position (iy0 + ky d_h,
  * ix0 + kx d_w) lies inside the input: input pixel index and tap index

@@ -129,3 +129,32 @@ void s2_mean(const s2_mean_t *p, const int8_t *in, int8_t *out, int32_t *sum) {
       out[(size_t)o * I + i] = s2_clamp8(s2_mbqm(sum[i] - zn, p->mult, p->shift) + p->out_zp, -128, 127);
   }
 }
+
+/* ======================================================================
+ * REDUCE_MAX over a contiguous run of axes: input [outer, reduce, inner]
+ * (TFLite Micro: the input's grid, no requantization; of a spike tensor
+ * it is an OR: the on code wherever one input fired)
+ * ==================================================================== */
+
+void s2_reduce_max(const s2_reduce_t *p, const int8_t *in, int8_t *out) {
+  const int R = p->reduce, I = p->inner;
+  for (int o = 0; o < p->outer; o++) {
+    const int8_t *base = in + (size_t)o * R * I;
+    int8_t *dst = out + (size_t)o * I;
+    int i = 0;
+#ifdef S2_MVE
+    for (; i < I; i += 16) {
+      mve_pred16_t pr = vctp8q(I - i);
+      int8x16_t m = vdupq_n_s8(-128);
+      for (int r = 0; r < R; r++) m = vmaxq_s8(m, vldrbq_z_s8(base + (size_t)r * I + i, pr));
+      vstrbq_p_s8(dst + i, m, pr);
+    }
+#else
+    for (; i < I; i++) dst[i] = -128;
+    for (int r = 0; r < R; r++) {
+      const int8_t *row = base + (size_t)r * I;
+      for (i = 0; i < I; i++) dst[i] = row[i] > dst[i] ? row[i] : dst[i];
+    }
+#endif
+  }
+}
