@@ -16,7 +16,8 @@ inputs that fired. See docs/MCU.md.
 
 Modules (TFLite's integer arithmetic is :mod:`export.quant`):
 :mod:`~export.mcu.lower` (flatbuffer -> integer program, one lowering per
-op), :mod:`~export.mcu.plan` (activation buffer), :mod:`~export.mcu.generate`
+op), :mod:`~export.mcu.spike_out` (spike outputs as per-channel integer
+thresholds on the accumulator, no requantization), :mod:`~export.mcu.plan` (activation buffer), :mod:`~export.mcu.generate`
 (the C, one emitter per kernel family), :mod:`~export.mcu.targets` (every
 Cortex-M, ``generic`` and the host: flags, code paths, the sources' target
 guard), :mod:`~export.mcu.build` (host build, compile-only targets),

@@ -10,8 +10,10 @@
  *                        DEPTHWISE_CONV_2D (they share the fired-input lists
  *                        and the requantization of the sums)
  *   s2mcu_dwconv.c       DEPTHWISE_CONV_2D, dense
- *   s2mcu_pool.c         AVERAGE_POOL_2D, MAX_POOL_2D, MEAN
- *   s2mcu_elementwise.c  ADD, QUANTIZE, REQUANTIZE, DEQUANTIZE
+ *   s2mcu_pool.c         AVERAGE_POOL_2D, MAX_POOL_2D, MEAN, REDUCE_MAX
+ *   s2mcu_elementwise.c  ADD, broadcast ADD/MUL, SELECT_V2, QUANTIZE, REQUANTIZE, DEQUANTIZE
+ *   s2mcu_shape.c        CONCATENATION, RESIZE_NEAREST_NEIGHBOR
+ *   s2mcu_tconv.c        TRANSPOSE_CONV (dense and spike-driven)
  *
  * Inlining. The firmware's figures are retired instructions, so the kernels
  * keep the instructions they had as one file (arm-none-eabi-gcc 12, -O2).
