@@ -63,7 +63,7 @@ from typing import Dict, List, Sequence
 
 from export.errors import ChecksFailedError
 
-__all__ = ["BOUNDS", "CheckResult", "ExportCheckError", "evaluate", "failure_line"]
+__all__ = ["BOUNDS", "QAT_ADVICE", "CheckResult", "ExportCheckError", "evaluate", "failure_line"]
 
 #: Every bound of the export's checks (module docstring).
 BOUNDS = {
@@ -168,11 +168,24 @@ def evaluate(report: Dict, reporters: Sequence = ()) -> Dict:
                     c.name = f"{fmt}.{rep.name}.{c.name}"
                     results.append(c)
     failed = [r.name for r in results if not r.passed]
+    advice = None
+    if not qat and any(name.startswith(("int8.litert.", "int8.tflm.")) for name in failed):
+        advice = QAT_ADVICE
     return {"passed": not failed, "failed": failed, "results": [dataclasses.asdict(r) for r in results],
-            "bounds": dict(BOUNDS)}
+            "bounds": dict(BOUNDS), "advice": advice}
+
+
+#: What a failed post-training int8 check suggests: the int8 model rounds
+#: every weight and activation of a model that was not trained for it
+#: (quantization-aware fine-tuning reaches >= 99 % agreement on every zoo
+#: model; docs/EXPORT.md).
+QAT_ADVICE = ("post-training int8 quantization does not keep this model's outputs: fine-tune it "
+              "quantization-aware before converting, qat=QATConfig(epochs=1)")
 
 
 def failure_line(checks: Dict) -> str:
-    """The failed checks of :func:`evaluate`'s result, in one line."""
+    """The failed checks of :func:`evaluate`'s result, in one line (with
+    its ``advice``: fine-tuning when a post-training int8 check failed)."""
     bad = [CheckResult(**r) for r in checks["results"] if not r["passed"]]
-    return "; ".join(r.text() for r in bad)
+    line = "; ".join(r.text() for r in bad)
+    return f"{line}; {checks['advice']}" if checks.get("advice") else line

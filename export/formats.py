@@ -37,7 +37,8 @@ DEFAULT_NEURON = DEFAULT_FORMULATION
 #: ``arm_convolve_*``, ``arm_depthwise_conv_*``, ``arm_fully_connected_*``,
 #: ``arm_elementwise_add_*``, ``arm_avgpool_s8/s16``, ``arm_max_pool_s8/s16``,
 #: ``arm_maximum_s8``/``arm_minimum_s8``, ``arm_pad_s8``; CMSIS-NN commit
-#: 99f736a): ``"cmsis-nn"``: an optimized CMSIS-NN kernel; ``"reference"``:
+#: 99f736a; ``transpose_conv.cc`` over ``arm_transpose_conv_wrapper_s8``,
+#: int8 only, read at tflite-micro commit 0cc6f98): ``"cmsis-nn"``: an optimized CMSIS-NN kernel; ``"reference"``:
 #: TFLite Micro's portable reference kernel (CMSIS-NN has none; slower);
 #: ``"memory"``: no arithmetic (a view or a copy).
 EDGE_OP_KERNELS = {
@@ -50,6 +51,9 @@ EDGE_OP_KERNELS = {
     "MAXIMUM": "cmsis-nn",
     "MINIMUM": "cmsis-nn",
     "PAD": "cmsis-nn",
+    "TRANSPOSE_CONV": "cmsis-nn",
+    "CONCATENATION": "reference",
+    "RESIZE_NEAREST_NEIGHBOR": "reference",
     "MEAN": "reference",
     "RELU": "reference",
     "RELU6": "reference",

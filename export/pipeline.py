@@ -69,16 +69,17 @@ from export.checks import ExportCheckError, evaluate, failure_line
 from export.config import ExportConfig, ExportConfigError, check_model, resolve_task
 from export.formats import COMPARE_OPS, EDGE_OPS, FORBIDDEN_EDGE_OPS, QUANTIZATIONS
 from export.loader import load_model
+from export.mcu.artefact import artefact_figures
 from export.metrics import agreement_fraction, batches, model_logits, output_correlation, relative_error
 from export.report import format_summary, write_report
 from export.tflite.c_array import write_c_array
 from export.tflite.convert import convert, is_spiking_model, op_names
 from export.tflite.flatbuffer import read_model
-from export.tflite.runtimes import run_litert, run_tflm, tflm_arena_size
+from export.tflite.runtimes import TFLMError, run_litert, run_tflm, tflm_arena_size
 from export.tflite.verify import verify_fold, verify_spikes
 from export.transform.fold import fold_batchnorm_with_report
 from export.transform.qat import quantization_aware_fine_tune
-from s2nn_keras.datasets import as_model_input
+from export.transform.inputs import check_inputs, model_inputs
 
 __all__ = ["export_run", "ExportResult", "ARTEFACTS", "inner_quantize_ops", "edge_verdict", "publish"]
 
@@ -242,6 +243,18 @@ def _fold(model, threshold_in_bias):
     return fold_batchnorm_with_report(model, threshold_in_bias=False)
 
 
+def _tflm_arena(conversion, sample, ref):
+    """The TFLite Micro arena of a conversion; a model TFLite Micro cannot
+    run at all is one error naming the op, the Keras layer and what to change."""
+    layers = {l.name: type(l).__name__ for l in ref.folded.layers}
+    try:
+        return tflm_arena_size(conversion.flatbuffer, sample, layer_names=layers)
+    except TFLMError as err:
+        fmt = conversion.quantization
+        raise TFLMError(f"the {fmt} model does not run in TensorFlow Lite Micro: {err}; replace that layer, or "
+                        f"leave {fmt} out of the formats (--formats)", err.op, err.layers, err.reason) from None
+
+
 def _run_format(conversion, job, ref):
     """run: accuracy, agreement and latency in LiteRT and TFLite Micro."""
     flat, x, task = conversion.flatbuffer, job.x, job.task
@@ -251,7 +264,7 @@ def _run_format(conversion, job, ref):
         out["litert"]["agreement_with_float"] = agreement_fraction(ref.float_outputs, lite["outputs"], task)
     max_tflm = job.config.max_tflm_examples
     n_micro = len(x) if max_tflm is None else min(len(x), int(max_tflm))
-    arena = tflm_arena_size(flat, x[0])
+    arena = _tflm_arena(conversion, x[0], ref)
     micro = run_tflm(flat, x[:n_micro], arena)
     out["tflm"] = {**_score(micro["outputs"], job, ref),
                    "agreement_with_litert": agreement_fraction(lite["outputs"][:n_micro], micro["outputs"], task),
@@ -273,12 +286,13 @@ def _prepare(model_or_path, c: ExportConfig) -> _Job:
     """Loads the model, reads the inputs and checks that they fit together."""
     model_path = os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else None
     model = load_model(model_path) if model_path else model_or_path
-    x = as_model_input(c.images)
+    check_inputs(c.images, model, "the verification inputs")   # a Rescaling model fed scaled data
+    x = model_inputs(c.images, model)   # uint8 as they are for a model that scales its input itself, else / 255
     y = None if c.labels is None else np.asarray(c.labels).astype(np.int64).reshape(-1)
     if c.calibration_images is None:
         calib, calib_source = x[:c.num_calibration], "verification images"
     else:
-        calib, calib_source = as_model_input(c.calibration_images)[:c.num_calibration], "calibration images"
+        calib, calib_source = model_inputs(c.calibration_images, model)[:c.num_calibration], "calibration images"
     check_model(model, x, calib)
     task = resolve_task(c.task, model)
     _check_labels_fit(model, y, task)
@@ -286,7 +300,7 @@ def _prepare(model_or_path, c: ExportConfig) -> _Job:
         raise ExportConfigError("qat: quantization-aware fine-tuning needs a spiking model; this one has no "
                                 "spiking neurons (a ReLU model is exported by post-training quantization)")
     if c.qat is not None:
-        check_model(model, as_model_input(c.qat_images[:1]), calib)
+        check_model(model, model_inputs(c.qat_images[:1], model), calib)
     return _Job(c, model, model_path, x, y, calib, calib_source, task)
 
 
@@ -495,7 +509,8 @@ def _format_entry(job, ref, fmt, conv):
     fname = f"model_{fmt}.tflite"
     with open(job.path(fname), "wb") as f:
         f.write(conv.flatbuffer)
-    entry = {"file": fname, **_graph_figures(conv, ref), **_run_format(conv, job, ref)}
+    # the file's sha256 and (int8) its spike tensors: what export.mcu generates C from (export.mcu.artefact)
+    entry = {"file": fname, **artefact_figures(conv), **_graph_figures(conv, ref), **_run_format(conv, job, ref)}
     lite_acc = entry["litert"]["accuracy"]
     entry["accuracy_drop_pp_vs_keras"] = None if ref.accuracy is None else 100.0 * (ref.accuracy - lite_acc)
     if ref.qat is not None and ref.float_accuracy is not None:

@@ -27,7 +27,7 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 
-__all__ = ["ZooModel", "ZOO", "MLPERF_TINY", "USER_PATTERNS", "images_for", "data", "build", "trained"]
+__all__ = ["ZooModel", "ZOO", "MLPERF_TINY", "USER_PATTERNS", "entry", "images_for", "data", "build", "trained"]
 
 UPPER_BODY = (0, 2, 3, 4, 6)  # Fashion-MNIST: T-shirt/top, pullover, dress, coat, shirt
 
@@ -45,6 +45,8 @@ class ZooModel:
         reconstructs the input).
       num_classes: logits of a classifier (``None`` for regression).
       pattern: what the entry exercises, in a few words.
+      raw: the model takes the pixels as they are (0..255; it rescales
+        them itself, e.g. with a leading ``Rescaling(1/255)``), not in [0, 1].
     """
 
     name: str
@@ -53,6 +55,7 @@ class ZooModel:
     task: str
     num_classes: int
     pattern: str
+    raw: bool = False
 
 
 def _mlperf(name):
@@ -178,17 +181,31 @@ USER_PATTERNS = ("sequential_cnn", "neuron_without_bn", "two_neurons_in_a_row", 
                  "dropout_and_reshape")
 
 
+def entry(name: str) -> ZooModel:
+    """The zoo entry ``name``: :data:`ZOO`, or a user model of
+    :data:`tests.user_models.MODELS`."""
+    if name in ZOO:
+        return ZOO[name]
+    from tests.user_models import MODELS
+
+    return MODELS[name]
+
+
 def _resize_nearest(x, height, width):
     rows = (np.arange(height) * x.shape[1] // height).astype(np.int64)
     cols = (np.arange(width) * x.shape[2] // width).astype(np.int64)
     return x[:, rows][:, :, cols]
 
 
-def images_for(images, input_shape) -> np.ndarray:
+def images_for(images, input_shape, raw: bool = False) -> np.ndarray:
     """Fashion-MNIST ``[N, 28, 28]`` uint8 images as float32 in [0, 1] of
-    ``input_shape`` (module docstring)."""
+    ``input_shape`` (module docstring); ``raw``: 0..255 instead. A
+    ``(128, 3)`` input is the image resized to 16x24, read as 128 steps of
+    3 channels."""
     x = np.asarray(images)
-    x = x.reshape(x.shape[0], x.shape[1], x.shape[2]).astype(np.float32) / 255.0
+    x = x.reshape(x.shape[0], x.shape[1], x.shape[2]).astype(np.float32) / (1.0 if raw else 255.0)
+    if tuple(input_shape) == (128, 3):
+        return _resize_nearest(x, 16, 24).reshape(len(x), 128, 3)
     if len(input_shape) == 1:
         (features,) = input_shape
         if features != 640:
@@ -212,16 +229,17 @@ def _labels(labels, entry):
 def data(name: str, n_train: int = 2000, n_test: int = 300):
     """``(x_train, y_train, x_test, y_test)`` for zoo entry ``name``: the
     first ``n_train`` / ``n_test`` Fashion-MNIST images in its input shape
-    (float32 in [0, 1]); for regression ``y`` is ``x``."""
+    (float32 in [0, 1], or 0..255 for a ``raw`` entry); for regression
+    ``y`` is ``x``."""
     from s2nn_keras.datasets import load_arrays
 
-    entry = ZOO[name]
+    e = entry(name)
     tr_x, tr_y = load_arrays("fashion_mnist", "train", max_examples=n_train)
     te_x, te_y = load_arrays("fashion_mnist", "test", max_examples=n_test)
-    x_train, x_test = images_for(tr_x, entry.input_shape), images_for(te_x, entry.input_shape)
-    if entry.task == "regression":
+    x_train, x_test = images_for(tr_x, e.input_shape, e.raw), images_for(te_x, e.input_shape, e.raw)
+    if e.task == "regression":
         return x_train, x_train, x_test, x_test
-    return x_train, _labels(tr_y, entry), x_test, _labels(te_y, entry)
+    return x_train, _labels(tr_y, e), x_test, _labels(te_y, e)
 
 
 def build(name: str, activation: str = "s2nn", seed: int = 0):
@@ -229,7 +247,7 @@ def build(name: str, activation: str = "s2nn", seed: int = 0):
     import keras
 
     keras.utils.set_random_seed(seed)
-    return ZOO[name].builder(activation)
+    return entry(name).builder(activation)
 
 
 @functools.lru_cache(maxsize=None)
@@ -241,7 +259,7 @@ def trained(name: str, activation: str = "s2nn", epochs: int = 1, n_train: int =
 
     model = build(name, activation, seed)
     x_train, y_train, _, _ = data(name, n_train)
-    loss = (keras.losses.MeanSquaredError() if ZOO[name].task == "regression"
+    loss = (keras.losses.MeanSquaredError() if entry(name).task == "regression"
             else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.compile(keras.optimizers.Adam(3e-3), loss)
     model.fit(x_train, y_train, batch_size=64, epochs=epochs, verbose=0, shuffle=True)

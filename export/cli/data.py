@@ -5,8 +5,9 @@ user's ``.npz`` file, checked against the model's input.
 models of any input shape and task. Its keys (:data:`NPZ_KEYS`):
 
 * ``test_images`` (required): the verification inputs ``[N, ...]``, uint8
-  (divided by 255) or float (taken as they are, in the model's input
-  convention);
+  (divided by 255; taken as they are, raw, for a model that starts with
+  ``Rescaling``/``Normalization``: :func:`export.transform.inputs.model_inputs`)
+  or float (taken as they are, in the model's input convention);
 * ``test_labels``: integer class labels ``[N]`` for the accuracy figures
   (leave it out for a regression model, e.g. an autoencoder);
 * ``train_images``: inputs ``[M, ...]`` for integer calibration (the last

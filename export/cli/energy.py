@@ -121,12 +121,12 @@ def _run(args) -> int:
     import logging
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warnings; errors are ours
-    from s2nn_keras.datasets import as_model_input
+    from export.transform.inputs import model_inputs
 
     if data is None:
         data = load_dataset(args.dataset or "fashion_mnist", args.data_dir, n, need_train=False)
     images = data.test_images
-    x = as_model_input(images)
+    x = model_inputs(images)
     from export.energy.report import format_table, write_energy_report, write_files
     from export.loader import load_model
 
@@ -144,6 +144,7 @@ def _run(args) -> int:
         if len(model.inputs) != 1:
             raise cli.CLIError(f"--model {args.model!r} has {len(model.inputs)} inputs; the energy report takes one")
         check_input_shape(data, model.inputs[0].shape[1:], f"model {args.model!r}")
+        x = model_inputs(images, model)   # raw pixels for a model that rescales its input itself
         for path in args.tflite:
             check_input_shape(data, _tflite_input_shape(path), f"TFLite model {path!r}")
         tfl = {os.path.splitext(os.path.basename(p))[0]: p for p in args.tflite}

@@ -70,9 +70,11 @@ def build_parser():
                    help="also compile the int8 model with Arm Vela for these Ethos-U accelerators "
                         "(comma-separated, e.g. ethos-u55-128,ethos-u85-256; needs the 'edge' extra)")
     p.add_argument("--mcu", type=cores, default=None, metavar="CORES",
-                   help="also compile the int8 model to C for these Cortex-M cores (cortex-m4,cortex-m55), run it "
-                        "under QEMU and compare every output byte with TFLite Micro (export.mcu; needs Debian's "
-                        "gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm)")
+                   help="then generate C from the published model_int8.tflite for these targets "
+                        "(cortex-m0plus,cortex-m3,cortex-m4,cortex-m7,cortex-m33,cortex-m55,generic), run it under "
+                        "QEMU where the core has a board and compare every output byte with TFLite Micro, into "
+                        "OUTPUT_DIR/mcu (export.mcu; needs Debian's gcc-arm-none-eabi, libnewlib-arm-none-eabi and "
+                        "qemu-system-arm); if only this step fails, the verified export stays published")
     p.add_argument("--mcu_images", type=positive_int, default=200,
                    help="verification inputs run on each core with --mcu (default: 200)")
     p.add_argument("--qat_epochs", type=nonnegative_float, default=0.0,
@@ -117,6 +119,10 @@ def _run(args) -> int:
         reporters.append(vela.reporter(args.ethos_u))
     if args.mcu and "int8" not in args.formats:
         raise cli.CLIError("--mcu compiles the int8 model: add int8 to --formats")
+    if args.mcu:
+        from export.cli.mcu import check_tools
+
+        check_tools(args.mcu, "--mcu")
     from export.cli.data import check_input_shape, load_dataset, load_npz
 
     qat_wanted = args.qat_epochs > 0
@@ -150,10 +156,6 @@ def _run(args) -> int:
         options = {k: v for k, v in (("batch_size", args.qat_batch_size),
                                      ("learning_rate", args.qat_learning_rate)) if v is not None}
         qat = QATConfig(epochs=args.qat_epochs, train_examples=args.qat_train_examples, **options)
-    if args.mcu:
-        from export import mcu
-
-        reporters.append(mcu.reporter(data.test_images, mcu.McuConfig(cores=args.mcu, num_images=args.mcu_images)))
     train = data.train_images
     options = {} if args.rewrites is None else {"rewrites": tuple(args.rewrites)}
     config = ExportConfig(
@@ -166,12 +168,23 @@ def _run(args) -> int:
         extra={"model_path": args.model, "data": data.source, **({} if args.data else {"dataset": data.source})},
         allow_failed_checks=args.allow_failed_checks, **options)
     result = export_run(model, config)
+    mcu_error = None
+    if args.mcu:  # from the files just published: the exact verified model_int8.tflite (export.mcu.artefact)
+        from export.cli.mcu import after_export
+
+        from export.transform.inputs import model_inputs   # what the model takes (raw pixels after a Rescaling)
+
+        mcu_error = after_export(args.output_dir, model_inputs(data.test_images, model), args.mcu, args.mcu_images,
+                                 args.quiet)
     checks = result.report["checks"]
     if not checks["passed"]:  # kept only because --allow_failed_checks asked for it
         from export.checks import ExportCheckError, failure_line
 
+        also = f"; {cli.one_line(mcu_error)}" if mcu_error is not None else ""
         raise ExportCheckError(f"the export's checks failed: {failure_line(checks)}; the files are kept in "
-                               f"{args.output_dir!r} as --allow_failed_checks asked")
+                               f"{args.output_dir!r} as --allow_failed_checks asked{also}")
+    if mcu_error is not None:
+        raise mcu_error
     return 0
 
 

@@ -65,7 +65,8 @@ _AS_FLAGS = ((re.compile(r"""\bneuron\s*=\s*['"]compare['"]"""), "--neuron compa
              (re.compile(r"\bthreshold_in_bias\s*=\s*False\b"), "--no_threshold_in_bias"),
              (re.compile(r"\bmerge_shortcuts\s*=\s*True\b"), "--merge_shortcuts"),
              (re.compile(r"\bspike_checks\s*=\s*False\b"), "--no_spike_checks"),
-             (re.compile(r"\ballow_failed_checks\s*=\s*True\b"), "--allow_failed_checks"))
+             (re.compile(r"\ballow_failed_checks\s*=\s*True\b"), "--allow_failed_checks"),
+             (re.compile(r"\bqat\s*=\s*QATConfig\(\s*epochs\s*=\s*([0-9.]+)\s*\)"), r"--qat_epochs \1"))
 
 
 class CLIError(InputError):

@@ -43,6 +43,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from export.errors import InputError
 from export.mcu.config import McuConfig
 from s2nn_keras.datasets import as_model_input
 from export.mcu.firmware import BOARDS
@@ -71,6 +72,26 @@ def spike_codes(conversion, model=None) -> Dict[int, Tuple[int, int]]:
     return codes_of(spike_code_table(conversion, None if model is None else parsed_model(model)))
 
 
+def _pixels_on_input_grid(images, tensor) -> np.ndarray:
+    """Images as the real values the int8 input takes. Float images are
+    taken as they are (the model's own convention). ``uint8`` pixels need
+    the model's convention, which the flatbuffer tells by its input grid:
+    scale 1 (a model that rescales its input itself takes the raw pixels,
+    :func:`export.transform.inputs.model_inputs`) or 1/255 (pixels divided
+    by 255); any other grid is refused rather than guessed."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or tensor.quantization is None:
+        return as_model_input(images)
+    scale = float(tensor.quantization.scales[0])
+    if abs(scale - 1.0) <= 1e-6:
+        return images.astype(np.float32)
+    if abs(scale * 255.0 - 1.0) <= 1e-3:
+        return as_model_input(images)
+    raise InputError(f"uint8 images cannot be fed to this model: its int8 input has scale {scale:g}, neither the raw "
+                     "pixels' 1 nor 1/255; pass float inputs in the model's own convention (an .npz with float32 "
+                     "test_images)")
+
+
 def quantize_inputs(model, images) -> np.ndarray:
     """The images (uint8, or float32 in the model's convention) as the
     input tensor of ``model`` (flatbuffer bytes or parsed) holds them:
@@ -80,7 +101,7 @@ def quantize_inputs(model, images) -> np.ndarray:
 
     graph = parsed_model(model).main
     t = graph.tensors[graph.inputs[0]]
-    x = as_model_input(images)
+    x = _pixels_on_input_grid(images, t)
     if tuple(x.shape[1:]) != tuple(t.shape[1:]):
         raise ValueError(f"images of shape {tuple(x.shape[1:])} do not match the model input {tuple(t.shape[1:])}")
     details = {"dtype": t.dtype}

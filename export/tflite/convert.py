@@ -24,6 +24,15 @@ How a neuron is written (``neuron=``, see :mod:`export.formats`):
   (:func:`int8_threshold_model`); int16x8, whose quantizer has no
   comparison ops, the ``ramp`` neuron (:func:`ramp_model`).
 
+Every model is converted in the forms TFLite Micro runs
+(:func:`export.transform.rewrites.runtime_forms`: ``MAX_POOL_2D`` for global max
+pooling, ``RESIZE_NEAREST_NEIGHBOR`` for ``UpSampling2D``), with its own input
+scaling folded into its first layers (:mod:`export.transform.inputs`); an
+integer model's inner requantizations fold into the ops before them and
+every ``CONCATENATION`` must find its inputs on its grid
+(:func:`export.tflite.spike_grids.fold_requantize`,
+:func:`export.tflite.spike_grids.check_concatenations`).
+
 Every spiking model first has the thresholds of neurons that read spikes
 settled between the two levels (:func:`settle_spike_thresholds`), and every
 integer model the grids of its spike tensors from their levels
@@ -51,6 +60,7 @@ from export.transform.calibration import tensor_ranges
 from export.transform.clone import call_clone, clone_layer
 from export.formats import DEFAULT_NEURON, DEFAULT_REWRITES, NEURON_FORMULATIONS, QUANTIZATIONS
 from export.transform.formulations import get_formulation
+from export.transform.inputs import fold_input_scaling, raw_input_grid
 from export.transform.neurons import ThresholdNeuron
 from s2nn_keras import layer_roles
 from s2nn_keras.graph import LayerGraph
@@ -277,8 +287,11 @@ def _check_args(quantization, representative_data, neuron):
 
 
 def _convert_keras(model, quantization, representative_data) -> bytes:
-    """One ``TFLiteConverter`` run with the export's settings."""
-    converter = tf.lite.TFLiteConverter.from_keras_model(_batch1_model(model))
+    """One ``TFLiteConverter`` run with the export's settings, on the
+    runtime forms of ``model``'s layers (:func:`export.transform.rewrites.runtime_forms`)."""
+    from export.transform.rewrites import runtime_forms
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(_batch1_model(runtime_forms(model)))
     if quantization != "float32":
         def rep():
             # The batch-1 signature takes one image at a time.
@@ -378,11 +391,13 @@ def neuron_ops(graph, name, producer: Optional[str] = None):
 
 def decision_op(graph, name, producer: Optional[str] = None):
     """The operator that makes neuron ``name``'s decision: its first op
-    with weights (the producer it is fused into, or its depthwise op), else
-    its first op; ``None`` if it has none. Its input 0 is the neuron's
-    input (the producer's input for a fused neuron)."""
+    with weights of its own (those of the producer it is fused into, or of
+    its depthwise op), else its first op; ``None`` if it has none. Its
+    input 0 is the neuron's input (the producer's input for a fused neuron).
+    (A Dense whose output the converter names after the neuron's reshape to
+    ``[N, 1, 1, C]`` is the op before a tensor neuron, not its decision.)"""
     ops = neuron_ops(graph, name, producer)
-    weighted = [op for op in ops if op.name in _WEIGHTED_OPS]
+    weighted = [op for op in ops if op.name in _WEIGHTED_OPS and _carries(graph, op.inputs[1], producer or name)]
     return (weighted or ops or [None])[0]
 
 
@@ -472,9 +487,27 @@ def _finish(flat, model, names, quantization, formulation, plan=None):
 
     tensors = spike_tensors(flat, names, _producers(plan))
     levels = _spike_levels(model, names, formulation)
+    flat = _integer_forms(flat, model, keep=set(tensors.values()), check=False)
     flat, fixed = fix_spike_grids(flat, model, tensors, levels, quantization)
     _check_levels(flat, levels, tensors)
+    _integer_forms(flat, model, fold=False)
     return flat, tensors, fixed
+
+
+def _integer_forms(flat, model, keep=(), fold=True, check=True):
+    """Inner requantizations folded into the ops before them
+    (:func:`export.tflite.spike_grids.fold_requantize`; ``keep``: the spike
+    tensors) and every concatenation's inputs checked to share its grid
+    (:func:`export.tflite.spike_grids.check_concatenations`)."""
+    from export.tflite.spike_grids import check_concatenations, fold_requantize
+
+    if fold:
+        flat, _ = fold_requantize(flat, keep)
+    if check:
+        names = [l.name for l in model.layers]
+        check_concatenations(flat, lambda tensor: next(
+            (n for n in names for part in tensor.split(";") if tensor_names_layer(part, n)), None))
+    return flat
 
 
 def convert(model: keras.Model, quantization: str = "float32",
@@ -504,9 +537,14 @@ def convert(model: keras.Model, quantization: str = "float32",
         1x1 depthwise convs and global average pooling as
         ``AVERAGE_POOL_2D``; ``()`` keeps the converter's forms.
 
-    Every spiking model first gets :func:`settle_spike_thresholds` (the
-    same function), and every integer model the grids of its spike tensors
-    from their levels (:func:`export.tflite.spike_grids.fix_spike_grids`).
+    Every model's own input scaling (a leading ``Rescaling`` /
+    ``Normalization``) is folded into the layers reading it
+    (:func:`export.transform.inputs.fold_input_scaling`; the TFLite model takes the
+    same raw inputs, an int8 one raw integers on the grid of
+    :func:`export.transform.inputs.raw_input_grid`); every spiking model gets
+    :func:`settle_spike_thresholds` (the same function), and every integer
+    model the grids of its spike tensors from their levels
+    (:func:`export.tflite.spike_grids.fix_spike_grids`).
 
     Raises:
       ValueError: bad arguments; :class:`export.FoldError` /
@@ -515,6 +553,9 @@ def convert(model: keras.Model, quantization: str = "float32",
     """
     _check_args(quantization, representative_data, neuron)
     model = ensure_folded(model)
+    if quantization == "int8":
+        model = raw_input_grid(model, representative_data)
+    model = fold_input_scaling(model)
     if merge_shortcuts:
         model = merge_strided_shortcuts(model)
     if rewrites:
@@ -522,7 +563,8 @@ def convert(model: keras.Model, quantization: str = "float32",
 
         model = apply_rewrites(model, tuple(rewrites))
     if not is_spiking_model(model):
-        return Conversion(_convert_keras(model, quantization, representative_data), quantization, None, model)
+        flat = _integer_forms(_convert_keras(model, quantization, representative_data), model)
+        return Conversion(flat, quantization, None, model)
     model = settle_spike_thresholds(model)
     names = [l.name for l in model.layers if is_spiking_neuron(l)]
     formulation = get_formulation(neuron).for_format(quantization).name

@@ -29,18 +29,31 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
 
+from export.errors import InputError
 from export.tflite.quiet import filtered_stderr
 
 __all__ = ["RUNTIMES", "interpreter", "Session", "run_litert", "run_tflm", "tflm_arena_size", "quantize",
-           "dequantize"]
+           "dequantize", "TFLMError", "tflm_failure"]
 
 RUNTIMES = ("litert", "litert_builtin", "tflm")
+
+
+class TFLMError(InputError, RuntimeError):
+    """TFLite Micro cannot run a model: it has no kernel for one of its ops,
+    or the kernel refuses the op's types. ``op`` is the builtin op's name,
+    ``layers`` the Keras layers its output tensor carries (when known),
+    ``reason`` what TFLite Micro said."""
+
+    def __init__(self, message, op=None, layers=(), reason=None):
+        super().__init__(message)
+        self.op, self.layers, self.reason = op, tuple(layers), reason
 
 
 def _qparams(details):
@@ -255,18 +268,111 @@ class _ArenaProbe:
         self._dir.cleanup()
 
 
-def tflm_arena_size(tflite_model: bytes, sample: np.ndarray = None, granularity: int = 16) -> int:
+_DIAGNOSE = r"""
+import sys
+import numpy as np
+from export.tflite.runtimes import Session
+flat = open(sys.argv[1], "rb").read()
+sample = np.load(sys.argv[2]) if sys.argv[2] != "-" else None
+s = Session(flat, "tflm", arena_size=int(sys.argv[3]))
+x = np.zeros(s.inputs[0]["shape"], np.float32) if sample is None else sample[None]
+s.set_input(s.quantize_input(x))
+s.invoke()
+"""
+_MISSING_KERNEL = re.compile(r"Didn't find op for builtin opcode '(\w+)'")
+_FAILED_NODE = re.compile(r"Node (\w+) \(number (\d+)\) failed to (prepare|invoke)")
+_DIAGNOSIS_ARENA = 1 << 28
+
+
+def _layers_of_op(tflite_model, op, index, layer_names):
+    """Names in ``layer_names`` carried by the output tensors of operator
+    ``index`` (or, without an index, of the first ``op``) of the main
+    subgraph, and those carried by its first input."""
+    from export.tflite.flatbuffer import read_model, tensor_names_layer
+
+    graph = read_model(tflite_model).main
+    ops = [graph.operators[index]] if index is not None else [o for o in graph.operators if o.name == op][:1]
+
+    def carried(tensors):
+        parts = [p for t in tensors if t >= 0 for p in graph.tensors[t].name.split(";")]
+        return [name for name in layer_names if any(tensor_names_layer(p, name) for p in parts)]
+
+    return carried([t for o in ops for t in o.outputs]), carried([o.inputs[0] for o in ops if o.inputs])
+
+
+def tflm_failure(tflite_model: bytes, sample: np.ndarray = None, layer_names=()) -> "TFLMError | None":
+    """Why TFLite Micro cannot run ``tflite_model`` with a generous arena
+    (256 MiB), as a :class:`TFLMError` naming the op and the layers of
+    ``layer_names`` (names, or ``{name: class name}``) its output carries;
+    ``None`` when it runs (or fails for
+    a reason it does not print). Runs in a worker process (TFLite Micro
+    prints its reasons on the C-level stderr)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="s2nn_tflm_") as d:
+        model, data = os.path.join(d, "model.tflite"), "-"
+        with open(model, "wb") as f:
+            f.write(bytes(tflite_model))
+        if sample is not None:
+            data = os.path.join(d, "sample.npy")
+            np.save(data, np.asarray(sample, np.float32))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        proc = subprocess.run([sys.executable, "-c", _DIAGNOSE, model, data, str(_DIAGNOSIS_ARENA)],
+                              capture_output=True, text=True, env=env)
+    if proc.returncode == 0:
+        return None
+    lines = [l.strip() for l in proc.stderr.splitlines() if l.strip()]
+    op, index, reason = None, None, None
+    for i, line in enumerate(lines):
+        missing, failed = _MISSING_KERNEL.search(line), _FAILED_NODE.search(line)
+        if missing:
+            op, reason = missing.group(1), "it has no kernel for this op"
+            break
+        if failed:
+            op, index = failed.group(1), int(failed.group(2))
+            said = lines[i - 1] if i > 0 and not lines[i - 1].startswith("Node ") else ""
+            reason = f"its kernel failed to {failed.group(3)}" + (f" ({said.rstrip('.')})" if said else "")
+            break
+    if op is None:
+        return None
+    layers, before = _layers_of_op(tflite_model, op, index, layer_names)
+    kinds = layer_names if isinstance(layer_names, dict) else {}
+
+    def named(names):
+        return ", ".join(f"{n!r}" + (f" ({kinds[n]})" if n in kinds else "") for n in names)
+
+    where = (f"Keras layer {named(layers)}" if layers else f"the layer after Keras layer {named(before)}" if before
+             else "no Keras layer named in its tensors")
+    return TFLMError(f"TFLite Micro cannot run op {op} ({where}): {reason}", op, layers, reason)
+
+
+def tflm_arena_size(tflite_model: bytes, sample: np.ndarray = None, granularity: int = 16,
+                    layer_names=()) -> int:
     """Smallest tensor arena (bytes, rounded up to ``granularity``) with
     which TFLite Micro allocates the model and runs one inference, found by
     bisection in a worker process (a size that crashes TFLite Micro counts
-    as too small). ``sample`` is one float32 input (zeros if None)."""
+    as too small). ``sample`` is one float32 input (zeros if None).
+
+    Raises:
+      TFLMError: TFLite Micro cannot run the model at any arena size (an op
+        without a kernel, a kernel that refuses its types): names the op and
+        the Keras layers of ``layer_names`` it computes (:func:`tflm_failure`).
+    """
     probe = _ArenaProbe(tflite_model, sample)
     try:
         hi = max(4096, len(tflite_model))
+        if not probe.works(hi):
+            failure = tflm_failure(tflite_model, sample, layer_names)
+            if failure is not None:
+                raise failure
         while not probe.works(hi):
             hi *= 2
             if hi > 1 << 31:
-                raise RuntimeError("TFLite Micro could not run the model with a 2 GiB arena")
+                raise TFLMError("TFLite Micro could not allocate or run the model with any arena up to 2 GiB "
+                                "(it named no op)")
         lo = 0
         while hi - lo > granularity:
             mid = (lo + hi) // 2

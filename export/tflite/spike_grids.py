@@ -24,6 +24,11 @@ the 16383-unit margin of the placement). Requantization multipliers are computed
 from the tensors' scales, so nothing else changes; a model whose neurons
 all fire on the calibration data is returned unchanged.
 
+Two more passes over a converted integer model live here, since they too
+move tensors between grids: :func:`fold_requantize` (an inner ``QUANTIZE``
+folded into the op before it) and :func:`check_concatenations` (every
+``CONCATENATION`` input on the output's grid, or one error).
+
 Example::
 
     flat, fixed = fix_spike_grids(flat, conversion.model, tensors, levels, "int8")
@@ -38,12 +43,15 @@ import numpy as np
 
 from export.quant import int8_weights, round_half_away
 
-__all__ = ["fix_spike_grids", "requantized_weights"]
+__all__ = ["fix_spike_grids", "requantized_weights", "fold_requantize", "check_concatenations"]
 
 # Ops whose output keeps the input's values (and, in TFLite, its grid), and
 # averages of spikes (whose values lie between the two levels).
-_FOLLOW = frozenset({"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "MAX_POOL_2D", "PAD", "PADV2", "AVERAGE_POOL_2D", "MEAN"})
-_WEIGHTED = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
+_FOLLOW = frozenset({"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "MAX_POOL_2D", "PAD", "PADV2", "AVERAGE_POOL_2D", "MEAN",
+                     "RESIZE_NEAREST_NEIGHBOR", "CONCATENATION"})
+# Ops that requantize their result onto any output grid (a QUANTIZE after them folds into them).
+_REQUANTIZING = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "ADD"})
+_WEIGHTED = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"})
 
 
 def _same(q, grid):
@@ -60,6 +68,8 @@ def requantized_weights(op_name, kernel, bias, weight_shape, input_scale, bias_d
     them (per output channel, symmetric, round half away from zero)."""
     from export.transform.edge import KernelRows
 
+    if op_name == "TRANSPOSE_CONV":   # Keras [..., out, in]; TFLite [out, ..., in]
+        kernel = np.swapaxes(np.asarray(kernel), -1, -2)
     rows = KernelRows(kernel, op_name == "DEPTHWISE_CONV_2D").rows
     q, m = int8_weights(rows)
     safe = np.where(m > 0, m, 1.0)
@@ -68,7 +78,7 @@ def requantized_weights(op_name, kernel, bias, weight_shape, input_scale, bias_d
         weights = q.T.reshape(weight_shape)
     elif op_name == "FULLY_CONNECTED":
         weights = q.reshape(weight_shape)
-    else:   # CONV_2D: [out, ...taps] in the kernel's own tap order
+    else:   # CONV_2D, TRANSPOSE_CONV: [out, ...taps] in the kernel's own tap order
         weights = q.reshape((q.shape[0],) + tuple(weight_shape[1:]))
     if weights.shape != tuple(weight_shape):
         raise RuntimeError(f"cannot requantize a {op_name}: kernel {np.shape(kernel)} does not fit {weight_shape}")
@@ -150,26 +160,114 @@ def fix_spike_grids(flatbuffer: bytes, model, spike_tensors: Mapping[str, int],
     layers = [l for l in model.layers if l.get_weights() or hasattr(l, "depthwise_stage")]
     updates = []
     for op in graph.operators:
-        if op.name not in _WEIGHTED or op.inputs[0] not in new_grid:
+        data, bias_at = (2, 3) if op.name == "TRANSPOSE_CONV" else (0, 2)   # TRANSPOSE_CONV: shape, weights, data, bias
+        if op.name not in _WEIGHTED or op.inputs[data] not in new_grid:
             continue
         w_t = graph.tensors[op.inputs[1]]
-        b_t = graph.tensors[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+        b_t = graph.tensors[op.inputs[bias_at]] if len(op.inputs) > bias_at and op.inputs[bias_at] >= 0 else None
         layer = _layer_of(w_t.name, layers)
         kernel, bias = _float_weights(layer)
         bias_dtype = b_t.dtype if b_t is not None else np.int32
         updates.append((op, w_t, b_t, requantized_weights(op.name, kernel, bias, w_t.shape,
-                                                          new_grid[op.inputs[0]][0], bias_dtype)))
-        report[source[op.inputs[0]]]["requantized"].append(layer.name)
+                                                          new_grid[op.inputs[data]][0], bias_dtype)))
+        report[source[op.inputs[data]]]["requantized"].append(layer.name)
     return _write(flatbuffer, new_grid, updates), report
 
 
+def fold_requantize(flatbuffer: bytes, keep=()) -> Tuple[bytes, int]:
+    """Removes every QUANTIZE inside the model (not at its inputs or
+    outputs) that only moves an integer tensor onto another grid of the
+    same type and reads the only output of a Conv/Depthwise/Dense/
+    TransposeConv/Add that nothing else reads: that op writes the QUANTIZE's
+    output (and grid) itself, with one rounding instead of two. (The 16x8
+    quantizer puts such requantizations before a CONCATENATION, whose
+    inputs must share its grid; int8 requantizes in the producer.)
+    ``keep``: tensors whose grid must not change (spike tensors). Returns
+    the flatbuffer and how many were removed."""
+    from export.tflite.flatbuffer import read_model
+
+    graph = read_model(flatbuffer).main
+    folds = {}
+    for op in graph.operators:
+        if op.name != "QUANTIZE":
+            continue
+        src, dst = op.inputs[0], op.outputs[0]
+        producer = graph.producer(src)
+        if (producer is None or producer.name not in _REQUANTIZING or src in keep or src in graph.outputs
+                or dst in graph.outputs or len(graph.consumers(src)) != 1
+                or graph.tensors[src].dtype != graph.tensors[dst].dtype or graph.tensors[src].dtype.kind != "i"):
+            continue
+        folds[op.index] = (producer.index, dst)
+    if not folds:
+        return flatbuffer, 0
+
+    def edit(model):
+        ops = model.subgraphs[0].operators
+        for q, (producer, dst) in folds.items():
+            outputs = list(ops[producer].outputs)
+            ops[producer].outputs = [dst] + outputs[1:]
+        model.subgraphs[0].operators = [o for i, o in enumerate(ops) if i not in folds]
+
+    return _rewrite(flatbuffer, edit), len(folds)
+
+
+def check_concatenations(flatbuffer: bytes, layer_of=lambda name: None) -> None:
+    """Every integer ``CONCATENATION`` must have its inputs on its output's
+    grid: the int8 and int16 kernels copy codes (LiteRT's int8 kernel and
+    TFLite Micro refuse other grids; the int16 kernels would silently mix
+    scales). ``layer_of(tensor name)`` names the Keras layer for the message.
+
+    Raises:
+      export.transform.edge.EdgeError: naming the concatenation and its grids.
+    """
+    from export.tflite.flatbuffer import read_model
+
+    graph = read_model(flatbuffer).main
+    for op in graph.operators:
+        out = graph.tensors[op.outputs[0]] if op.name == "CONCATENATION" else None
+        if out is None or out.quantization is None:
+            continue
+        grid = (float(out.quantization.scales[0]), int(out.quantization.zero_points[0]))
+        inputs = [graph.tensors[t].quantization for t in op.inputs]
+        if all(_same(q, grid) for q in inputs):
+            continue
+        from export.transform.edge import EdgeError
+
+        name = layer_of(out.name) or out.name
+        grids = ", ".join(f"({float(q.scales[0]):.6g}, {int(q.zero_points[0])})" for q in inputs)
+        fmt = "int16x8" if out.type_name == "INT16" else out.type_name.lower()
+        raise EdgeError(f"Concatenate {name!r}: the {fmt} model would join inputs on the grids {grids} into one of "
+                        f"({grid[0]:.6g}, {grid[1]}), which the integer kernels do not rescale; the default neuron "
+                        f"(neuron='saturate') requantizes the spikes it joins, or leave {fmt} out of the formats "
+                        "(--formats)")
+
+
 def _write(flatbuffer, new_grid, updates):
+    from export.tflite.flatbuffer import schema
+
+    s = schema()
+
+    def edit(model):
+        _apply(model, s, new_grid, updates)
+
+    return _rewrite(flatbuffer, edit)
+
+
+def _rewrite(flatbuffer, edit):
+    """``flatbuffer`` after ``edit(model)`` of its object tree (``ModelT``)."""
     import flatbuffers
 
     from export.tflite.flatbuffer import schema
 
     s = schema()
     model = s.ModelT.InitFromObj(s.Model.GetRootAs(bytes(flatbuffer), 0))
+    edit(model)
+    builder = flatbuffers.Builder(len(flatbuffer) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _apply(model, s, new_grid, updates):
     graph = model.subgraphs[0]
     for t, (scale, zp) in new_grid.items():
         quant = graph.tensors[t].quantization
@@ -201,6 +299,3 @@ def _write(flatbuffer, new_grid, updates):
             b.quantization.scale = [float(v) for v in b_scales]
             b.quantization.zeroPoint = [0] * len(b_scales)
             set_data(b, bias)
-    builder = flatbuffers.Builder(len(flatbuffer) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())

@@ -2,7 +2,8 @@
 their layers (:mod:`~export.transform.formulations`,
 :mod:`~export.transform.neurons`, :mod:`~export.transform.layers`),
 BatchNorm folding (:mod:`~export.transform.fold`, paper Eq. 27), graph
-rewrites (:mod:`~export.transform.rewrites`), the edge model whose neurons
+rewrites (:mod:`~export.transform.rewrites`), what a model takes as input
+and its own input scaling (:mod:`~export.transform.inputs`), the edge model whose neurons
 are fused clamps (:mod:`~export.transform.edge`), range calibration
 (:mod:`~export.transform.calibration`) and quantization-aware fine-tuning
 (:mod:`~export.transform.qat`). Nothing here imports :mod:`export.tflite`.

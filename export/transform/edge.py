@@ -39,7 +39,10 @@ thresholds scale with its input (``theta * f_in``). Where two different
 factors would have to meet without a kernel in between (spikes that reach a
 model output or a non-homogeneous layer directly) there is no exact edge
 form: :class:`EdgeError` names the neuron and the layer, and
-``--neuron compare`` exports the model. In int8 every factor is exact:
+``--neuron compare`` exports the model. An integer ``Concatenate`` puts
+every input on its output's grid while a spike tensor keeps the grid of its
+levels, so where spikes are joined with other tensors each spike input goes
+through a 1x1 depthwise identity (:func:`_requantized_concat_inputs`). In int8 every factor is exact:
 a kernel scaled by ``f_out / f_in`` quantizes to the same integers with
 its scale multiplied, and a grid scaled by ``f`` rounds the same values.
 
@@ -92,6 +95,8 @@ import numpy as np
 
 from export.transform.calibration import tensor_ranges
 from export.transform.clone import clone_layer
+from export.transform.fold import is_kernel, is_transposed
+from export.transform.inputs import channel_affine
 from export.errors import InputError
 from export.formats import QUANTIZATIONS
 from export.quant import int8_weights, round_half_away
@@ -326,7 +331,7 @@ def scale_plan(graph: LayerGraph) -> ScalePlan:
     rigid = []
     for node in graph.nodes:
         find(node.output())
-        if node.is_input or is_spiking_neuron(node.layer) or layer_roles.is_kernel(node.class_name):
+        if node.is_input or is_spiking_neuron(node.layer) or is_kernel(node.class_name):
             continue
         if _passes_factor(node):
             for ref in node.inputs:
@@ -797,6 +802,24 @@ def _grid_needs(graph, sites, quantization, prescribed):
     return needed, known
 
 
+def _requantized_concat_inputs(graph):
+    """``{Concatenate name: {input position}}``: the spike inputs of every
+    ``Concatenate`` that does not join spikes of one kind only. An integer
+    concatenation puts all its inputs on its output's grid, and a spike
+    tensor keeps the grid of its levels: such an input goes through a 1x1
+    depthwise identity, which writes the spikes onto the shared grid (two
+    codes; 0 exact)."""
+    out = {}
+    for node in graph.nodes:
+        if node.is_input or node.class_name != "Concatenate":
+            continue
+        sources = [layer_roles.spike_source(graph, ref) for ref in node.inputs]
+        levels = {None if s is None else _edge_levels(s.layer) for s in sources}
+        if len(levels) > 1:
+            out[node.name] = {i for i, s in enumerate(sources) if s is not None}
+    return out
+
+
 def _kernel_layer(node, weights, integer, **overrides):
     """A fresh float32 copy of a kernel layer (config ``overrides``) with
     ``weights`` (kernel rounded to its int8 grid for the integer formats)."""
@@ -834,11 +857,15 @@ def _build_edge_model(graph, scales, sites, quantization, grids, calibrated, pre
     # The int8 grids a placement assumed are prescribed (GridQuantize), not
     # calibrated, unless the model prescribes them itself.
     fixed = {ref: grids[name] for name, ref in calibrated.items()} if quantization == "int8" else {}
+    requantized = _requantized_concat_inputs(graph) if integer else {}
     scaled = []
 
     def call(node, args, kwargs):
         if node.name in neurons:
             return neurons[node.name](*args, **kwargs)
+        if node.name in requantized:
+            args = ([channel_affine(t, 1.0, 0.0, f"{node.name}_requantize{i}") if i in requantized[node.name] else t
+                     for i, t in enumerate(args[0])],) + tuple(args[1:])
         if node.name in prescribed:
             # int8 only: the 16x8 quantizer rejects fake-quant ops (int16
             # grids are calibrated), and a float32 graph would write them as
@@ -848,7 +875,7 @@ def _build_edge_model(graph, scales, sites, quantization, grids, calibrated, pre
             scale, zp = prescribed[node.name]
             return GridQuantize(scale, zp, name=node.name)(*args, **kwargs)
         layer = node.layer
-        if node.name in producer_weights or (layer_roles.is_kernel(node.class_name) and layer.get_weights()):
+        if node.name in producer_weights or (is_kernel(node.class_name) and layer.get_weights()):
             if node.name in producer_weights:
                 new, weights = _kernel_layer(node, producer_weights[node.name], integer, activation="linear",
                                              use_bias=True)
@@ -961,8 +988,11 @@ def fake_quantize_kernel(kernel, class_name="Conv2D"):
     """``kernel`` rounded to the per-output-channel symmetric int8 grid the
     TFLite converter uses (scale ``max|w| / 127``, round half away from
     zero). Converting a model with such kernels quantizes them losslessly,
-    so the float model and the integer one share their weights."""
+    so the float model and the integer one share their weights. (A
+    transposed conv's output channel is the kernel's axis -2.)"""
     kernel = np.asarray(kernel, np.float64)
+    if is_transposed(class_name):
+        return np.swapaxes(fake_quantize_kernel(np.swapaxes(kernel, -1, -2)), -1, -2)
     view = KernelRows(kernel, class_name.startswith("DepthwiseConv"))
     q, m = int8_weights(view.rows)
     return view.kernel(q * np.where(m > 0, m, 1.0)[:, None] / 127.0)

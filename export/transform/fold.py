@@ -30,6 +30,14 @@ At inference a BatchNormalization layer is the per-channel affine map
    quantization (0 is always exactly representable), which is what keeps the
    int8 model close to the float one (docs/EXPORT.md).
 
+A ``SeparableConv1D``/``2D`` is first written as what it computes, a
+depthwise conv (``<name>_depthwise``, no bias) and a 1x1 conv (``<name>``,
+with the bias): :func:`split_separable_convs`, so a BN after it folds into
+the 1x1 conv and spikes it reads reach a depthwise kernel. A transposed
+conv (``Conv1DTranspose``/``2D``/``3D``, kernel ``[..., out, in]``) is a
+kernel layer like the others (:func:`is_kernel`): a BN after it folds into
+its output channels.
+
 Every other BN placement (a custom layer between BN and neuron, a BN whose
 output feeds two layers and that cannot be merged into a conv, a BN feeding
 a ReLU, a shared layer, ...) raises :class:`FoldError` naming the layer:
@@ -55,7 +63,67 @@ from s2nn_keras import layer_roles
 from s2nn_keras.graph import GraphError, LayerGraph
 from s2nn_keras.layers import is_spiking_neuron
 
-__all__ = ["FoldError", "fold_batchnorm", "fold_batchnorm_with_report", "bn_affine", "fold_linear"]
+__all__ = ["FoldError", "fold_batchnorm", "fold_batchnorm_with_report", "bn_affine", "fold_linear",
+           "TRANSPOSED_KERNEL_LAYERS", "SEPARABLE_LAYERS", "is_kernel", "is_transposed", "split_separable_convs"]
+
+#: Transposed convolutions: kernel layers whose kernel is ``[..., out, in]``.
+TRANSPOSED_KERNEL_LAYERS = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+#: Separable convolutions, written as a depthwise and a 1x1 conv (:func:`split_separable_convs`).
+SEPARABLE_LAYERS = {"SeparableConv1D": ("DepthwiseConv1D", "Conv1D"), "SeparableConv2D": ("DepthwiseConv2D", "Conv2D")}
+
+
+def is_transposed(class_name: str) -> bool:
+    """A transposed conv (:data:`TRANSPOSED_KERNEL_LAYERS`)."""
+    return class_name in TRANSPOSED_KERNEL_LAYERS
+
+
+def is_kernel(class_name: str) -> bool:
+    """A layer ``y = W x + b`` the export folds a BN into and whose kernel
+    absorbs a factor of its input: :func:`s2nn_keras.layer_roles.is_kernel`
+    (Conv, DepthwiseConv, Dense) or a transposed conv."""
+    return layer_roles.is_kernel(class_name) or is_transposed(class_name)
+
+
+def split_separable_convs(model: keras.Model) -> keras.Model:
+    """``model`` with every ``SeparableConv1D``/``2D`` written as the two
+    layers it computes: a ``DepthwiseConv`` named ``<name>_depthwise`` (its
+    depthwise kernel, strides, padding, dilation, no bias) and a 1x1
+    ``Conv`` named ``<name>`` (its pointwise kernel, bias and activation).
+    The same function (up to float rounding); ``model`` itself when it has
+    no separable conv. Raises :class:`FoldError` for a separable conv that
+    is called more than once."""
+    try:
+        graph = LayerGraph(model)
+    except GraphError as err:
+        raise FoldError(f"the export needs a layer graph: {err}") from None
+    names = {n.name for n in graph.nodes}
+    if not any(n.class_name in SEPARABLE_LAYERS for n in graph.nodes if not n.is_input):
+        return model
+
+    def call(node, args, kwargs):
+        if node.class_name not in SEPARABLE_LAYERS:
+            return call_clone(node.layer, args, kwargs, dtype=None)
+        if len(graph.calls(node.name)) > 1:
+            raise FoldError(f"layer {node.name!r} ({node.class_name}) is called {len(graph.calls(node.name))} "
+                            "times; the export needs one call per layer")
+        config, (dw_class, pw_class) = node.layer.get_config(), SEPARABLE_LAYERS[node.class_name]
+        dw_name = f"{node.name}_depthwise"
+        while dw_name in names:
+            dw_name += "_"
+        common = {k: config[k] for k in ("data_format", "dtype") if k in config}
+        dw = getattr(keras.layers, dw_class)(
+            kernel_size=config["kernel_size"], strides=config["strides"], padding=config["padding"],
+            depth_multiplier=config["depth_multiplier"], dilation_rate=config["dilation_rate"], use_bias=False,
+            name=dw_name, **common)
+        pw = getattr(keras.layers, pw_class)(config["filters"], 1, use_bias=config["use_bias"],
+                                             activation=config["activation"], name=node.name, **common)
+        out = pw(dw(*args, **kwargs))
+        weights = node.layer.get_weights()     # depthwise kernel, pointwise kernel[, bias]
+        dw.set_weights(weights[:1])
+        pw.set_weights(weights[1:])
+        return out
+
+    return graph.replay(call).model(name=model.name)
 
 
 class FoldError(InputError, ValueError):
@@ -123,7 +191,7 @@ class _Graph:
 def _linear_foldable(graph, name):
     """True if layer ``name`` is a Conv/Dense with a linear activation whose
     output is consumed by exactly one layer."""
-    if not layer_roles.is_kernel(graph.cls.get(name, "")):
+    if not is_kernel(graph.cls.get(name, "")):
         return False
     layer = graph.layer(name)
     act = getattr(layer, "activation", None)
@@ -193,12 +261,15 @@ def fold_linear(layer, g=None, b=None, shift=0.0):
     weights = layer.get_weights()
     kernel = np.asarray(weights[0], dtype=np.float64)
     depthwise = layer_roles.is_depthwise(type(layer).__name__)
-    out_ch = kernel.shape[-1] * (kernel.shape[-2] if depthwise else 1)
+    transposed = is_transposed(type(layer).__name__)
+    out_ch = kernel.shape[-2] if transposed else kernel.shape[-1] * (kernel.shape[-2] if depthwise else 1)
     bias = np.asarray(weights[1], dtype=np.float64) if layer.use_bias else np.zeros(out_ch)
     if g is not None:
         if depthwise:
             # kernel [..., in, mult]; output channel = in_index * mult + m.
             kernel = kernel * g.reshape(kernel.shape[-2], kernel.shape[-1])
+        elif transposed:  # kernel [..., out, in]
+            kernel = kernel * g[:, None]
         else:
             kernel = kernel * g
         bias = g * bias + b
@@ -211,7 +282,7 @@ def fold_batchnorm_with_report(model: keras.Model, formulation: str = "compare",
     """Like :func:`fold_batchnorm` and also returns a report dict: per BN how
     it was folded, and per neuron its threshold source and the number of
     channels with positive, negative and zero BN scale."""
-    graph = _Graph(model)
+    graph = _Graph(split_separable_convs(model) if isinstance(model, keras.Model) else model)
     bn_mode, neuron_mode = _plan(graph, threshold_in_bias)
     report = {"batchnorm": {}, "neurons": {}}
     pending_linear = {}  # linear layer name -> (g, b, shift) to apply

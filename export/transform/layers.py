@@ -24,7 +24,7 @@ The layers:
 * :class:`ActivationQuantizer` -- the same rounding on a grid held in
   variables, set by :func:`export.transform.qat.calibrate`;
 * :class:`QATConv1D`/``2D``/``3D``, :class:`QATDepthwiseConv1D`/``2D``,
-  :class:`QATDense` -- Keras' layers whose forward pass uses the kernel
+  :class:`QATDense`, :class:`QATConv1DTranspose`/``2D`` -- Keras' layers whose forward pass uses the kernel
   rounded to its per-output-channel int8 grid
   (:func:`fake_quantize_per_channel`, straight-through gradient).
 """
@@ -40,7 +40,8 @@ from export.transform.neurons import ThresholdNeuron
 from s2nn_keras.layers import S2Activation  # noqa: F401  (QAT models keep their S2Activation neurons)
 
 __all__ = ["ThresholdNeuron", "GridQuantize", "ActivationQuantizer", "QATConv1D", "QATConv2D", "QATConv3D",
-           "QATDepthwiseConv1D", "QATDepthwiseConv2D", "QATDense", "QAT_CLASSES", "fake_quantize_per_channel",
+           "QATDepthwiseConv1D", "QATDepthwiseConv2D", "QATDense", "QATConv1DTranspose", "QATConv2DTranspose",
+           "QAT_CLASSES", "fake_quantize_per_channel",
            "grid_range", "average_pool_of_spikes"]
 
 
@@ -251,6 +252,20 @@ def _kernel_quantized_call(base):
     return _QAT
 
 
+def _bias_and_activation(layer, outputs):
+    """A channels-last conv's bias and activation on ``outputs``."""
+    from keras import ops
+
+    if layer.use_bias:
+        outputs = ops.add(outputs, ops.reshape(layer.bias, (1,) * (layer.rank + 1) + (-1,)))
+    return outputs if layer.activation is None else layer.activation(outputs)
+
+
+def _channels_last(layer):
+    if layer.data_format != "channels_last":
+        raise ValueError(f"layer {layer.name!r}: quantization-aware {type(layer).__name__} needs channels_last")
+
+
 def _depthwise_quantized_call(base):
     """A subclass of ``base`` (a DepthwiseConv) that convolves with its
     kernel fake-quantized per output channel (``in * multiplier`` of them)."""
@@ -259,16 +274,29 @@ def _depthwise_quantized_call(base):
         def call(self, inputs):
             from keras import ops
 
-            if self.data_format != "channels_last":
-                raise ValueError(f"layer {self.name!r}: quantization-aware depthwise convs need channels_last")
+            _channels_last(self)
             outputs = ops.depthwise_conv(inputs, fake_quantize_per_channel(self.kernel, (-2, -1)),
                                          strides=self.strides, padding=self.padding,
                                          dilation_rate=self.dilation_rate, data_format=self.data_format)
-            if self.use_bias:
-                outputs = ops.add(outputs, ops.reshape(self.bias, (1,) * (self.rank + 1) + (-1,)))
-            if self.activation is not None:
-                outputs = self.activation(outputs)
-            return outputs
+            return _bias_and_activation(self, outputs)
+
+    return _QAT
+
+
+def _transpose_quantized_call(base):
+    """A subclass of ``base`` (a ConvTranspose, kernel ``[..., out, in]``)
+    that convolves with its kernel fake-quantized per output channel."""
+
+    class _QAT(base):
+        def call(self, inputs):
+            from keras import ops
+
+            _channels_last(self)
+            outputs = ops.conv_transpose(inputs, fake_quantize_per_channel(self.kernel, -2),
+                                         strides=list(self.strides), padding=self.padding,
+                                         output_padding=self.output_padding, dilation_rate=self.dilation_rate,
+                                         data_format=self.data_format)
+            return _bias_and_activation(self, outputs)
 
     return _QAT
 
@@ -287,6 +315,8 @@ QATConv2D = _qat_class(keras.layers.Conv2D, _kernel_quantized_call)
 QATConv3D = _qat_class(keras.layers.Conv3D, _kernel_quantized_call)
 QATDepthwiseConv1D = _qat_class(keras.layers.DepthwiseConv1D, _depthwise_quantized_call)
 QATDepthwiseConv2D = _qat_class(keras.layers.DepthwiseConv2D, _depthwise_quantized_call)
+QATConv1DTranspose = _qat_class(keras.layers.Conv1DTranspose, _transpose_quantized_call)
+QATConv2DTranspose = _qat_class(keras.layers.Conv2DTranspose, _transpose_quantized_call)
 
 
 @keras.saving.register_keras_serializable(package="s2nn_export")
@@ -306,4 +336,5 @@ class QATDense(keras.layers.Dense):
 
 #: ``{Keras class name: quantization-aware class}``.
 QAT_CLASSES = {"Conv1D": QATConv1D, "Conv2D": QATConv2D, "Conv3D": QATConv3D,
-               "DepthwiseConv1D": QATDepthwiseConv1D, "DepthwiseConv2D": QATDepthwiseConv2D, "Dense": QATDense}
+               "DepthwiseConv1D": QATDepthwiseConv1D, "DepthwiseConv2D": QATDepthwiseConv2D, "Dense": QATDense,
+               "Conv1DTranspose": QATConv1DTranspose, "Conv2DTranspose": QATConv2DTranspose}

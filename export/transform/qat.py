@@ -95,9 +95,10 @@ from export.errors import InputError
 from export.formats import DEFAULT_REWRITES, REWRITES
 from export.transform.clone import clone_layer
 from export.transform.formulations import reference_levels
+from export.transform.fold import FoldError, is_kernel, is_transposed, split_separable_convs
+from export.transform.inputs import absorbing_layers, input_scaling, model_inputs
 from export.metrics import TASKS, agreement_fraction, model_logits
 from s2nn_keras import layer_roles
-from s2nn_keras.datasets import as_model_input
 from s2nn_keras.graph import GraphError, LayerGraph, TensorRef
 from s2nn_keras.layers import is_spiking_neuron
 
@@ -205,6 +206,8 @@ def _quantized_points(graph: LayerGraph, rewrites: Sequence[str] = DEFAULT_REWRI
             raise QATError(f"layer {n.name!r} is called {len(graph.calls(n.name))} times; quantization-aware "
                            "fine-tuning needs one call per layer")
     fused = _fused_producers(graph.model)
+    scaling = input_scaling(graph.model)
+    stored = scaling is not None and absorbing_layers(graph, scaling) is None   # written as its own op
     points = []
     exact = {}
     for n in graph.nodes:
@@ -212,8 +215,12 @@ def _quantized_points(graph: LayerGraph, rewrites: Sequence[str] = DEFAULT_REWRI
             points.append(n.output())
             continue
         cls = n.class_name
-        role = layer_roles.role(cls, n.layer)
-        if role == "kernel":
+        role = "kernel" if is_kernel(cls) else layer_roles.role(cls, n.layer)
+        if scaling is not None and n.name in scaling.layers:
+            # absorbed by the layers reading it (no tensor of its own), or one depthwise op
+            if stored and n.name == scaling.layers[-1]:
+                points.append(n.output())
+        elif role == "kernel":
             if n.name in fused:
                 continue
             out = n
@@ -232,7 +239,8 @@ def _quantized_points(graph: LayerGraph, rewrites: Sequence[str] = DEFAULT_REWRI
             continue
         elif n.layer.weights:
             raise QATError(f"layer {n.name!r} ({cls}) has weights quantization-aware fine-tuning does not "
-                           f"simulate; supported: {', '.join(layer_roles.KERNEL_LAYERS)}, BatchNormalization")
+                           f"simulate; supported: {', '.join(QAT_CLASSES)}, BatchNormalization; export without "
+                           "--qat_epochs")
         else:
             raise QATError(f"layer {n.name!r} ({cls}) is not supported by quantization-aware fine-tuning "
                            f"(supported: the layers of s2nn_keras.layer_roles.ROLES, BatchNormalization, "
@@ -258,8 +266,9 @@ def quantization_aware_model(model: keras.Model, rewrites: Sequence[str] = DEFAU
         raise QATError("quantization-aware fine-tuning needs a spiking model (S2Activation layers); "
                        "a ReLU model is exported by post-training quantization")
     try:
+        model = split_separable_convs(model)
         graph = LayerGraph(model)
-    except GraphError as err:
+    except (GraphError, FoldError) as err:
         raise QATError(f"quantization-aware fine-tuning needs a layer graph: {err}") from None
     points, _, exact = _quantized_points(graph, tuple(rewrites))
     quantized = {(r.layer, r.call): r for r in points}
@@ -428,8 +437,8 @@ def fine_tune(model: keras.Model, teacher: keras.Model, images, config: QATConfi
     quantization. No labels: the float model's own predictions are the
     targets, which is what the export is checked against.
 
-    ``images``: float32 in the model's input convention (or uint8, divided
-    by 255); the first ``config.train_examples`` are used, in a seeded
+    ``images``: float32 in the model's input convention (or uint8:
+    :func:`export.transform.inputs.model_inputs` of the teacher); the first ``config.train_examples`` are used, in a seeded
     random order, ``config.num_steps`` batches (cycling if needed).
 
     Returns:
@@ -452,8 +461,7 @@ def fine_tune(model: keras.Model, teacher: keras.Model, images, config: QATConfi
     rng = np.random.default_rng(config.seed)
     n = steps * config.batch_size
     order = np.concatenate([rng.permutation(len(images)) for _ in range(int(math.ceil(n / len(images))))])[:n]
-    x = images[order]
-    x = as_model_input(x)
+    x = model_inputs(images[order], teacher)
     t0 = time.perf_counter()
     outputs = np.asarray(teacher.predict(x, batch_size=256, verbose=0), np.float64)
     if config.task == "regression":
@@ -499,7 +507,8 @@ def inference_model(model: keras.Model, name: Optional[str] = None) -> keras.Mod
             new = clone_layer(layer, getattr(keras.layers, _PLAIN_CLASSES[type(layer)]))
             out = new(*args, **kwargs)
             weights = layer.get_weights()
-            axes = (-2, -1) if layer_roles.is_depthwise(_PLAIN_CLASSES[type(layer)]) else -1
+            plain = _PLAIN_CLASSES[type(layer)]
+            axes = (-2, -1) if layer_roles.is_depthwise(plain) else -2 if is_transposed(plain) else -1
             weights[0] = np.asarray(fake_quantize_per_channel(weights[0], axes), np.float32)
             new.set_weights(weights)
             return out
@@ -554,7 +563,7 @@ def quantization_aware_fine_tune(model: keras.Model, images, calibration_images,
     or uint8) and recalibrates; returns the deployable model and the
     figures (:class:`QATResult`)."""
     t0 = time.perf_counter()
-    calibration_images = as_model_input(calibration_images)
+    calibration_images = model_inputs(calibration_images, model)
     qat = quantization_aware_model(model, config.rewrites)
     before = calibrate(qat, calibration_images)
     teacher = model_logits(model, calibration_images)

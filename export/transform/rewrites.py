@@ -16,6 +16,11 @@ trained S2NN model, or a folded one (:func:`export.fold_batchnorm`).
   (and :mod:`export.mcu`) run fast. Same real function; the integer
   rounding of the two TFLite kernels differs in the last step (see the
   docstring and docs/MCU.md for the measured difference).
+* :func:`runtime_forms` (always applied by the conversion) --
+  ``GlobalMaxPooling2D`` as ``MaxPooling2D`` (``MAX_POOL_2D``, not
+  ``REDUCE_MAX``) and ``UpSampling2D`` (nearest) as ``Resizing`` (nearest:
+  ``RESIZE_NEAREST_NEIGHBOR``, not ``TILE``): the same values, in ops
+  TFLite Micro runs in every format.
 * :func:`batchnorm_as_depthwise` -- the BN-folded ReLU baseline
   (``"relu_bnfolded"``): a BatchNormalization right after a Conv/Dense that
   only it reads folds into that layer's kernel and bias; every other
@@ -51,10 +56,48 @@ import numpy as np
 from export.transform.clone import call_clone
 from s2nn_keras.graph import LayerGraph
 
-__all__ = ["global_average_pool_as_average_pool", "batchnorm_as_depthwise", "apply", "REWRITES", "BASELINES",
-           "relu_baseline"]
+__all__ = ["global_average_pool_as_average_pool", "global_max_pool_as_max_pool", "upsampling_as_resize",
+           "runtime_forms", "batchnorm_as_depthwise", "apply", "REWRITES", "BASELINES", "relu_baseline"]
 
 _FOLD_INTO = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "Dense")
+
+
+def _global_pools_as_pools(model: keras.Model, pools: Dict[str, str]) -> keras.Model:
+    """Every global pooling layer of ``pools`` (``{global class: pool
+    class}``, 1-D or 2-D) with a static spatial size written as its pool
+    class over that size, plus a ``Reshape`` to ``[C]`` unless
+    ``keepdims``; the pooling layer keeps the global pool's name. ``model``
+    itself when it has no such layer."""
+    graph = LayerGraph(model)
+    targets = {}
+    for node in graph.nodes:
+        if node.is_input or node.class_name not in pools:
+            continue
+        shape = graph.shape(node.inputs[0])
+        layer = node.layer
+        first = getattr(layer, "data_format", "channels_last") == "channels_first"
+        spatial = tuple(shape[2:]) if first else tuple(shape[1:-1])
+        if len(shape) != 2 + int(node.class_name[-2]) or any(s is None for s in spatial):
+            continue
+        targets[(node.name, node.call)] = (spatial, int(shape[1] if first else shape[-1]), first,
+                                           bool(getattr(layer, "keepdims", False)), pools[node.class_name])
+    if not targets:
+        return model
+
+    def call(node, args, kwargs):
+        key = (node.name, node.call)
+        if key not in targets:
+            return call_clone(node.layer, args, kwargs, dtype=None)
+        spatial, channels, first, keepdims, pool_class = targets[key]
+        name = node.name if node.call == 0 else f"{node.name}_{node.call + 1}"
+        pooled = getattr(keras.layers, pool_class)(pool_size=spatial, strides=spatial, padding="valid",
+                                                   data_format="channels_first" if first else "channels_last",
+                                                   name=name)(*args, **kwargs)
+        if keepdims:
+            return pooled
+        return keras.layers.Reshape((channels,), name=f"{name}_reshape")(pooled)
+
+    return graph.replay(call).model(name=model.name)
 
 
 def global_average_pool_as_average_pool(model: keras.Model) -> keras.Model:
@@ -72,36 +115,58 @@ def global_average_pool_as_average_pool(model: keras.Model) -> keras.Model:
 
     Returns ``model`` itself when it has no such layer.
     """
+    return _global_pools_as_pools(model, {"GlobalAveragePooling2D": "AveragePooling2D"})
+
+
+def global_max_pool_as_max_pool(model: keras.Model) -> keras.Model:
+    """Every ``GlobalMaxPooling2D`` (``1D``) with a static spatial size
+    written as ``MaxPooling2D`` (``1D``) over that size (and a ``Reshape``
+    unless ``keepdims``): ``MAX_POOL_2D``, which every runtime runs in every
+    format, instead of the converter's ``REDUCE_MAX`` (TFLite Micro runs it
+    in float32 and int8 only; no NPU). The same values exactly (a maximum
+    keeps its input's values and grid; over spikes it is their OR).
+    ``model`` itself when it has no such layer."""
+    return _global_pools_as_pools(model, {"GlobalMaxPooling2D": "MaxPooling2D", "GlobalMaxPooling1D": "MaxPooling1D"})
+
+
+def upsampling_as_resize(model: keras.Model) -> keras.Model:
+    """Every ``UpSampling2D`` with ``nearest`` interpolation and a static
+    input size written as ``Resizing(H sh, W sw, "nearest")`` (same name):
+    ``RESIZE_NEAREST_NEIGHBOR`` (half-pixel centres, which for an integer
+    factor picks source row ``floor(i / sh)``, the same as repeating each
+    row ``sh`` times), instead of the converter's ``TILE`` + ``RESHAPE``
+    form, which TFLite Micro has no kernel for. The same values exactly.
+    ``model`` itself when it has no such layer."""
     graph = LayerGraph(model)
     targets = {}
     for node in graph.nodes:
-        if node.is_input or node.class_name != "GlobalAveragePooling2D":
+        if node.is_input or node.class_name != "UpSampling2D" or node.layer.interpolation != "nearest":
             continue
         shape = graph.shape(node.inputs[0])
-        layer = node.layer
-        first = getattr(layer, "data_format", "channels_last") == "channels_first"
-        spatial = tuple(shape[2:4]) if first else tuple(shape[1:3])
-        if len(shape) != 4 or any(s is None for s in spatial):
+        if node.layer.data_format != "channels_last" or None in tuple(shape[1:3]):
             continue
-        targets[(node.name, node.call)] = (spatial, int(shape[1] if first else shape[3]), first,
-                                           bool(getattr(layer, "keepdims", False)))
+        targets[(node.name, node.call)] = tuple(int(d) * int(f) for d, f in zip(shape[1:3], node.layer.size))
     if not targets:
         return model
 
     def call(node, args, kwargs):
-        key = (node.name, node.call)
-        if key not in targets:
+        size = targets.get((node.name, node.call))
+        if size is None:
             return call_clone(node.layer, args, kwargs, dtype=None)
-        spatial, channels, first, keepdims = targets[key]
         name = node.name if node.call == 0 else f"{node.name}_{node.call + 1}"
-        pooled = keras.layers.AveragePooling2D(pool_size=spatial, strides=spatial, padding="valid",
-                                               data_format="channels_first" if first else "channels_last",
-                                               name=name)(*args, **kwargs)
-        if keepdims:
-            return pooled
-        return keras.layers.Reshape((channels,), name=f"{name}_reshape")(pooled)
+        return keras.layers.Resizing(size[0], size[1], interpolation="nearest", name=name)(*args, **kwargs)
 
     return graph.replay(call).model(name=model.name)
+
+
+def runtime_forms(model: keras.Model) -> keras.Model:
+    """The layers every target runtime runs, whatever the format:
+    :func:`global_max_pool_as_max_pool` and :func:`upsampling_as_resize`
+    (the converter's own forms of these, ``REDUCE_MAX`` and ``TILE``, do not
+    run in TFLite Micro: in int16, resp. at all). Applied to every model
+    :func:`export.tflite.convert.convert` converts (not optional: no
+    baseline depends on them)."""
+    return upsampling_as_resize(global_max_pool_as_max_pool(model))
 
 
 def _fusable_relu(layer):

@@ -161,4 +161,23 @@ def test_failure_line_gives_value_and_bound():
     report["formats"]["int8"]["litert"]["agreement_with_keras"] = 0.5
     report["fold"]["spike_mismatches"]["a"]["count"] = 100
     line = checks.failure_line(evaluate(report))
-    assert line == ("fold.spikes 0.0005 (needs <= 0.0001); int8.litert.agreement 50.00% (needs >= 80.00%)")
+    assert line == ("fold.spikes 0.0005 (needs <= 0.0001); int8.litert.agreement 50.00% (needs >= 80.00%); "
+                    + checks.QAT_ADVICE)
+
+
+def test_a_failed_post_training_int8_check_names_qat_epochs():
+    """The line of a post-training int8 export at chance says what works:
+    quantization-aware fine-tuning, as the flag on the command line; after
+    fine-tuning (or for a float32 failure) there is no such advice."""
+    from export.cli import harness
+
+    report = _report()
+    report["formats"]["int8"]["tflm"]["agreement_with_keras"] = 0.09
+    line = harness.one_line(checks.ExportCheckError(checks.failure_line(evaluate(report))))
+    assert line.endswith("fine-tune it quantization-aware before converting, --qat_epochs 1"), line
+    report["qat"] = {"steps": 10}
+    assert "qat" not in checks.failure_line(evaluate(report)).replace("int8.tflm", "")
+    report = _report()
+    report["formats"]["float32"] = report["formats"].pop("int8")
+    report["formats"]["float32"]["litert"]["agreement_with_keras"] = 0.5
+    assert evaluate(report)["advice"] is None

@@ -401,7 +401,8 @@ def test_every_export_error_has_its_exit_status():
                     "export.transform.fold.FoldError": ValueError, "export.transform.qat.QATError": ValueError,
                     "export.cli.harness.CLIError": Exception, "export.cli.data.DataFileError": ValueError,
                     "export.tflite.vela.VelaError": RuntimeError, "export.tflite.vela.VelaNotInstalledError": ImportError,
-                    "export.config.ExportConfigError": ValueError}
+                    "export.config.ExportConfigError": ValueError, "export.tflite.runtimes.TFLMError": RuntimeError,
+                    "export.transform.inputs.InputScalingError": ValueError}
     for qualified, builtin in input_errors.items():
         module, name = qualified.rsplit(".", 1)
         cls = getattr(importlib.import_module(module), name)

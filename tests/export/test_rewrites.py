@@ -161,3 +161,31 @@ def test_rewrite_names_are_the_formats_list():
     from export.transform import rewrites
 
     assert tuple(rewrites.REWRITES) == formats.REWRITES == formats.DEFAULT_REWRITES
+
+
+def test_runtime_forms_are_the_same_values_in_ops_tflite_micro_runs():
+    """GlobalMaxPooling2D/1D as MAX_POOL_2D (not REDUCE_MAX, which TFLite Micro
+    runs in float32 and int8 only) and UpSampling2D (nearest) as
+    RESIZE_NEAREST_NEIGHBOR (not TILE, which it has no kernel for): the
+    same values in Keras, and the int16x8 model runs in TFLite Micro."""
+    from export.tflite.runtimes import run_litert, run_tflm
+
+    inputs = keras.Input((5, 7, 3))
+    up = keras.layers.UpSampling2D((2, 2), name="up")(inputs)
+    pooled = keras.layers.GlobalMaxPooling2D(name="gmp")(keras.layers.Conv2D(4, 3, name="conv")(up))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(pooled))
+    x = np.random.default_rng(2).uniform(0, 1, (16, 5, 7, 3)).astype("float32")
+    rewritten = rewrites.runtime_forms(model)
+    assert {type(l).__name__ for l in rewritten.layers} >= {"Resizing", "MaxPooling2D"}
+    assert np.array_equal(rewritten.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert rewrites.runtime_forms(rewritten) is rewritten
+    conv = convert(model, "int16x8", lambda: ([x[i:i + 8]] for i in range(0, 16, 8)))
+    ops = op_counts(conv.flatbuffer)
+    assert ops.get("RESIZE_NEAREST_NEIGHBOR") == 1 and ops.get("MAX_POOL_2D") == 1, ops
+    assert not {"TILE", "REDUCE_MAX"} & set(ops), ops
+    np.testing.assert_allclose(run_tflm(conv.flatbuffer, x[:2])["outputs"], run_litert(conv.flatbuffer, x[:2])["outputs"])
+    series = keras.Input((9, 3))
+    model = keras.Model(series, keras.layers.GlobalMaxPooling1D(name="gmp1")(keras.layers.Conv1D(4, 3)(series)))
+    x = np.random.default_rng(3).uniform(0, 1, (4, 9, 3)).astype("float32")
+    assert np.array_equal(rewrites.runtime_forms(model).predict(x, verbose=0), model.predict(x, verbose=0))
+    assert op_counts(convert(model).flatbuffer).get("MAX_POOL_2D") == 1

@@ -106,3 +106,39 @@ def test_a_model_whose_neurons_fire_is_left_unchanged():
     flat, fixed = fix_spike_grids(conv.flatbuffer, conv.model, spike_tensors(conv.flatbuffer, ["act1", "act2"]),
                                   {"act1": (0.0, 6.0), "act2": (0.0, 6.0)}, "int8")
     assert flat is conv.flatbuffer and fixed == {}
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int16x8"])
+def test_a_transposed_conv_reading_a_silent_neuron_is_requantized(quantization):
+    """A Conv2DTranspose reading the spikes of a neuron silent on the
+    calibration data (TRANSPOSE_CONV: data input 2, bias 3) gets its weights
+    requantized like any other layer -- the same integers the converter
+    writes when the neuron fires -- and its outputs follow the spikes."""
+    import keras
+
+    from export.tflite.runtimes import run_litert
+
+    model = _model()
+    x_in = model.inputs[0]
+    act1 = model.get_layer("act1").output
+    up = keras.layers.Conv2DTranspose(3, 3, strides=2, padding="same", name="up")(act1)
+    model = keras.Model(x_in, keras.layers.Dense(2, name="out")(keras.layers.GlobalAveragePooling2D()(up)))
+    rng = np.random.default_rng(3)
+    model.get_layer("up").bias.assign(rng.normal(0.0, 0.3, 3).astype(np.float32))
+    folded = fold_batchnorm(model)
+    calib = np.repeat(rng.normal(0.0, 1.0, (40, 6, 6, 1)), 2, axis=-1).astype(np.float32)  # act1 is silent
+    x = (rng.normal(0.0, 0.5, (30, 6, 6, 2)) + [0.5, -0.5]).astype(np.float32)           # ... and fires
+    silent, firing = convert(folded, quantization, _rep(calib)), convert(folded, quantization, _rep(x))
+    assert silent.spike_grids["act1"]["requantized"] == ["up"] and "act1" not in firing.spike_grids
+
+    def weights(conv):
+        graph = read_model(conv.flatbuffer).main
+        op = next(o for o in graph.operators if o.name == "TRANSPOSE_CONV")
+        bias = graph.tensors[op.inputs[3]]
+        return graph.tensors[op.inputs[1]].data, bias.data, bias.quantization.scales
+
+    (w_silent, b_silent, s_silent), (w_firing, b_firing, s_firing) = weights(silent), weights(firing)
+    np.testing.assert_array_equal(w_silent, w_firing)
+    assert np.max(np.abs(b_silent.astype(np.int64) - b_firing.astype(np.int64))) <= 1
+    np.testing.assert_allclose(s_silent, s_firing, rtol=1e-6)
+    assert np.ptp(run_litert(silent.flatbuffer, x)["outputs"], axis=0).max() > 0
