@@ -71,7 +71,7 @@ import numpy as np
 
 from export.errors import InputError
 from export.mcu.build import BOARD_DIR, C_FLAGS, KERNEL_SOURCES, ToolError, run_tool, write_sources
-from export.mcu.targets import CORES, TARGETS
+from export.mcu.targets import CORES, TARGETS, entry
 
 __all__ = ["Board", "BOARDS", "CORES", "Firmware", "QemuRun", "DoesNotFitError", "firmware_command", "build_firmware",
            "run_qemu", "check_fits", "fits", "sizing_board", "read_map", "memory_usage", "available", "missing_tools",
@@ -178,10 +178,7 @@ def available() -> bool:
 
 
 def board(core: str) -> Board:
-    try:
-        return BOARDS[core]
-    except KeyError:
-        raise ValueError(f"no QEMU board for {core!r}; the cores with one: {', '.join(CORES)}") from None
+    return entry(BOARDS, core, f"no QEMU board for {core!r}; the cores with one: {', '.join(CORES)}")
 
 
 def sizing_board(core: str) -> Board:

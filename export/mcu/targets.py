@@ -52,7 +52,7 @@ import dataclasses
 import re
 from typing import Dict, Tuple
 
-__all__ = ["Target", "TARGETS", "CORES", "MCU_TARGETS", "DEFAULT_CORES", "HOST", "GENERIC", "target", "guard"]
+__all__ = ["Target", "TARGETS", "CORES", "MCU_TARGETS", "DEFAULT_CORES", "HOST", "GENERIC", "target", "entry", "guard"]
 
 HOST = "host"
 GENERIC = "generic"
@@ -147,12 +147,16 @@ MCU_TARGETS = tuple(name for name in TARGETS if name != HOST)
 DEFAULT_CORES = ("cortex-m4", "cortex-m55")
 
 
+def entry(table, name: str, refusal: str):
+    """``table[name]``, or ``ValueError(refusal)`` naming what is valid."""
+    if name not in table:
+        raise ValueError(refusal)
+    return table[name]
+
+
 def target(name: str) -> Target:
     """The :class:`Target` called ``name``; ``ValueError`` naming the valid ones."""
-    try:
-        return TARGETS[name]
-    except KeyError:
-        raise ValueError(f"unknown target {name!r}; valid: {', '.join(TARGETS)}") from None
+    return entry(TARGETS, name, f"unknown target {name!r}; valid: {', '.join(TARGETS)}")
 
 
 def _negated(cond: str) -> str:
