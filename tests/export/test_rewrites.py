@@ -168,8 +168,10 @@ def test_runtime_forms_are_the_same_values_in_ops_tflite_micro_runs():
     runs in float32 and int8 only) and UpSampling2D (nearest) as
     RESIZE_NEAREST_NEIGHBOR (not TILE, which it has no kernel for): the
     same values in Keras, and the int16x8 model runs in TFLite Micro."""
+    from export.tflite.flatbuffer import read_model
     from export.tflite.runtimes import run_litert, run_tflm
 
+    keras.utils.set_random_seed(0)
     inputs = keras.Input((5, 7, 3))
     up = keras.layers.UpSampling2D((2, 2), name="up")(inputs)
     pooled = keras.layers.GlobalMaxPooling2D(name="gmp")(keras.layers.Conv2D(4, 3, name="conv")(up))
@@ -183,7 +185,11 @@ def test_runtime_forms_are_the_same_values_in_ops_tflite_micro_runs():
     ops = op_counts(conv.flatbuffer)
     assert ops.get("RESIZE_NEAREST_NEIGHBOR") == 1 and ops.get("MAX_POOL_2D") == 1, ops
     assert not {"TILE", "REDUCE_MAX"} & set(ops), ops
-    np.testing.assert_allclose(run_tflm(conv.flatbuffer, x[:2])["outputs"], run_litert(conv.flatbuffer, x[:2])["outputs"])
+    # TFLite Micro's and LiteRT's int16 kernels may round a tie differently: at most one output step apart.
+    graph = read_model(conv.flatbuffer).main
+    step = float(graph.tensors[graph.outputs[0]].quantization.scales[0])
+    np.testing.assert_allclose(run_tflm(conv.flatbuffer, x[:2])["outputs"], run_litert(conv.flatbuffer, x[:2])["outputs"],
+                               rtol=0, atol=1.001 * step)
     series = keras.Input((9, 3))
     model = keras.Model(series, keras.layers.GlobalMaxPooling1D(name="gmp1")(keras.layers.Conv1D(4, 3)(series)))
     x = np.random.default_rng(3).uniform(0, 1, (4, 9, 3)).astype("float32")
