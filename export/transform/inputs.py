@@ -48,6 +48,7 @@ import numpy as np
 
 from export.errors import InputError
 from export.transform.clone import call_clone, clone_config
+from s2nn_keras.datasets import as_model_input
 from s2nn_keras.graph import GraphError, LayerGraph
 
 __all__ = ["SCALING_LAYERS", "InputScaling", "InputScalingError", "input_scaling", "model_inputs", "check_inputs",
@@ -151,9 +152,9 @@ def model_inputs(images, model=None) -> np.ndarray:
       [0.0, 1.0]
     """
     images = np.asarray(images)
-    if images.dtype == np.uint8 and (model is None or input_scaling(model) is None):
-        return images.astype(np.float32) / 255.0
-    return images.astype(np.float32)
+    if images.dtype == np.uint8 and model is not None and input_scaling(model) is not None:
+        return images.astype(np.float32)
+    return as_model_input(images)
 
 
 def check_inputs(images, model, what: str = "the inputs") -> None:
