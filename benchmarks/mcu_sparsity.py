@@ -124,6 +124,8 @@ def plot(points, path):
                             (p["cores"][core]["instructions"] / 1e6, 100 * p["test_accuracy"]),
                             textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.axhline(100 * ACCURACY_FLOOR, color="grey", ls=":", lw=1, label="90.5 % floor")
+        accs = [100 * p["test_accuracy"] for p in points] + [100 * ACCURACY_FLOOR]
+        ax.set_ylim(min(accs) - 0.2, max(accs) + 0.2)
         ax.axvline(GOALS[core]["vs_tflm"] * t / 1e6, color="red", ls="--", lw=1,
                    label=f"{GOALS[core]['vs_tflm']:.2f}x TFLM+CMSIS-NN")
         ax.set_title(f"{core}: quickstart S2NN, export.mcu spike-driven\n(TFLM+CMSIS-NN: {t / 1e6:.2f} M)",
