@@ -257,7 +257,9 @@ def validate(fv: flags.FlagValues) -> Dict:
       ``{"flags": {name: value for every trainer flag}, "blocks": [...],
       "surrogate_params": {...}}`` where ``surrogate_params`` holds
       ``threshold`` and the surrogate's own parameters as given on the
-      command line (unset ones are left to the surrogate defaults).
+      command line (unset ones are left to the surrogate defaults), and
+      ``notes``: lines the trainer prints first (flags given but not
+      applied, e.g. ``--rate_l1`` of a config with ``--activation relu``).
 
     Raises:
       UsageError: with a one-line message.
@@ -313,8 +315,13 @@ def validate(fv: flags.FlagValues) -> Dict:
         raise UsageError(f"--target_rate must be in [0, 1], got {f.target_rate}")
     if f.target_rate is not None and f.rate_strength == 0 and f.rate_l1 == 0:
         raise UsageError("--target_rate needs --rate_strength > 0")
+    notes = []
     if f.activation == "relu" and (f.rate_l1 > 0 or f.target_rate is not None):
-        raise UsageError("--rate_l1/--target_rate regularize spiking neurons; --activation relu has none")
+        # the quickstart config sets --rate_l1; its ReLU twin (--activation relu) has no neuron to regularize
+        given_reg = ", ".join(x for x in (f"--rate_l1 {f.rate_l1:g}" if f.rate_l1 > 0 else "",
+                                          f"--target_rate {f.target_rate:g}" if f.target_rate is not None else "") if x)
+        notes.append(f"note: {given_reg} not applied: the firing-rate regularizer acts on spiking neurons and "
+                     "--activation relu has none")
 
     # Data and augmentation.
     for name in ("max_train_examples", "max_test_examples"):
@@ -381,10 +388,12 @@ def validate(fv: flags.FlagValues) -> Dict:
     if values.get("blocks") is not None:
         values["blocks"] = list(values["blocks"])
     values["learnable"] = learnable
+    if notes:  # the regularizer flags a ReLU network ignores
+        values["rate_l1"], values["target_rate"] = 0.0, None
     neuron = dict(given)
     if learnable:
         neuron["learnable"] = tuple(learnable)
-    return {"flags": values, "blocks": blocks, "surrogate_params": neuron}
+    return {"flags": values, "blocks": blocks, "surrogate_params": neuron, "notes": notes}
 
 
 def _validate_data_dir(f) -> None:

@@ -222,6 +222,8 @@ def train(config: Dict) -> Dict:
         cbs.append(progress.epoch_logger(f["epochs"], steps, f["batch_size"],
                                           num_examples=run_inputs.examples_per_epoch))
     if chief:
+        for line in config.get("notes", ()):
+            print(line, flush=True)
         val_text = f"{len(val_x)} validation" if val_x is not None else "no validation"
         print(f"backend {backend}, input pipeline {pipeline}, {distribution.num_replicas} replica(s), "
               f"dtype policy {f['dtype_policy']}: {len(train_x)} training images ({val_text} images held "

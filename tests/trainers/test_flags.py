@@ -141,3 +141,14 @@ def test_bad_flags_in_a_real_process(args, expected, tmp_path):
     assert err_lines[0].startswith("error: ") and expected in err_lines[0], proc.stderr
     assert proc.stdout == ""
     assert not out.exists()
+
+
+def test_quickstart_regularizes_firing_rates_and_its_relu_twin_ignores_it(tmp_path):
+    path = os.path.join(REPO, "trainers", "configs", "quickstart.cfg")
+    config = tf_flags.parse_or_exit(
+        ["trainers.cifar", f"--flagfile={path}", f"--output_dir={tmp_path}"], tf_flags.new_flag_values())
+    assert config["flags"]["rate_l1"] == 0.1 and config["notes"] == []
+    relu = tf_flags.parse_or_exit(["trainers.cifar", f"--flagfile={path}", "--activation=relu",
+                                   f"--output_dir={tmp_path}"], tf_flags.new_flag_values())
+    assert relu["flags"]["rate_l1"] == 0.0 and relu["flags"]["target_rate"] is None
+    assert len(relu["notes"]) == 1 and "--rate_l1 0.1 not applied" in relu["notes"][0]
