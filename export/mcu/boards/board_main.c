@@ -11,7 +11,8 @@
  *                MVFR1 (the MVE field), MVE self-test result.
  * Under -icount shift=0 SysTick counts retired instructions (one tick per
  * SYSCLK period of instructions); the calibration loop measures how many.
- * Exit code: 0, 2 (a file), 5 (MVE self-test failed). */
+ * Exit code: 0, 2 (a file), 5 (MVE self-test failed), 6 (a kernel's scratch
+ * larger than the plan: s2_model_check()). */
 #include <stdint.h>
 #include "semihost.h"
 #include "s2mcu.h"
@@ -74,6 +75,11 @@ int main(void) {
   if (mve == 0u) {
     s2_sh_puts("s2mcu: MVE self-test failed\n");
     return 5;
+  }
+  /* every kernel's scratch within the liveness plan, as built for this core (else a silent overrun) */
+  if (s2_model_check() != 0) {
+    s2_sh_puts("s2mcu: a kernel's scratch is larger than planned for this core\n");
+    return 6;
   }
   const int fi = s2_sh_open("inputs.bin", 1);
   const int fo = s2_sh_open("outputs.bin", 5);
