@@ -132,23 +132,28 @@ def tflm_outputs(flatbuffer, inputs: np.ndarray, arena_bytes: Optional[int] = No
     return np.stack(outs), int(arena)
 
 
-def _layer_table(program, layouts, runs_by_layout, chosen):
-    """Per layer: op, layout, MACs, mean instructions per layout, input firing rate."""
+def _layer_table(program, runs_by_layout, chosen, run_layouts):
+    """Per layer: op, layout, MACs, mean instructions per layout, input
+    firing rate. A layer counts its fired inputs only where it runs a spike
+    layout (``run_layouts``: per run, the layout of each layer in its
+    firmware; a uniform run gives a layer without that layout the dense
+    kernel, e.g. ``spike_list`` for a Dense of more than 255 inputs): the
+    rate comes from the first such run, and a layer that runs dense in
+    every run has none."""
     rows = []
-    any_run = next(iter(runs_by_layout.values()))
-    fired_src = next((r for lay, r in runs_by_layout.items() if lay != DENSE), None)
     for l in program.layers:
         p = l.params
         row = {"index": l.index, "name": l.name, "op": l.op, "layout": chosen[l.index], "macs": int(l.macs),
                "instructions": {lay: float(np.mean(r.layer_instructions[:, l.index]))
                                 for lay, r in runs_by_layout.items()}}
+        fired_src = next((r for key, r in runs_by_layout.items()
+                          if run_layouts.get(key, {}).get(l.index, DENSE) != DENSE), None)
         if l.spike_capable and fired_src is not None:
             inputs = p["in_h"] * p["in_w"] * p["in_c"]
             rate = fired_src.fired[:, l.index] / float(inputs)
             row["input_firing_rate"] = float(np.mean(rate))
             row["ac_operations"] = float(np.mean(rate) * l.macs)
         rows.append(row)
-    del any_run
     return rows
 
 
@@ -486,7 +491,8 @@ def _run_core(run: _Run, core: str) -> Dict:
         "instructions": stats(final.instructions),
         "instructions_dense": stats(dense_run.instructions),
         "measured_layouts": {lay: stats(r.instructions) for lay, r in runs.items()},
-        "per_layer": _layer_table(program, layout_names, by_layout, layout_names),
+        "per_layer": _layer_table(program, by_layout, layout_names,
+                                  {**{lay: c.layouts for lay, c in codes.items()}, "chosen": layout_names}),
         "fit": _fit(program, final, layout_names),
         "flash_bytes": int(fw.flash_bytes), "static_ram_bytes": int(fw.static_ram_bytes),
         "stack_bytes": int(final.stack_used), "ram_bytes": int(fw.static_ram_bytes + final.stack_used),

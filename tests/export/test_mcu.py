@@ -490,3 +490,29 @@ def test_run_mcu_reads_the_flatbuffer_once(s2nn_int8, fmnist, monkeypatch):
     assert report["model"] == "s2nn" and report["spike_tensors"] == len(s2nn_int8.spike_tensors)
     assert set(report["host"]) == {"dense", "spike_list", "spike_mask"}
     assert all(h["equal"] == h["images"] == 6 for h in report["host"].values()) and report["cores"] == {}
+
+
+def test_layer_table_rate_comes_from_a_run_where_the_layer_is_spike_driven():
+    """A uniform run gives a layer without that layout the dense kernel (no
+    ``spike_list`` for a Dense of more than 255 inputs, e.g. one reading a
+    CONCATENATION of spikes), which records no fired inputs: the per-layer
+    table takes the rate from a run where the layer is spike-driven, and
+    gives none for a layer that runs dense everywhere (never a rate of 0)."""
+    from types import SimpleNamespace as NS
+
+    from export.mcu.run import _layer_table
+
+    p = {"in_h": 1, "in_w": 1, "in_c": 640}
+    layers = [NS(index=i, name=f"fc{i}", op="FULLY_CONNECTED", macs=640 * 3, params=p, spike_capable=True)
+              for i in range(2)]
+    instr = np.full((2, 2), 100)
+    runs = {DENSE: NS(layer_instructions=instr, fired=np.zeros((2, 2), np.uint32)),
+            "spike_list": NS(layer_instructions=instr, fired=np.zeros((2, 2), np.uint32)),   # fc0 dense here
+            "spike_mask": NS(layer_instructions=instr, fired=np.array([[64, 0], [128, 0]], np.uint32)),
+            "chosen": NS(layer_instructions=instr, fired=np.zeros((2, 2), np.uint32))}
+    dense = {0: DENSE, 1: DENSE}
+    run_layouts = {DENSE: dense, "spike_list": dense, "spike_mask": {0: "spike_mask", 1: DENSE}, "chosen": dense}
+    rows = _layer_table(NS(layers=layers), runs, dense, run_layouts)
+    assert rows[0]["input_firing_rate"] == pytest.approx(96 / 640)
+    assert rows[0]["ac_operations"] == pytest.approx(96 / 640 * 640 * 3)
+    assert "input_firing_rate" not in rows[1]
