@@ -123,10 +123,17 @@ def test_zoo_default(workdir, name):
     assert report["formats"]["int8"]["edge_only"]
 
 
+#: zoo models whose post-training int8 agreement after the brief training
+#: sits near the 80 % bound (MobileNetV1: 71.7 % in one fresh clone, above
+#: in others): exported as the error line advises, with --qat_epochs 1
+QAT_IN_THE_WALK = ("mobilenet_v1",)
+
+
 @pytest.mark.parametrize("name", [_zoo_param(n, slow=True) for n in zoo.ZOO if n != "sequential_cnn"])
 def test_zoo_slow(workdir, name):
     """Every other zoo model, every format, through both CLIs."""
-    report, energy = _walk_zoo_model(workdir, name, ("--max_test_examples", "60", "--max_tflm_examples", "5"))
+    qat = ("--qat_epochs", "1") if name in QAT_IN_THE_WALK else ()
+    report, energy = _walk_zoo_model(workdir, name, ("--max_test_examples", "60", "--max_tflm_examples", "5", *qat))
     assert set(report["formats"]) == {"float32", "int8", "int16x8"}
     assert report["task"] == zoo.ZOO[name].task
     assert energy["layers"]
