@@ -99,6 +99,30 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
+def measurement_data(prog, cores, n_test, num_calibration):
+    """What a QEMU measurement of a Fashion-MNIST model needs, after one
+    refusal line (``prog``) if the tools of ``cores`` (``None``: every
+    target) are missing: TensorFlow imported quietly, the first ``n_test``
+    test images (uint8) and the last ``num_calibration`` training images as
+    float32 in [0, 1] (the int8 calibration set)."""
+    from export.mcu.firmware import missing_tools
+
+    missing = missing_tools(cores)
+    if missing:
+        C.fail(prog, f"{', '.join(missing)} not found (Debian: apt-get install gcc-arm-none-eabi "
+               "libnewlib-arm-none-eabi qemu-system-arm)")
+    from export.tflite.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    import numpy as np
+
+    from s2nn_keras.datasets import load_arrays
+
+    x_test, _ = load_arrays("fashion_mnist", "test", None, n_test)
+    x_train, _ = load_arrays("fashion_mnist", "train")
+    return x_test, x_train[-num_calibration:].astype(np.float32) / 255.0
+
+
 def convert_quickstart(path, calib, *, gap, bnfold):
     """The int8 conversion of a trained ``.keras`` the way this benchmark
     measures it: ``gap`` global pooling as AVERAGE_POOL_2D (the default
@@ -262,24 +286,12 @@ def main(argv=None):
         if not os.path.isfile(path):
             C.fail("python -m benchmarks.mcu", f"{flag} {path!r} does not exist (train it: python -m trainers.cifar "
                    "--flagfile trainers/configs/quickstart.cfg [--activation relu] --output_dir DIR)")
-    from export.mcu.firmware import missing_tools
-
-    if missing_tools():
-        C.fail("python -m benchmarks.mcu", f"{', '.join(missing_tools())} not found (Debian: apt-get install "
-               "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)")
-    from export.tflite.quiet import import_tensorflow_quietly
-
-    import_tensorflow_quietly()
-    import numpy as np
-
+    x_test, calib = measurement_data("python -m benchmarks.mcu", None, max(args.host_images, args.images),
+                                     args.num_calibration)
     from export.mcu.config import McuConfig
     from export.mcu.run import format_summary, run_mcu
-    from s2nn_keras.datasets import load_arrays
 
     machine = C.machine_info()
-    x_test, _ = load_arrays("fashion_mnist", "test", None, max(args.host_images, args.images))
-    x_train, _ = load_arrays("fashion_mnist", "train")
-    calib = x_train[-args.num_calibration:].astype(np.float32) / 255.0
     specs = {"s2nn": (args.s2nn_model, False, False), "s2nn_gap_avgpool": (args.s2nn_model, True, False),
              "relu_bnfolded": (args.relu_model, False, True)}
     models = {}

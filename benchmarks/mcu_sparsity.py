@@ -44,7 +44,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import common as C  # noqa: E402
-from benchmarks.mcu import GOALS, TFLM_CMSIS, convert_quickstart  # noqa: E402
+from benchmarks.mcu import GOALS, TFLM_CMSIS, convert_quickstart, measurement_data  # noqa: E402
 
 PROG = "python -m benchmarks.mcu_sparsity"
 CORES = ("cortex-m4", "cortex-m55")
@@ -150,24 +150,11 @@ def main(argv=None):
             points.append(run_summary(run))
         except (OSError, ValueError) as err:
             C.fail(PROG, f"--runs: {err}")
-    from export.mcu.firmware import missing_tools
-
-    if missing_tools(CORES):
-        C.fail(PROG, f"{', '.join(missing_tools(CORES))} not found (Debian: apt-get install gcc-arm-none-eabi "
-               "libnewlib-arm-none-eabi qemu-system-arm)")
-    from export.tflite.quiet import import_tensorflow_quietly
-
-    import_tensorflow_quietly()
-    import numpy as np
-
+    x_test, calib = measurement_data(PROG, CORES, max(args.host_images, args.images), args.num_calibration)
     from export.mcu.config import McuConfig
     from export.mcu.run import run_mcu
-    from s2nn_keras.datasets import load_arrays
 
     machine = C.machine_info()
-    x_test, _ = load_arrays("fashion_mnist", "test", None, max(args.host_images, args.images))
-    x_train, _ = load_arrays("fashion_mnist", "train")
-    calib = x_train[-args.num_calibration:].astype(np.float32) / 255.0
     exact = True
     for p in points:
         print(f"{p['run']}: rate_l1 {p['rate_l1']:g}, seed {p['seed']}", flush=True)
