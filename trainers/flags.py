@@ -315,13 +315,12 @@ def validate(fv: flags.FlagValues) -> Dict:
         raise UsageError(f"--target_rate must be in [0, 1], got {f.target_rate}")
     if f.target_rate is not None and f.rate_strength == 0 and f.rate_l1 == 0:
         raise UsageError("--target_rate needs --rate_strength > 0")
-    notes = []
-    if f.activation == "relu" and (f.rate_l1 > 0 or f.target_rate is not None):
-        # the quickstart config sets --rate_l1; its ReLU twin (--activation relu) has no neuron to regularize
-        given_reg = ", ".join(x for x in (f"--rate_l1 {f.rate_l1:g}" if f.rate_l1 > 0 else "",
-                                          f"--target_rate {f.target_rate:g}" if f.target_rate is not None else "") if x)
-        notes.append(f"note: {given_reg} not applied: the firing-rate regularizer acts on spiking neurons and "
-                     "--activation relu has none")
+    # the quickstart config sets --rate_l1; its ReLU twin (--activation relu) has no neuron to regularize
+    rate_flags_ignored = [] if f.activation != "relu" else (
+        ([f"--rate_l1 {f.rate_l1:g}"] if f.rate_l1 > 0 else [])
+        + ([f"--target_rate {f.target_rate:g}"] if f.target_rate is not None else []))
+    notes = [f"note: {', '.join(rate_flags_ignored)} not applied: the firing-rate regularizer acts on spiking "
+             "neurons and --activation relu has none"] if rate_flags_ignored else []
 
     # Data and augmentation.
     for name in ("max_train_examples", "max_test_examples"):
@@ -388,7 +387,7 @@ def validate(fv: flags.FlagValues) -> Dict:
     if values.get("blocks") is not None:
         values["blocks"] = list(values["blocks"])
     values["learnable"] = learnable
-    if notes:  # the regularizer flags a ReLU network ignores
+    if rate_flags_ignored:
         values["rate_l1"], values["target_rate"] = 0.0, None
     neuron = dict(given)
     if learnable:
